@@ -18,6 +18,7 @@ and users extend it with :meth:`Classifier.with_rules`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ from typing import Any
 
 import aiosmtplib
 
+from ._index import RuleIndex
 from ._reply import Reply
 from ._rule import Rule, Tier
 from ._taxonomy import Action, Reason, Scope, Stage, action_for, default_transient, scope_for
@@ -106,11 +108,16 @@ class Classifier:
     ``Classifier()`` uses the built-in rules; ``Classifier(rules=...)``
     replaces them; :meth:`with_rules` returns a classifier whose extra rules
     are tried before the built-in ones of the same tier.
+
+    Servers repeat themselves (a throttling server sends the same 421
+    thousands of times), so results for reply strings are kept in an LRU
+    cache of ``cache_size`` entries; ``cache_size=0`` turns it off.
+    Classifications are frozen, so sharing them is safe.
     """
 
-    __slots__ = ("_by_tier", "rules")
+    __slots__ = ("_cache_size", "_cached", "_index", "rules")
 
-    def __init__(self, rules: Iterable[Rule] | None = None) -> None:
+    def __init__(self, rules: Iterable[Rule] | None = None, *, cache_size: int = 4096) -> None:
         if rules is None:
             from ._rules import BUILTIN_RULES
 
@@ -119,15 +126,15 @@ class Classifier:
         for r in self.rules:
             if not isinstance(r, Rule):
                 raise TypeError(f"rules must be Rule objects, not {type(r).__name__}")
-        by_tier: dict[Tier, list[Rule]] = {t: [] for t in Tier}
-        for r in self.rules:
-            assert r.tier is not None
-            by_tier[r.tier].append(r)
-        self._by_tier = tuple(tuple(by_tier[t]) for t in Tier)
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, not {cache_size!r}")
+        self._index = RuleIndex(self.rules)
+        self._cache_size = cache_size
+        self._cached = functools.lru_cache(maxsize=cache_size)(self._classify_text)
 
     def with_rules(self, *rules: Rule) -> Classifier:
         """A new classifier with ``rules`` tried before the existing ones."""
-        return Classifier((*rules, *self.rules))
+        return Classifier((*rules, *self.rules), cache_size=self._cache_size)
 
     def __repr__(self) -> str:
         return f"Classifier(<{len(self.rules)} rules>)"
@@ -142,9 +149,11 @@ class Classifier:
     ) -> Classification:
         """Classify a reply string, :class:`Reply`, aiosmtplib response or
         exception, or an ``OSError`` / ``TimeoutError`` / ``ssl.SSLError``."""
+        st = Stage(stage) if stage is not None else None
+        if type(reply) is str and self._cache_size:
+            return self._cached(reply, host, st)
         if isinstance(reply, Classification):
             return reply
-        st = Stage(stage) if stage is not None else None
         parsed, st, failure = _normalise(reply, st)
         if failure is not None:
             reason, transient, why = failure
@@ -161,18 +170,14 @@ class Classifier:
             )
         return self._classify_reply(parsed, (host or "").lower(), st)
 
+    def _classify_text(self, text: str, host: str | None, stage: Stage | None) -> Classification:
+        return self._classify_reply(Reply.parse(text), (host or "").lower(), stage)
+
     def _classify_reply(self, reply: Reply, host: str, stage: Stage | None) -> Classification:
         lowered = reply.text.lower()
         code = reply.code
         session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
-        rule: Rule | None = None
-        for rules in self._by_tier:
-            for r in rules:
-                if r.matches(reply, lowered, host, stage):
-                    rule = r
-                    break
-            if rule is not None:
-                break
+        rule = self._index.first_match(reply, lowered, host, stage)
         if rule is not None:
             reason = rule.reason
             transient = rule.transient
@@ -301,7 +306,7 @@ def _failure(exc: BaseException, stage: Stage | None) -> _Failure:
         return Reason.PROTOCOL_ERROR, False, f"the server does not support a command{where}"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiosmtplib.SMTPTimeoutError)):
         return Reason.CONNECTION_ERROR, True, f"timed out{where}: the session is over"
-    if isinstance(exc, aiosmtplib.SMTPException) or isinstance(exc, OSError):
+    if isinstance(exc, (aiosmtplib.SMTPException, OSError)):
         # RFC 5321 §3.8: a connection that drops is treated as a 451 reply.
         return (
             Reason.CONNECTION_ERROR,
