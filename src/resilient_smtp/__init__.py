@@ -5,7 +5,7 @@ The public API is re-exported here; the modules behind it are private.
 
 from __future__ import annotations
 
-from typing import Any
+import typing as _typing
 
 from ._classify import Classification, Classifier, classify, default_classifier
 from ._clock import Clock, SystemClock, system_clock
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     # The version lives in one place: the package metadata.
     if name == "__version__":
         from importlib.metadata import version
