@@ -1,0 +1,168 @@
+"""The command line: ``python -m resilient_smtp <command> ...``.
+
+Each subcommand is one function that adds its parser to the subparsers and
+sets ``handler`` on it; :func:`main` parses and calls the handler.  Adding a
+command is adding one ``_add_<name>`` function to ``_COMMANDS``.
+
+``classify`` tells what a server's reply means::
+
+    $ python -m resilient_smtp classify "421 4.7.0 Try again later"
+    $ python -m resilient_smtp classify --json --host mx.qq.com "550 Ip frequency limited"
+    $ tail -f mail.log | cut -d: -f4- | python -m resilient_smtp classify --json -
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TextIO
+
+from resilient_smtp._classify import Classification, classify
+from resilient_smtp._taxonomy import Stage
+
+__all__ = ["main"]
+
+_Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
+
+# RFC 5321 §4.2.1: every line but the last of a multi-line reply has a
+# hyphen after the code ("421-4.7.28 ..."), the last a space.
+_CONTINUATION = re.compile(r"^\s*[2-5][0-9][0-9]-")
+
+
+class _UsageError(Exception):
+    """Bad command-line input: reported on stderr, exit status 2."""
+
+
+def _add_classify(commands: Any) -> None:
+    p = commands.add_parser(
+        "classify",
+        help="tell what an SMTP reply (or several) means",
+        description=(
+            "Classify SMTP replies: print the reason, whether a later try may "
+            "succeed, what to do, and which rule decided."
+        ),
+    )
+    p.add_argument(
+        "replies",
+        nargs="*",
+        metavar="REPLY",
+        help='a reply such as "421 4.7.0 Try again later"; "-" reads replies from stdin, '
+        "one a line (the lines of a multi-line 421-... reply are joined)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object a line")
+    p.add_argument("--host", help="the remote server's name (provider rules match on it)")
+    p.add_argument(
+        "--stage",
+        choices=[s.value for s in Stage],
+        help="the SMTP step the reply answered",
+    )
+    p.set_defaults(handler=_classify_command)
+
+
+def _classify_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not args.replies:
+        raise _UsageError('give at least one reply, or "-" to read replies from stdin')
+    for reply in _inputs(args.replies, sys.stdin):
+        c = classify(reply, host=args.host, stage=args.stage)
+        out.write(_as_json(reply, c) if args.json else _as_text(c))
+        out.write("\n")
+    return 0
+
+
+def _inputs(replies: Sequence[str], stdin: TextIO) -> Iterator[str]:
+    for reply in replies:
+        if reply == "-":
+            yield from _read_replies(stdin)
+        else:
+            yield reply
+
+
+def _read_replies(lines: Iterable[str]) -> Iterator[str]:
+    """Replies from lines of text: blank lines skipped, the lines of a
+    multi-line reply joined into one reply."""
+    pending: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        pending.append(line)
+        if not _CONTINUATION.match(line):
+            yield "\n".join(pending)
+            pending = []
+    if pending:
+        yield "\n".join(pending)
+
+
+def _as_text(c: Classification) -> str:
+    transient = "transient" if c.transient else "permanent"
+    extras = [f"scope: {c.scope}"]
+    if c.session_over:
+        extras.append("session over")
+    if c.retry_after is not None:
+        extras.append(f"retry after {c.retry_after:g} s")
+    reply = str(c.reply) or "(no reply)"
+    return (
+        f"{c.reason}: {transient}, {c.action} ({'; '.join(extras)})\n"
+        f"  reply: {reply}\n"
+        f"  why:   {c.explanation}"
+    )
+
+
+def _as_json(given: str, c: Classification) -> str:
+    return json.dumps(
+        {
+            "input": given,
+            "reason": c.reason.value,
+            "transient": c.transient,
+            "action": c.action.value,
+            "scope": c.scope.value,
+            "session_over": c.session_over,
+            "retry_after": c.retry_after,
+            "reply": {"code": c.reply.code, "enhanced": c.reply.enhanced, "text": c.reply.text},
+            "stage": None if c.stage is None else c.stage.value,
+            "rule": c.rule,
+            "explanation": c.explanation,
+        },
+        ensure_ascii=False,
+    )
+
+
+_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_classify,)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser, and the names of its commands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resilient_smtp",
+        description="Send email over SMTP and keep sending when servers push back.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(commands)
+    return parser, sorted(commands.choices)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 2 bad usage)."""
+    parser, names = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage or the help
+        return exc.code if isinstance(exc.code, int) else 2
+    handler: _Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{parser.prog}: error: give a command, one of: {', '.join(names)}\n")
+        return 2
+    try:
+        return handler(args, sys.stdout, sys.stderr)
+    except _UsageError as exc:
+        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
