@@ -17,6 +17,9 @@ from typing import Any
 __all__ = ["Event", "Hook", "emit", "logger"]
 
 logger = logging.getLogger("resilient_smtp")
+# A library does not decide where logs go (the logging HOWTO's advice for
+# libraries): without this, WARNING events would print to stderr.
+logger.addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True, slots=True)

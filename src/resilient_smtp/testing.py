@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from dataclasses import dataclass
 
-__all__ = ["FakeClock"]
+__all__ = ["DROP", "FakeClock", "ReceivedMessage", "ScriptedSMTPServer"]
 
 
 class FakeClock:
@@ -89,3 +90,115 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now:g}, sleeps={len(self.sleeps)})"
+
+
+# --------------------------------------------------------------------------
+# A real SMTP server on loopback, scripted per stage and per recipient.
+
+DROP = "<drop>"
+"""Use as a scripted reply: close the connection without answering."""
+
+_STAGES = ("connect", "ehlo", "mail", "rcpt", "data", "end_of_data")
+
+
+@dataclass
+class _ScriptRule:
+    stage: str
+    reply: str
+    times: int | None
+    recipient: str | None
+    nth: int | None
+    used: int = 0
+
+    def fires(self, stage: str, recipient: str | None, nth: int) -> bool:
+        if stage != self.stage or (self.times is not None and self.used >= self.times):
+            return False
+        if self.recipient is not None and recipient != self.recipient:
+            return False
+        return self.nth is None or self.nth == nth
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A transaction the scripted server accepted (250 after the data)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+
+
+class ScriptedSMTPServer:
+    """A real aiosmtpd SMTP server on 127.0.0.1 (port 0: a free port),
+    answering normally except where the script says otherwise.
+
+    ::
+
+        async with ScriptedSMTPServer() as server:
+            server.on("rcpt", "421 4.7.0 Try again later", nth=3)       # 421 at the 3rd RCPT
+            server.on("rcpt", "450 4.2.0 Greylisted", recipient="b@example.com", times=2)
+            server.on("end_of_data", DROP)                              # drop after the final dot
+            ... Mailer("127.0.0.1", server.port, tls="none") ...
+        server.messages  # what was accepted
+
+    Stages: ``connect`` (the greeting), ``ehlo``, ``mail``, ``rcpt``,
+    ``data`` (the DATA command), ``end_of_data``.  A reply starting with 421
+    is sent and the connection closed, as real servers do; :data:`DROP`
+    closes without a reply.  ``times`` limits how often a rule fires (None:
+    always), ``recipient`` and ``nth`` (1-based RCPT number within the
+    transaction) narrow it.  Rules are tried in the order added.  A message
+    dropped at ``end_of_data`` is recorded in :attr:`dropped_after_data`
+    (the client cannot know whether it was delivered).
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._rules: list[_ScriptRule] = []
+        self.messages: list[ReceivedMessage] = []
+        self.dropped_after_data: list[ReceivedMessage] = []
+        self.connections = 0
+        self.commands: list[str] = []
+        self._server: asyncio.AbstractServer | None = None
+
+    def on(
+        self,
+        stage: str,
+        reply: str,
+        *,
+        times: int | None = 1,
+        recipient: str | None = None,
+        nth: int | None = None,
+    ) -> ScriptedSMTPServer:
+        """Script ``reply`` for ``stage``; returns the server, so calls chain."""
+        if stage not in _STAGES:
+            raise ValueError(f"stage must be one of {', '.join(_STAGES)}, not {stage!r}")
+        if reply != DROP and not (len(reply) >= 3 and reply[:3].isdigit()):
+            raise ValueError(f"reply must start with a 3-digit code or be DROP, not {reply!r}")
+        self._rules.append(_ScriptRule(stage, reply, times, recipient, nth))
+        return self
+
+    def scripted(self, stage: str, recipient: str | None = None, nth: int = 0) -> str | None:
+        for rule in self._rules:
+            if rule.fires(stage, recipient, nth):
+                rule.used += 1
+                return rule.reply
+        return None
+
+    @property
+    def delivered_to(self) -> list[str]:
+        """Every recipient of every accepted message, repeats included."""
+        return [r for m in self.messages for r in m.recipients]
+
+    async def __aenter__(self) -> ScriptedSMTPServer:
+        from ._scripted_server import make_protocol
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: make_protocol(self), self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

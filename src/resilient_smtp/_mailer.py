@@ -1,0 +1,411 @@
+"""The Mailer: the loop that ties classifier, retry policy, limiter, health
+and pool together.
+
+For each send: the envelope is checked before any I/O; then, until every
+recipient has a final state, one transaction is run on a pooled connection
+to the first relay that destination health admits, under the limiter; its
+replies feed the limiter and health; the retry policy decides whether the
+recipients still pending are tried again, and after how long.  A recipient
+the server accepted is never sent the message again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Iterable, Sequence
+from email.message import Message
+from types import TracebackType
+from typing import Any
+
+from ._classify import Classification, Classifier, default_classifier
+from ._clock import Clock, system_clock
+from ._envelope import Envelope, build_envelope, render_message
+from ._errors import InvalidMessageError
+from ._events import Event, Hook, emit
+from ._health import DestinationHealth
+from ._limit import Limiter
+from ._pool import Pool, PoolLimits
+from ._reply import Reply
+from ._result import RecipientResult, SendResult, State
+from ._retry import RetryPolicy, RetryState
+from ._taxonomy import Action, Reason, Scope, action_for
+from ._transaction import NO_REPLY, Outcome, run_transaction
+from ._transport import AiosmtplibTransport, TLSMode, Transport, dot_stuff
+
+__all__ = ["Mailer"]
+
+
+def _parse_relay(relay: str | tuple[str, int], default_port: int) -> tuple[str, int]:
+    if isinstance(relay, tuple):
+        host, port = relay
+    else:
+        host, port = relay, default_port
+        if relay.startswith("["):  # [::1]:25
+            inner, _, rest = relay[1:].partition("]")
+            host = inner
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif relay.count(":") == 1:
+            host, _, p = relay.partition(":")
+            port = int(p)
+    if not host or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"bad relay {relay!r}: give 'host', 'host:port' or (host, port)")
+    return host, port
+
+
+def _suspended(admission: Any, key: str) -> Classification:
+    """A classification for a destination that health does not admit."""
+    reason = admission.reason or Reason.SERVER_BUSY
+    return Classification(
+        reason=reason,
+        transient=True,
+        action=action_for(reason, True),
+        scope=Scope.DESTINATION,
+        session_over=True,
+        retry_after=admission.retry_in,
+        reply=Reply(None, None, f"{key} is suspended"),
+        explanation=(
+            f"{key} is suspended after {reason.value}; nothing was sent "
+            f"(retry in {admission.retry_in:.0f} s)"
+        ),
+    )
+
+
+class Mailer:
+    """Sends messages through one or more relays, resiliently.
+
+    ``host`` is a relay (``"smtp.example.com"``, ``"host:2525"``) or a list
+    of them: the next is used while the previous one is suspended by
+    destination health.  ``tls`` is ``"starttls"`` (default: required, with
+    certificate verification), ``"implicit"`` (port 465) or ``"none"``.
+
+    ``retry``, ``limiter``, ``health``, ``classifier``, ``clock`` and
+    ``transport`` all have defaults (the adaptive limiter is on) and can be
+    swapped, for example in tests.  ``resend_ambiguous=True`` resends to
+    recipients whose connection broke after the end of the data (they may
+    get the message twice); by default they end ``ambiguous``.
+
+    Use it as an async context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        host: str | tuple[str, int] | Sequence[str | tuple[str, int]],
+        port: int = 587,
+        *,
+        tls: TLSMode = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        timeout: float = 60.0,
+        local_hostname: str | None = None,
+        retry: RetryPolicy | None = None,
+        limiter: Limiter | None = None,
+        health: DestinationHealth | None = None,
+        classifier: Classifier | None = None,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
+        pool: PoolLimits | None = None,
+        resend_ambiguous: bool = False,
+        hooks: Iterable[Hook] = (),
+    ) -> None:
+        relays: Sequence[str | tuple[str, int]]
+        relays = [host] if isinstance(host, (str, tuple)) else list(host)
+        if not relays:
+            raise ValueError("give at least one relay host")
+        self.relays = tuple(_parse_relay(r, port) for r in relays)
+        self.clock = clock or system_clock
+        if transport is None:
+            transport = AiosmtplibTransport(
+                tls=tls,
+                username=username,
+                password=password,
+                tls_context=tls_context,
+                timeout=timeout,
+                local_hostname=local_hostname,
+                clock=self.clock,
+            )
+        self.transport = transport
+        self.hooks = tuple(hooks)
+        # One set of hooks sees every decision: the policy's retries, the
+        # limiter's rate changes, health's suspensions and the sends.
+        retry = retry or RetryPolicy()
+        self.retry = retry.replace(hooks=(*retry.hooks, *self.hooks)) if self.hooks else retry
+        if limiter is None:
+            from ._adaptive import AdaptiveLimiter
+
+            limiter = AdaptiveLimiter(clock=self.clock, hooks=self.hooks)
+        self.limiter = limiter
+        self.health = health or DestinationHealth(clock=self.clock, hooks=self.hooks)
+        self.classifier = classifier or default_classifier
+        self.pool = Pool(transport, pool, clock=self.clock)
+        self.resend_ambiguous = resend_ambiguous
+
+    def __repr__(self) -> str:
+        relays = ", ".join(f"{h}:{p}" for h, p in self.relays)
+        return f"Mailer([{relays}], transport={self.transport!r})"
+
+    async def __aenter__(self) -> Mailer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections (politely, with QUIT)."""
+        await self.pool.close()
+
+    def _emit(self, kind: str, message: str, **data: Any) -> None:
+        emit(Event(kind, message, data), self.hooks)
+
+    async def send(
+        self,
+        message: Message | bytes | str,
+        *,
+        sender: str | None = None,
+        recipients: Iterable[str] | str | None = None,
+    ) -> SendResult:
+        """Send ``message`` and return a final state for every recipient.
+
+        The envelope comes from the headers (Sender/From; To, Cc, Bcc) unless
+        ``sender``/``recipients`` are given.  Bad input raises
+        :class:`InvalidMessageError` before any network traffic; failures
+        to deliver never raise: they are in the result (see
+        :meth:`SendResult.raise_for_failures`).
+        """
+        envelope = build_envelope(message, sender=sender, recipients=recipients)
+        bodies: dict[bool, bytes] = {}
+        state = self.retry.start(self.clock)
+        started = self.clock.monotonic()
+        pending = list(envelope.recipients)
+        last: dict[str, Classification] = {}
+        tries = dict.fromkeys(pending, 0)
+        final: dict[str, RecipientResult] = {}
+        where: dict[str, str] = {}
+        transactions = 0
+
+        while pending:
+            relay, admission = self._choose()
+            key = f"{relay[0]}:{relay[1]}"
+            if not admission.allowed:
+                c = _suspended(admission, key)
+                wait = admission.retry_in
+                remaining = state.remaining
+                if remaining is None or wait < remaining:
+                    self._emit("wait", f"{key} suspended; waiting {wait:.1f} s", delay=wait)
+                    await self.clock.sleep(wait)
+                    continue
+                for a in pending:
+                    last[a] = c
+                self._defer(pending, last, tries, final, where, key, wait)
+                break
+
+            out = await self._attempt(message, envelope, relay, key, pending, bodies, state)
+            transactions += 1
+            if not out.stale:
+                for a in pending:
+                    if a not in out.split:
+                        tries[a] += 1
+                        where[a] = key
+            self._feedback(key, out)
+            for a in out.delivered:
+                final[a] = RecipientResult(
+                    a, State.DELIVERED, last.get(a), tries[a], destination=key
+                )
+            for a, c in out.rejected.items():
+                final[a] = RecipientResult(a, State.REJECTED, c, tries[a], destination=key)
+            for a, c in out.ambiguous.items():
+                final[a] = RecipientResult(a, State.AMBIGUOUS, c, tries[a], destination=key)
+            last.update(out.pending)
+            pending = [a for a in pending if a not in final]
+            if out.delivered:
+                state.record_success()
+            if not pending:
+                break
+            if out.stale and not out.pending.keys() - set(pending):
+                # A pooled connection the server had closed while idle: not
+                # a failure of this send; go again on a fresh connection.
+                self._emit("reconnect", f"{key}: idle connection was closed; reconnecting")
+                continue
+            if not out.pending:
+                continue  # only a split remainder is left: send it at once
+            c = out.failure or next(iter(out.pending.values()))
+            decision = state.decide(c, destination=key)
+            if decision.retry:  # the policy has emitted the "retry" event
+                await self.clock.sleep(decision.delay)
+                continue
+            self._defer(pending, last, tries, final, where, key, decision.retry_in)
+            break
+
+        result = SendResult(
+            tuple(final[a] for a in envelope.recipients),
+            attempts=transactions,
+            elapsed=self.clock.monotonic() - started,
+        )
+        self._emit(
+            "final",
+            repr(result),
+            delivered=len(result.delivered),
+            rejected=len(result.rejected),
+            deferred=len(result.deferred),
+            ambiguous=len(result.ambiguous),
+        )
+        return result
+
+    def _choose(self) -> tuple[tuple[str, int], Any]:
+        """The first relay health admits, else the first relay and its refusal."""
+        first: Any = None
+        for relay in self.relays:
+            admission = self.health.admit(f"{relay[0]}:{relay[1]}")
+            if admission.allowed:
+                return relay, admission
+            if first is None or admission.retry_in < first[1].retry_in:
+                first = (relay, admission)
+        return first  # type: ignore[no-any-return]
+
+    def _defer(
+        self,
+        pending: list[str],
+        last: dict[str, Classification],
+        tries: dict[str, int],
+        final: dict[str, RecipientResult],
+        where: dict[str, str],
+        key: str,
+        retry_in: float | None,
+    ) -> None:
+        for a in pending:
+            c = last[a]
+            if c.transient:
+                final[a] = RecipientResult(
+                    a, State.DEFERRED, c, tries[a], retry_in, where.get(a, key)
+                )
+            else:
+                final[a] = RecipientResult(a, State.REJECTED, c, tries[a], None, where.get(a, key))
+
+    def _feedback(self, key: str, out: Outcome) -> None:
+        if out.stale:
+            return
+        c = out.failure
+        if c is None and not out.delivered:
+            return
+        self.limiter.feedback(key, c)
+        self.health.record(key, c)
+
+    async def _attempt(
+        self,
+        message: Message | bytes | str,
+        envelope: Envelope,
+        relay: tuple[str, int],
+        key: str,
+        pending: list[str],
+        bodies: dict[bool, bytes],
+        state: RetryState,
+    ) -> Outcome:
+        """One transaction to ``relay`` for the ``pending`` recipients."""
+        host, port = relay
+        stack = contextlib.AsyncExitStack()
+        try:
+            lease = await self._enter(stack, key, host, port, state)
+        except NO_REPLY as exc:
+            # Connecting failed: no session at all.
+            out = Outcome()
+            c = self.classifier.classify(exc, host=host)
+            out.note(c)
+            out.broken = True
+            out.settle(pending, c)
+            return out
+        except _DeadlineReached:
+            out = Outcome()
+            c = _deadline_classification(key)
+            out.settle(pending, c)
+            return out
+        try:
+            conn = lease.connection
+            smtputf8 = envelope.needs_smtputf8
+            if smtputf8 and not conn.supports("smtputf8"):
+                raise InvalidMessageError(
+                    f"non-ASCII addresses need SMTPUTF8 (RFC 6531), which {host} does not offer"
+                )
+            if smtputf8 not in bodies:
+                bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
+            body = bodies[smtputf8]
+            options = []
+            if conn.supports("size"):
+                options.append(f"SIZE={len(body)}")
+            if smtputf8:
+                options.append("SMTPUTF8")
+            if conn.supports("8bitmime") and not body.isascii():
+                options.append("BODY=8BITMIME")
+            out = await run_transaction(
+                conn,
+                sender=envelope.sender,
+                batch=list(pending),
+                body=body,
+                options=options,
+                classify=self.classifier.classify,
+                host=host,
+                reused=lease.reused,
+                resend_ambiguous=self.resend_ambiguous,
+            )
+            if out.broken:
+                lease.discard()
+            return out
+        finally:
+            await stack.aclose()
+
+    async def _enter(
+        self, stack: contextlib.AsyncExitStack, key: str, host: str, port: int, state: RetryState
+    ) -> Any:
+        """Take a limiter permit within the deadline, then a pooled connection.
+
+        Only the permit wait is raced against the deadline on the clock; a
+        connect is bounded by the transport's timeout.  (Racing I/O against
+        a fake clock would let the fake clock jump while a real socket is
+        busy.)
+        """
+        remaining = state.remaining
+        permit = self.limiter.acquire(key)
+        if remaining is None:
+            await stack.enter_async_context(permit)
+        else:
+            task = asyncio.ensure_future(stack.enter_async_context(permit))
+            await asyncio.sleep(0)  # an uncontended permit is granted in this turn
+            if not task.done():
+                timer = asyncio.ensure_future(self.clock.sleep(remaining))
+                try:
+                    await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                        await stack.aclose()
+                if task.cancelled():
+                    raise _DeadlineReached
+            task.result()
+        return await stack.enter_async_context(self.pool.connection(host, port))
+
+
+class _DeadlineReached(Exception):
+    """The send's deadline passed while waiting for a permit or a connection."""
+
+
+def _deadline_classification(key: str) -> Classification:
+    return Classification(
+        reason=Reason.RATE_LIMITED,
+        transient=True,
+        action=Action.SLOW_DOWN,
+        scope=Scope.DESTINATION,
+        session_over=False,
+        retry_after=None,
+        reply=Reply(None, None, f"deadline reached waiting for {key}"),
+        explanation=f"the send's deadline passed while waiting for a permit for {key}",
+    )

@@ -1,0 +1,153 @@
+"""One SMTP transaction, step by step, with every reply classified.
+
+:func:`run_transaction` sends MAIL, RCPT for each recipient, DATA and the
+message on an open connection and sorts the recipients of the batch by what
+the server said.  It never raises for a server's answer or a broken
+connection: the outcome records where it stopped and why, so the Mailer
+knows each recipient's reply even when the server says 421 half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from ._classify import Classification
+from ._reply import Reply
+from ._taxonomy import Reason, Scope, Stage
+from ._transport import Connection
+
+__all__ = ["Outcome", "run_transaction"]
+
+Classify = Callable[..., Classification]
+
+# Exceptions that mean "no reply": the connection dropped, timed out or sent
+# something that is not SMTP.
+NO_REPLY = (aiosmtplib.SMTPException, OSError, TimeoutError)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Where each recipient of one transaction stands afterwards."""
+
+    delivered: list[str] = field(default_factory=list)
+    rejected: dict[str, Classification] = field(default_factory=dict)
+    pending: dict[str, Classification] = field(default_factory=dict)
+    ambiguous: dict[str, Classification] = field(default_factory=dict)
+    split: list[str] = field(default_factory=list)
+    """Recipients not tried because the server wanted fewer per transaction."""
+    failure: Classification | None = None
+    """The failure that concerns the destination or the session, if any."""
+    broken: bool = False
+    """The connection must not be reused."""
+    stale: bool = False
+    """A reused connection was dead before the first reply: not a failure."""
+
+    def note(self, c: Classification) -> None:
+        if c.session_over:
+            self.broken = True
+        if self.failure is None and (
+            c.scope in (Scope.DESTINATION, Scope.CONNECTION, Scope.SENDER) or c.session_over
+        ):
+            self.failure = c
+
+    def settle(self, addresses: list[str], c: Classification) -> None:
+        for a in addresses:
+            (self.pending if c.transient else self.rejected)[a] = c
+
+
+async def run_transaction(
+    conn: Connection,
+    *,
+    sender: str,
+    batch: list[str],
+    body: bytes,
+    options: list[str],
+    classify: Classify,
+    host: str,
+    reused: bool,
+    resend_ambiguous: bool,
+) -> Outcome:
+    """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed."""
+    out = Outcome()
+    stage = Stage.MAIL
+    accepted: list[str] = []
+    untried = list(batch)
+
+    def judge(reply: Reply | BaseException) -> Classification:
+        c = classify(reply, host=host, stage=stage)
+        out.note(c)
+        return c
+
+    try:
+        reply = await conn.mail(sender, options)
+        if reply.code != 250:
+            c = judge(reply)
+            if reused and c.session_over:
+                out.stale = True  # the server had closed it while idle
+            out.settle(untried, c)
+            return out
+        stage = Stage.RCPT
+        while untried:
+            rcpt = untried[0]
+            reply = await conn.rcpt(rcpt)
+            untried.pop(0)
+            if reply.code in (250, 251):
+                accepted.append(rcpt)
+                continue
+            c = judge(reply)
+            if c.reason is Reason.TOO_MANY_RECIPIENTS:
+                # RFC 5321 §4.5.3.1.10: send the rest in another transaction.
+                out.split = [rcpt, *untried]
+                untried = []
+                break
+            out.settle([rcpt], c)
+            if c.session_over:
+                # The replies already received stand; the accepted ones were
+                # never sent the message, so they wait with the rest.
+                out.settle(accepted + untried, c)
+                return out
+        if not accepted:
+            await _reset(conn, out)
+            return out
+        stage = Stage.DATA
+        reply = await conn.data()
+        if reply.code != 354:
+            out.settle(accepted, judge(reply))
+            if not out.broken:
+                await _reset(conn, out)
+            return out
+        stage = Stage.END_OF_DATA
+        reply = await conn.send_body(body)
+        conn.messages += 1
+        if reply.code == 250:
+            out.delivered = accepted
+        else:
+            out.settle(accepted, judge(reply))
+        return out
+    except NO_REPLY as exc:
+        out.broken = True
+        c = judge(exc)
+        if stage is Stage.END_OF_DATA:
+            # The final dot was sent: the server may have taken the message.
+            if resend_ambiguous:
+                out.settle(accepted, c)
+            else:
+                out.ambiguous.update(dict.fromkeys(accepted, c))
+        else:
+            if reused and stage is Stage.MAIL:
+                out.stale = True
+            out.settle(accepted + untried, c)
+        return out
+
+
+async def _reset(conn: Connection, out: Outcome) -> None:
+    """RSET after a transaction that sent no data, so the connection can be
+    reused; any trouble marks it broken."""
+    try:
+        if (await conn.reset()).code != 250:
+            out.broken = True
+    except NO_REPLY:
+        out.broken = True
