@@ -180,11 +180,11 @@ _MICROSOFT = (
     # to IP reputation."  4.7.651 and 4.7.652 are the same family.
     Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650 rate limited due to IP reputation",
          contains=("rate limited due to ip reputation",), tier=P),
-    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650-652 IP reputation deferral",
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650 IP reputation deferral",
          status="4.7.650", tier=P),
-    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650-652 IP reputation deferral",
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.651 IP reputation deferral",
          status="4.7.651", tier=P),
-    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650-652 IP reputation deferral",
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.652 IP reputation deferral",
          status="4.7.652", tier=P),
     Rule(R.SESSION_LIMIT, "microsoft: 4.7.653 messages per connection", status="4.7.653",
          tier=P),
@@ -197,10 +197,10 @@ _MICROSOFT = (
     # it (KumoMTA suspends the path for an hour).
     Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.500-699 access denied, try again later",
          contains=("access denied, please try again later",), tier=P),
-    Rule(R.TOO_MANY_CONNECTIONS, "microsoft: OFR004_104 / IB007 concurrent connections",
-         contains=("ofr004_104", "ib007", "exceed max concurrent connections"), tier=P),
-    Rule(R.REPUTATION_DEFERRAL, "microsoft: OFR004_105 deferral",
-         contains=("ofr004_105",), tier=P),
+    # "... exceed max concurrent connections. IB007" (KumoMTA sets the
+    # connection limit to 1 for Outlook on it).
+    Rule(R.TOO_MANY_CONNECTIONS, "microsoft: IB007 concurrent connections",
+         contains=("ib007", "exceed max concurrent connections"), tier=P),
     # "5.2.121/5.2.122 ... per hour message receive limit ... exceeded": the
     # recipient gets too much mail; retry later.
     Rule(R.RATE_LIMITED, "microsoft: 5.2.121/5.2.122 recipient's hourly receive limit",
@@ -210,8 +210,11 @@ _MICROSOFT = (
     # full mailbox (whatever x.2.2 means elsewhere).
     Rule(R.SENDING_QUOTA, "microsoft: submission quota exceeded",
          contains=("submission quota exceeded", "submissionquotaexceeded"), tier=P),
+    # "STOREDRV.Submission.Exception:SendAsDeniedException", "5.7.60 SMTP;
+    # Client does not have permissions to send as this sender".
     Rule(R.SENDER_REJECTED, "microsoft: SendAsDenied",
-         contains=("sendasdenied",), tier=P),
+         contains=("sendasdenied", "does not have permissions to send as this sender"),
+         tier=P),
     # "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP
     # address lookup" (not IANA's x.1.10 null MX).
     Rule(R.RECIPIENT_UNKNOWN, "microsoft: RecipientNotFound (5.1.10)",
@@ -222,8 +225,8 @@ _MICROSOFT = (
     Rule(R.AUTH_CREDENTIALS, "microsoft: 5.7.139 SMTP AUTH disabled for the tenant",
          contains=("smtpclientauthentication is disabled",), tier=P),
     # "530 5.7.57 Client not authenticated to send mail."
-    Rule(R.RELAY_DENIED, "microsoft: 5.7.57 client not authenticated", status="5.7.57",
-         tier=P),
+    Rule(R.RELAY_DENIED, "microsoft: 5.7.57 (status) client not authenticated",
+         status="5.7.57", tier=P),
     Rule(R.RELAY_DENIED, "microsoft: 5.7.57 client not authenticated",
          contains=("client was not authenticated",), tier=P),
     # "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update
@@ -383,7 +386,6 @@ _GMX = (
 _COMCAST = (
     Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl\d{4,6}\b", tier=P),
     Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl\d{6}\b", tier=P),
-    Rule(R.AUTH_POLICY, "comcast: PTRxxx reverse DNS", regex=r"\bptr\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
 )
 
@@ -401,10 +403,13 @@ _QQ = (
          contains=("mailbox unavailable or access denied", "mailbox not found"), hosts=QQ),
 )
 
-# Others from KumoMTA's community shaping rules.
+# Others from KumoMTA's community shaping rules; Orange's OFRxxx_xxx codes
+# as listed in shared/research/classifier-anchors.md (§4).
 _OTHERS = (
-    Rule(R.TOO_MANY_CONNECTIONS, "orange: trop de connexions",
-         contains=("trop de connexions",), tier=P),
+    Rule(R.TOO_MANY_CONNECTIONS, "orange: trop de connexions / OFR004_104",
+         contains=("trop de connexions", "ofr004_104"), tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "orange: OFR004_105 deferral", contains=("ofr004_105",),
+         tier=P),
     # "Service refuse. Veuillez essayer plus tard.": KumoMTA suspends an hour.
     Rule(R.REPUTATION_DEFERRAL, "orange: service refuse", contains=("service refuse",),
          tier=P),

@@ -1,0 +1,851 @@
+"""Provider rules, one documented reply (at least) for each.
+
+The replies are quoted from each provider's error reference (cited in
+src/resilient_smtp/_rules/_providers.py) or from KumoMTA's shaping rules.
+A few are the status alone ("421 4.7.27 - gsmtp"): that is what is left when
+a relay or a bounce cuts the text, and the host-bound status rules exist for
+it.  ``test_every_provider_rule_fires`` keeps the table free of dead rules
+(a rule that can never match, such as one that looks for a leading status in
+the text after Reply.parse has taken it off).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from resilient_smtp import Reason, Stage, classify
+from resilient_smtp._rules._providers import PROVIDER_RULES
+
+R = Reason
+GMAIL = "gmail-smtp-in.l.google.com"
+RELAY = "smtp-relay.gmail.com"
+OUTLOOK = "example-com.mail.protection.outlook.com"
+HOTMAIL = "hotmail-com.olc.protection.outlook.com"
+YAHOO = "mta6.am0.yahoodns.net"
+ICLOUD = "mx01.mail.icloud.com"
+SES = "email-smtp.us-east-1.amazonaws.com"
+SENDGRID = "smtp.sendgrid.net"
+MAILGUN = "smtp.mailgun.org"
+ZOHO = "smtp.zoho.com"
+GMX = "mx00.emig.gmx.net"
+WEBDE = "mx-ha02.web.de"
+COMCAST = "mx1.comcast.net"
+QQ = "mx3.qq.com"
+
+# (reply, host, stage, reason, transient)
+EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
+    # --- Gmail ---------------------------------------------------------------
+    (
+        "421 4.3.0 Temporary System Problem.  Try again later (10). - gsmtp",
+        GMAIL,
+        None,
+        R.SERVER_BUSY,
+        True,
+    ),
+    (
+        "451 4.3.0 Mail server temporarily rejected message. - gsmtp",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.SERVER_BUSY,
+        True,
+    ),
+    (
+        "450-4.2.1 The user you are trying to contact is receiving mail too quickly. Please\r\n"
+        "450 4.2.1 resend your message at a later time. - gsmtp",
+        GMAIL,
+        Stage.RCPT,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "550-5.7.1 [192.0.2.1] Our system has detected an unusual rate of\r\n"
+        "550-5.7.1 unsolicited mail originating from your IP address. To protect our\r\n"
+        "550 5.7.1 users from spam, mail sent from your IP address has been blocked.",
+        GMAIL,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "421-4.7.28 [192.0.2.1] Our system has detected an unusual rate of\r\n"
+        "421-4.7.28 unsolicited mail originating from your IP address. To protect our\r\n"
+        "421 4.7.28 users from spam, mail sent from your IP address has been temporarily rate "
+        "limited.",
+        GMAIL,
+        Stage.RCPT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421-4.7.0 [192.0.2.1] Our system has detected that this message is likely\r\n"
+        "421-4.7.0 unsolicited mail. To reduce the amount of spam sent to Gmail, this\r\n"
+        "421 4.7.0 message has been blocked.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.SPAM_CONTENT,
+        True,
+    ),
+    (
+        "550-5.7.1 [192.0.2.1] Our system has detected that this message is likely\r\n"
+        "550-5.7.1 unsolicited mail. To reduce the amount of spam sent to Gmail, this\r\n"
+        "550 5.7.1 message has been blocked.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.SPAM_CONTENT,
+        False,
+    ),
+    (
+        "552-5.7.0 This message was blocked because its content presents a potential\r\n"
+        "552 5.7.0 security issue.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.SPAM_CONTENT,
+        False,
+    ),
+    (
+        "550-5.7.26 The MAIL FROM domain [example.com] has an SPF record with a hard fail\r\n"
+        "550-5.7.26 policy (-all) but it fails to pass SPF checks with the ip: [192.0.2.1]. To\r\n"
+        "550 5.7.26 best protect our users from spam and phishing, the message has been blocked.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.AUTH_POLICY,
+        False,
+    ),
+    (
+        "550-5.7.26 This message does not have authentication information or fails to\r\n"
+        "550 5.7.26 pass authentication checks. To best protect our users from spam, the "
+        "message has been blocked.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.AUTH_POLICY,
+        False,
+    ),
+    (
+        "550-5.7.1 [192.0.2.1] This message is not RFC 5322 compliant. There are multiple\r\n"
+        "550 5.7.1 Subject headers. To reduce the amount of spam sent to Gmail, this message "
+        "has been blocked.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.CONTENT_REJECTED,
+        False,
+    ),
+    (
+        "550 5.7.1 Messages with multiple addresses in From: header are not accepted.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.CONTENT_REJECTED,
+        False,
+    ),
+    (
+        "421-4.7.29 Your email has been rate limited because this message wasn't sent over a\r\n"
+        "421 4.7.29 TLS connection.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.TLS_REQUIRED,
+        False,
+    ),
+    (
+        "421-4.7.27 Your email has been rate limited because SPF authentication didn't pass\r\n"
+        "421 4.7.27 for this message.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.AUTH_POLICY,
+        False,
+    ),
+    (
+        "550-5.7.32 Your email has been blocked because the From: header (RFC5322) in this\r\n"
+        "550 5.7.32 message isn't aligned with either the authenticated SPF or DKIM "
+        "organizational domain.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.AUTH_POLICY,
+        False,
+    ),
+    # The status alone, each with Gmail's meaning (not IANA's).
+    ("421 4.7.27 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("421 4.7.30 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("550 5.7.32 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("421 4.7.29 - gsmtp", GMAIL, Stage.END_OF_DATA, R.TLS_REQUIRED, False),
+    (
+        "550-5.4.5 Daily user sending limit exceeded. For more information on Gmail\r\n"
+        "550 5.4.5 sending limits go to https://support.google.com/a/answer/166852",
+        RELAY,
+        Stage.MAIL,
+        R.SENDING_QUOTA,
+        True,
+    ),
+    (
+        "450 4.2.1 Peak SMTP relay limit exceeded for customer. This is a temporary error.",
+        RELAY,
+        Stage.MAIL,
+        R.SENDING_QUOTA,
+        True,
+    ),
+    ("550 5.7.1 Email quota exceeded.", RELAY, Stage.MAIL, R.SENDING_QUOTA, True),
+    (
+        "421 4.7.0 IP not in whitelist for RCPT domain, closing connection.",
+        RELAY,
+        Stage.RCPT,
+        R.RELAY_DENIED,
+        False,
+    ),
+    (
+        "550 5.7.1 Invalid credentials for relay [192.0.2.1]. The IP address you've registered "
+        "in your G Suite SMTP Relay service doesn't match domain of the account this email is "
+        "being sent from.",
+        RELAY,
+        Stage.MAIL,
+        R.RELAY_DENIED,
+        False,
+    ),
+    (
+        "550-5.7.1 [192.0.2.1] The IP you're using to send mail is not authorized to\r\n"
+        "550-5.7.1 send email directly to our servers. Please use the SMTP relay at your\r\n"
+        "550 5.7.1 service provider instead.",
+        GMAIL,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "454 4.7.0 Too many login attempts, please try again later.",
+        "smtp.gmail.com",
+        Stage.AUTH,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "534-5.7.9 Application-specific password required. Learn more at\r\n"
+        "534 5.7.9 https://support.google.com/mail/?p=InvalidSecondFactor",
+        "smtp.gmail.com",
+        Stage.AUTH,
+        R.AUTH_CREDENTIALS,
+        False,
+    ),
+    (
+        "534-5.7.14 <https://accounts.google.com/signin/continue> Please log in with\r\n"
+        "534-5.7.14 your web browser and then try again.",
+        "smtp.gmail.com",
+        Stage.AUTH,
+        R.AUTH_CREDENTIALS,
+        False,
+    ),
+    (
+        "550-5.2.1 The email account that you tried to reach is disabled. Learn more at\r\n"
+        "550 5.2.1 https://support.google.com/mail/?p=DisabledUser",
+        GMAIL,
+        Stage.RCPT,
+        R.MAILBOX_DISABLED,
+        False,
+    ),
+    (
+        "550 5.2.1 The email account that you tried to reach is inactive.",
+        GMAIL,
+        Stage.RCPT,
+        R.MAILBOX_DISABLED,
+        False,
+    ),
+    (
+        "550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n"
+        "550 5.1.1 double-checking the recipient's email address for typos.",
+        GMAIL,
+        Stage.RCPT,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    (
+        "550-5.7.1 [192.0.2.1] Messages missing a valid messageId header are not\r\n"
+        "550 5.7.1 accepted.",
+        GMAIL,
+        Stage.END_OF_DATA,
+        R.CONTENT_REJECTED,
+        False,
+    ),
+    (
+        "454 4.5.0 SMTP protocol violation, no commands allowed to pipeline after STARTTLS",
+        GMAIL,
+        Stage.STARTTLS,
+        R.PROTOCOL_ERROR,
+        True,
+    ),
+    ("454 5.5.1 STARTTLS may not be repeated.", GMAIL, Stage.STARTTLS, R.PROTOCOL_ERROR, True),
+    (
+        "451-4.3.0 Multiple destination domains per transaction is unsupported. Please\r\n"
+        "451 4.3.0 try again.",
+        RELAY,
+        Stage.RCPT,
+        R.TOO_MANY_RECIPIENTS,
+        True,
+    ),
+    # --- Microsoft 365 / Outlook.com --------------------------------------------
+    (
+        "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your "
+        "Internet service provider since part of their network is on our block list (S3150). "
+        "You can also refer your provider to http://mail.live.com/mail/troubleshooting.aspx#errors.",
+        HOTMAIL,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "550 5.7.606 Access denied, banned sending IP [192.0.2.1]. To request removal from this "
+        "list please visit https://sender.office.com/ and follow the directions.",
+        OUTLOOK,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "550 5.7.511 Access denied, banned sender[192.0.2.1]. To request removal from this list "
+        "please forward this message to delist@microsoft.com.",
+        OUTLOOK,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.",
+        OUTLOOK,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "550 5.7.513 Service unavailable, Client host [192.0.2.1] blocked by example.com using "
+        "Customer Block list (AS16012607)",
+        OUTLOOK,
+        Stage.RCPT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains.",
+        "eur01.outbound.protection.outlook.com",
+        Stage.MAIL,
+        R.POLICY_REJECTED,
+        False,
+    ),
+    (
+        "550 5.7.705 Access denied, tenant has exceeded threshold.",
+        "eur01.outbound.protection.outlook.com",
+        Stage.MAIL,
+        R.SENDER_REJECTED,
+        False,
+    ),
+    (
+        "451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP "
+        "reputation. For e-mail delivery information, see https://postmaster.live.com (S775)",
+        HOTMAIL,
+        Stage.RCPT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "451 4.7.650 (S775) [DM6NAM11FT005.eop-nam11.prod.protection.outlook.com]",
+        HOTMAIL,
+        Stage.RCPT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "451 4.7.651 (S775) [DM6NAM11FT005.eop-nam11.prod.protection.outlook.com]",
+        HOTMAIL,
+        Stage.RCPT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "451 4.7.652 (S775) [DM6NAM11FT005.eop-nam11.prod.protection.outlook.com]",
+        HOTMAIL,
+        Stage.RCPT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421 4.7.653 [DM6NAM11FT005.eop-nam11.prod.protection.outlook.com]",
+        HOTMAIL,
+        Stage.MAIL,
+        R.SESSION_LIMIT,
+        True,
+    ),
+    (
+        "451 4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77714) "
+        "[VI1EUR04FT036.eop-eur04.prod.protection.outlook.com]",
+        HOTMAIL,
+        Stage.RCPT,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "451 4.7.500 Access denied, please try again later. For more information please go to "
+        "http://go.microsoft.com/fwlink/?LinkId=526653. (AS843)",
+        OUTLOOK,
+        Stage.RCPT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421 4.3.2 Connection refused, exceed max concurrent connections. IB007",
+        OUTLOOK,
+        None,
+        R.TOO_MANY_CONNECTIONS,
+        True,
+    ),
+    (
+        "550 5.2.121 Recipient's per hour message receive limit from specific sender exceeded.",
+        OUTLOOK,
+        Stage.RCPT,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to "
+        "process message due to a permanent exception with message Cannot submit message.",
+        "smtp.office365.com",
+        Stage.END_OF_DATA,
+        R.SENDING_QUOTA,
+        True,
+    ),
+    (
+        "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied;"
+        " Failed to process message due to a permanent exception with message Cannot submit "
+        "message.",
+        "smtp.office365.com",
+        Stage.END_OF_DATA,
+        R.SENDER_REJECTED,
+        False,
+    ),
+    (
+        "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        OUTLOOK,
+        Stage.RCPT,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    ("550 4.4.7 QUEUE.Expired; message expired", "smtp.office365.com", None, R.EXPIRED, False),
+    (
+        "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the "
+        "Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.",
+        "smtp.office365.com",
+        Stage.AUTH,
+        R.AUTH_CREDENTIALS,
+        False,
+    ),
+    (
+        "530 5.7.57 Client not authenticated to send mail.",
+        "smtp.office365.com",
+        Stage.MAIL,
+        R.RELAY_DENIED,
+        False,
+    ),
+    (
+        "Remote Server returned '530 5.7.57 SMTP; Client was not authenticated to send anonymous "
+        "mail during MAIL FROM'",
+        None,
+        None,
+        R.RELAY_DENIED,
+        False,
+    ),
+    (
+        "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to "
+        "support TLS 1.2. Visit https://aka.ms/smtp_auth_tls.",
+        "smtp.office365.com",
+        Stage.EHLO,
+        R.TLS_REQUIRED,
+        False,
+    ),
+    (
+        "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+        OUTLOOK,
+        Stage.RCPT,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    (
+        "550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302).",
+        HOTMAIL,
+        Stage.RCPT,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    # --- Yahoo / AOL -------------------------------------------------------------
+    (
+        "421 4.7.0 [TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying "
+        "will NOT succeed. See https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        None,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "421 4.7.1 [TS03] All messages from 192.0.2.1 will be permanently deferred; Retrying "
+        "will NOT succeed. See https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        None,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in "
+        "Spamhaus's list; see https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        Stage.CONNECT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    (
+        "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume "
+        "or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        None,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421 4.7.0 [GL01] Message from (192.0.2.1) temporarily deferred - 4.16.50. Please refer "
+        "to https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        Stage.END_OF_DATA,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421 Message from (192.0.2.1) temporarily deferred - 4.16.50. Please refer to "
+        "https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        Stage.END_OF_DATA,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421 Max message per connection reached, closing transmission channel",
+        YAHOO,
+        Stage.MAIL,
+        R.SESSION_LIMIT,
+        True,
+    ),
+    (
+        "451 Message temporarily deferred due to unresolvable RFC.5321 from domain; see "
+        "https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        Stage.MAIL,
+        R.SENDER_REJECTED,
+        True,
+    ),
+    (
+        "552 1 Requested mail action aborted, mailbox not found",
+        YAHOO,
+        Stage.RCPT,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    (
+        "554 delivery error: dd This user doesn't have a yahoo.com account (user@yahoo.com) "
+        "[0] - mta1001.mail.ne1.yahoo.com",
+        None,
+        Stage.END_OF_DATA,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    (
+        "554 5.7.9 Message not accepted for policy reasons.  See "
+        "https://postmaster.yahooinc.com/error-codes",
+        YAHOO,
+        Stage.END_OF_DATA,
+        R.POLICY_REJECTED,
+        False,
+    ),
+    (
+        "554 30 Sorry, your message to user@yahoo.com cannot be delivered.  This mailbox is "
+        "disabled (554.30).",
+        YAHOO,
+        Stage.RCPT,
+        R.MAILBOX_DISABLED,
+        False,
+    ),
+    # --- Apple iCloud ---------------------------------------------------------------
+    (
+        "554 5.7.1 [CS01] Message rejected due to local policy. Please visit "
+        "https://support.apple.com/en-us/HT204137",
+        ICLOUD,
+        Stage.END_OF_DATA,
+        R.POLICY_REJECTED,
+        False,
+    ),
+    (
+        "[CS01] Message rejected due to local policy. Please visit "
+        "https://support.apple.com/en-us/HT204137",
+        ICLOUD,
+        None,
+        R.POLICY_REJECTED,
+        False,
+    ),
+    (
+        "421 4.7.0 [BS02] Temporary server error. Please try again later",
+        ICLOUD,
+        None,
+        R.SERVER_BUSY,
+        True,
+    ),
+    ("450 4.7.0 [HCM1] Message deferred", ICLOUD, Stage.RCPT, R.REPUTATION_DEFERRAL, True),
+    (
+        "421 4.7.0 Service unavailable - try again later",
+        ICLOUD,
+        Stage.CONNECT,
+        R.SERVER_BUSY,
+        True,
+    ),
+    # --- Amazon SES ---------------------------------------------------------------
+    (
+        "454 Throttling failure: Daily message quota exceeded.",
+        SES,
+        Stage.MAIL,
+        R.SENDING_QUOTA,
+        True,
+    ),
+    (
+        "454 Throttling failure: Maximum sending rate exceeded.",
+        SES,
+        Stage.MAIL,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "554 Message rejected: Email address is not verified. The following identities failed "
+        "the check in region US-EAST-1: sender@example.com",
+        SES,
+        Stage.END_OF_DATA,
+        R.SENDER_REJECTED,
+        False,
+    ),
+    (
+        "554 Sending paused for this account. For more information, please check the AWS "
+        "Management Console.",
+        SES,
+        Stage.END_OF_DATA,
+        R.AUTH_CREDENTIALS,
+        False,
+    ),
+    (
+        "554 Access denied: User `arn:aws:iam::123456789012:user/ses-smtp-user' is not "
+        "authorized to perform `ses:SendRawEmail' on resource "
+        "`arn:aws:ses:us-east-1:123456789012:identity/example.com'",
+        SES,
+        Stage.END_OF_DATA,
+        R.AUTH_CREDENTIALS,
+        False,
+    ),
+    (
+        "552 Message length is more than 10485760 bytes long: '10485761'.",
+        SES,
+        Stage.END_OF_DATA,
+        R.MESSAGE_TOO_LARGE,
+        False,
+    ),
+    ("454 Temporary service failure", SES, Stage.END_OF_DATA, R.SERVER_BUSY, True),
+    (
+        "554 Transaction failed: Duplicate header 'DKIM-Signature'.",
+        SES,
+        Stage.END_OF_DATA,
+        R.CONTENT_REJECTED,
+        False,
+    ),
+    # --- SendGrid --------------------------------------------------------------------
+    (
+        "451 Authentication failed: Maximum credits exceeded",
+        SENDGRID,
+        Stage.AUTH,
+        R.SENDING_QUOTA,
+        True,
+    ),
+    (
+        "550 The from address does not match a verified Sender Identity. Mail cannot be sent "
+        "until this error is resolved.",
+        SENDGRID,
+        Stage.MAIL,
+        R.SENDER_REJECTED,
+        False,
+    ),
+    ("550 Unauthenticated senders not allowed", SENDGRID, Stage.MAIL, R.AUTH_CREDENTIALS, False),
+    # --- Mailgun --------------------------------------------------------------------
+    (
+        "421 Domain sandbox123.mailgun.org is not allowed to send: Sandbox subdomains are for "
+        "test purposes only. Please add your own domain or add the address to authorized "
+        "recipients in Account Settings.",
+        MAILGUN,
+        Stage.RCPT,
+        R.RELAY_DENIED,
+        False,
+    ),
+    (
+        "421 Domain example.com is not allowed to send: Free accounts are for test purposes "
+        "only. Please upgrade or add the address to authorized recipients in Account Settings.",
+        MAILGUN,
+        Stage.RCPT,
+        R.RELAY_DENIED,
+        False,
+    ),
+    (
+        "550 5.7.1 Please activate your Mailgun account. Check your inbox or log in to your "
+        "control panel to resend the activation email.",
+        MAILGUN,
+        Stage.MAIL,
+        R.AUTH_CREDENTIALS,
+        False,
+    ),
+    # --- Zoho ------------------------------------------------------------------------
+    (
+        "550 5.4.6 Unusual sending activity detected. Please try after sometime.",
+        ZOHO,
+        Stage.MAIL,
+        R.RATE_LIMITED,
+        True,
+    ),
+    ("554 5.1.8 Email Outgoing Blocked.", ZOHO, Stage.MAIL, R.SENDER_REJECTED, False),
+    # --- GMX / web.de ------------------------------------------------------------------
+    (
+        "554-Transaction failed\r\n554 Reject due to policy restrictions.",
+        GMX,
+        Stage.END_OF_DATA,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "554-Transaction failed\r\n554 Reject due to policy violations.",
+        WEBDE,
+        Stage.END_OF_DATA,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    ("501 Syntax error in parameters or arguments", GMX, Stage.MAIL, R.POLICY_REJECTED, False),
+    (
+        "554-mail.gmx.net (mxgmx014) Nemesis ESMTP Service not available\r\n"
+        "554-No SMTP service\r\n554 IP address is block listed.",
+        GMX,
+        Stage.CONNECT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    # --- Comcast / Cox ----------------------------------------------------------------
+    (
+        "421 resimta-h1p-028598.sys.comcast.net comcast 192.0.2.1 Too many sessions opened "
+        "RL000001",
+        COMCAST,
+        Stage.CONNECT,
+        R.RATE_LIMITED,
+        True,
+    ),
+    (
+        "554 resimta-po-39v.sys.comcast.net comcast 192.0.2.1 found on one or more DNSBLs, see "
+        "http://postmaster.comcast.net/smtp-error-codes.php#BL000001",
+        COMCAST,
+        Stage.CONNECT,
+        R.BLOCKLISTED,
+        False,
+    ),
+    ("451 4.2.0 Message blocked AUP#CDRBL", "cxr.mx.a.cox.net", Stage.RCPT, R.BLOCKLISTED, False),
+    # --- QQ -----------------------------------------------------------------------------
+    ("550 Ip frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),
+    ("550 Sender frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),
+    ("550 Domain frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),
+    (
+        "550 Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022",
+        QQ,
+        Stage.END_OF_DATA,
+        R.SPAM_CONTENT,
+        False,
+    ),
+    (
+        "550 Mailbox not found. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022",
+        QQ,
+        Stage.RCPT,
+        R.RECIPIENT_UNKNOWN,
+        False,
+    ),
+    # --- Others (KumoMTA's shaping rules) -----------------------------------------------
+    (
+        "421 mwinf5c10 ME Trop de connexions, veuillez verifier votre configuration. Too many "
+        "connections, slow down. OFR005_104 [104]",
+        "smtp-in.orange.fr",
+        Stage.CONNECT,
+        R.TOO_MANY_CONNECTIONS,
+        True,
+    ),
+    (
+        "421 mwinf5c79 ME OFR004_105 [105]",
+        "smtp-in.orange.fr",
+        Stage.CONNECT,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "421 4.2.0 Service refuse. Veuillez essayer plus tard. Service refused, please try "
+        "later. OFR005_505 [505]",
+        "smtp-in.orange.fr",
+        Stage.END_OF_DATA,
+        R.REPUTATION_DEFERRAL,
+        True,
+    ),
+    (
+        "451 Internal resource temporarily unavailable - "
+        "https://community.mimecast.com/docs/DOC-1369#451",
+        "eu-smtp-inbound-1.mimecast.com",
+        Stage.RCPT,
+        R.GREYLISTED,
+        True,
+    ),
+    ("Too many messages for this session", "mx.netvigator.com", None, R.SESSION_LIMIT, True),
+]
+
+
+@pytest.mark.parametrize(("text", "host", "stage", "reason", "transient"), EXAMPLES)
+def test_documented_provider_replies(
+    text: str, host: str | None, stage: Stage | None, reason: Reason, transient: bool
+) -> None:
+    c = classify(text, host=host, stage=stage)
+    assert (c.reason, c.transient) == (reason, transient), c.explanation
+
+
+def test_every_provider_rule_fires() -> None:
+    fired = {classify(t, host=h, stage=s).rule for t, h, s, _, _ in EXAMPLES}
+    dead = [r.name for r in PROVIDER_RULES if r.name not in fired]
+    assert dead == []
+
+
+def test_provider_rule_names_are_unique() -> None:
+    # A name is what an explanation shows; two rules must not share one.
+    names = [r.name for r in PROVIDER_RULES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    ("text", "stage", "provider_host", "other_host"),
+    [
+        ("501 Syntax error in parameters or arguments", Stage.MAIL, GMX, "mx.example.net"),
+        (
+            "552 1 Requested mail action aborted, mailbox not found: over limit",
+            Stage.RCPT,
+            YAHOO,
+            "mx.example.net",
+        ),
+        ("454 Temporary service failure", Stage.MAIL, SES, "mx.example.net"),
+        (
+            "554-Transaction failed\r\n554 Reject due to policy restrictions.",
+            Stage.MAIL,
+            GMX,
+            "mx.example.net",
+        ),
+    ],
+)
+def test_host_bound_rules_apply_to_their_provider_only(
+    text: str, stage: Stage, provider_host: str, other_host: str
+) -> None:
+    mine = classify(text, host=provider_host, stage=stage)
+    other = classify(text, host=other_host, stage=stage)
+    assert mine.rule is not None
+    assert mine.rule != other.rule
+
+
+def test_host_names_match_case_insensitively() -> None:
+    c = classify("501 Syntax error in parameters or arguments", host="MX00.EMIG.GMX.NET")
+    assert c.reason is Reason.POLICY_REJECTED
