@@ -202,12 +202,6 @@ def test_recipients_refused_is_classified_by_its_recipient_replies() -> None:
     assert (c.reason, c.stage, c.reply.code) == (Reason.RECIPIENT_UNKNOWN, Stage.RCPT, 550)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: _classify._normalise classifies only recipients[0] of "
-    "SMTPRecipientsRefused, so a 421 on a later recipient (the connection is "
-    "gone) is not seen; reported to the lead",
-)
 def test_recipients_refused_with_a_421_ends_the_session() -> None:
     # real-servers.md note 5: a 421 on the last RCPT surfaces here.
     exc = aiosmtplib.SMTPRecipientsRefused(

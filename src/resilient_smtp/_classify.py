@@ -265,7 +265,9 @@ def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _F
         return Reply.parse(reply.message, code=reply.code), stage, None
     if isinstance(reply, aiosmtplib.SMTPRecipientsRefused):
         if reply.recipients:
-            return _normalise(reply.recipients[0], stage or Stage.RCPT)
+            # A 421 on any recipient ends the session: that is the news.
+            worst = next((r for r in reply.recipients if r.code == 421), reply.recipients[0])
+            return _normalise(worst, stage or Stage.RCPT)
         return Reply(None, None, str(reply)), stage or Stage.RCPT, None
     if isinstance(reply, aiosmtplib.SMTPResponseException):
         if stage is None:
