@@ -7,6 +7,7 @@ the server actually accepted: nothing lost, nothing sent twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,9 +16,11 @@ from email.message import EmailMessage
 import pytest
 
 from resilient_smtp import (
+    ConcurrencyLimiter,
     Event,
     InvalidMessageError,
     Mailer,
+    PoolLimits,
     Reason,
     RetryPolicy,
     SendFailed,
@@ -303,3 +306,84 @@ async def test_credentials_never_in_repr() -> None:
     m = Mailer("smtp.example.com", username="u", password="hunter2")
     assert "hunter2" not in repr(m)
     assert "hunter2" not in repr(m.transport)
+
+
+async def test_failover_to_the_second_relay_while_the_first_is_suspended() -> None:
+    async with ScriptedSMTPServer() as first, ScriptedSMTPServer() as second:
+        first.on(
+            "connect", "554 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org"
+        )
+        clock = FakeClock()
+        relays = [("127.0.0.1", first.port), ("127.0.0.1", second.port)]
+        async with Mailer(relays, tls="none", clock=clock, retry=fast_policy()) as mailer:
+            blocked = await mailer.send(make_message("a@example.com"))
+            assert blocked.rejected == ("a@example.com",)
+            status = mailer.health.status(f"127.0.0.1:{first.port}")
+            assert status.state == "suspended"
+            result = await mailer.send(make_message("b@example.com"))
+        assert result.delivered == ("b@example.com",)
+        assert result["b@example.com"].destination == f"127.0.0.1:{second.port}"
+        assert first.connections == 1
+        assert [m.recipients for m in second.messages] == [("b@example.com",)]
+
+
+async def test_messages_per_connection_are_capped(server: ScriptedSMTPServer) -> None:
+    async with mailer_for(server, FakeClock(), pool=PoolLimits(max_messages=2)) as mailer:
+        for i in range(5):
+            assert (await mailer.send(make_message(f"u{i}@example.com"))).ok
+    assert server.connections == 3
+    assert len(server.messages) == 5
+
+
+async def test_cancelled_send_releases_its_connection_and_permit(
+    server: ScriptedSMTPServer,
+) -> None:
+    server.on("mail", "451 4.3.0 Temporary local problem", times=None)
+    limiter = ConcurrencyLimiter(limit=1)
+    # The real clock and a long first wait: the send is cancelled while it
+    # sleeps between attempts (no test time is spent: it is cancelled).
+    policy = RetryPolicy(max_attempts=5, deadline=600.0, base=30.0, cap=60.0, jitter="none")
+    async with Mailer(
+        "127.0.0.1", server.port, tls="none", limiter=limiter, retry=policy
+    ) as mailer:
+        task = asyncio.create_task(mailer.send(make_message("a@example.com")))
+        for _ in range(2000):
+            if server.commands.count("MAIL") >= 1 and limiter.held == 0:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert limiter.held == 0
+        assert limiter.waiting == 0
+        server._rules.clear()
+        # The permit and the pool are usable again.
+        assert (await mailer.send(make_message("b@example.com"))).ok
+
+
+async def test_cancelled_while_waiting_for_a_permit_uses_no_capacity(
+    server: ScriptedSMTPServer,
+) -> None:
+    limiter = ConcurrencyLimiter(limit=1)
+    async with Mailer("127.0.0.1", server.port, tls="none", limiter=limiter) as mailer:
+        async with limiter.acquire("127.0.0.1"):  # someone else holds the only permit
+            task = asyncio.create_task(mailer.send(make_message("a@example.com")))
+            for _ in range(100):
+                if limiter.waiting:
+                    break
+                await asyncio.sleep(0.001)
+            assert limiter.waiting == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert limiter.held == 0
+        assert limiter.waiting == 0
+        assert server.connections == 0
+
+
+async def test_non_ascii_address_needs_smtputf8(server: ScriptedSMTPServer) -> None:
+    async with mailer_for(server, FakeClock()) as mailer:
+        result = await mailer.send(make_message("jürgen@example.com"))
+    assert result.ok  # aiosmtpd offers SMTPUTF8
+    assert server.messages[0].recipients == ("jürgen@example.com",)
