@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ class Recorder:
 
 
 def mailer_for(
-    server: ScriptedSMTPServer, clock: FakeClock, rec: Recorder | None = None, **kw: object
+    server: ScriptedSMTPServer, clock: FakeClock, rec: Recorder | None = None, **kw: Any
 ) -> Mailer:
     kw.setdefault("retry", fast_policy())
     return Mailer(
@@ -153,9 +154,9 @@ async def test_greylisting_past_the_deadline_is_deferred_with_a_retry_time(
     clock, rec = FakeClock(), Recorder()
     async with mailer_for(server, clock, rec, retry=RetryPolicy(deadline=30.0)) as mailer:
         result = await mailer.send(make_message("a@example.com"))
-    rec = result["a@example.com"]
-    assert rec.state is State.DEFERRED
-    assert rec.retry_in is not None and rec.retry_in >= 30.0
+    outcome = result["a@example.com"]
+    assert outcome.state is State.DEFERRED
+    assert outcome.retry_in is not None and outcome.retry_in >= 30.0
     assert server.messages == []
     with pytest.raises(SendFailed, match="deferred"):
         result.raise_for_failures()
