@@ -20,6 +20,7 @@ from resilient_smtp._taxonomy import Stage
 __all__ = ["GENERIC_RULES"]
 
 _DEFER = (421, 450, 451, 452)
+_PERMANENT = (500, 550, 551, 552, 553, 554)
 
 # fmt: off
 _STATUS = (
@@ -102,6 +103,17 @@ _CODE = (
 _SPAM_WORDS = (
     "spam", "unsolicited", "junk mail", "virus", "malware", "phishing", "content denied",
     "content rejected", "suspicious content", "message content", "bulk mail",
+)
+_LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
+_BUSY_WORDS = (
+    "temporary local problem", "temporary system problem",
+    "temporary server error", "temporary failure", "service not available",
+    "service unavailable", "service currently unavailable", "server busy",
+    "system busy", "too busy", "server is busy", "insufficient system storage",
+    "mail system full",
+    "local error in processing", "temporarily unavailable", "maintenance",
+    "overloaded", "high load", "system load", "resources temporarily",
+    "try again later", "try later", "internal error", "server error",
 )
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
@@ -233,21 +245,27 @@ _TEXT = (
          contains=("mailbox unavailable", "mailbox temporarily unavailable", "mailbox busy",
                    "mailbox is busy"),
          codes=_DEFER),
+    # Before the network words: "550 Host unknown (Authoritative answer from
+    # name server)" (Sendmail) is about the domain, not the network.
+    Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
+         contains=("host unknown", "unknown host", "domain not found", "no such domain",
+                   "domain does not exist", "unrouteable address", "unroutable", "null mx",
+                   "does not accept mail", "domain is not valid", "invalid domain",
+                   "unknown domain", "no mx record")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     Rule(R.CONNECTION_ERROR, "text: timeout or network failure",
          contains=("timeout", "timed out", "connection reset", "connection refused",
                    "lost connection", "connection lost", "dns failure", "dns lookup",
                    "dns query", "name server", "network is unreachable", "no route to host")),
-    Rule(R.SERVER_BUSY, "text: server busy or unavailable",
-         contains=("temporary local problem", "temporary system problem",
-                   "temporary server error", "temporary failure", "service not available",
-                   "service unavailable", "service currently unavailable", "server busy",
-                   "system busy", "too busy", "server is busy", "insufficient system storage",
-                   "mail system full",
-                   "local error in processing", "temporarily unavailable", "maintenance",
-                   "overloaded", "high load", "system load", "resources temporarily",
-                   "try again later", "try later", "internal error", "server error")),
+    # A busy or unavailable server is transient (DESIGN.md), but "554
+    # Service unavailable" with nothing more is a 5xx that states no cause:
+    # its class decides, unless the text itself says to come back later.
+    Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",
+         contains=_LATER_WORDS, codes=_PERMANENT),
+    Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
+         contains=_BUSY_WORDS, codes=_PERMANENT, transient=False),
+    Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
     Rule(R.PROTOCOL_ERROR, "text: protocol or syntax error",
          contains=("too many errors", "syntax error", "bad sequence of commands",
                    "command unrecognized", "unrecognized command", "command not recognized",
@@ -255,11 +273,6 @@ _TEXT = (
                    "pipelining", "line too long", "too many unauthenticated commands",
                    "command not implemented", "invalid command", "malformed smtp response",
                    "malformed response")),
-    Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
-         contains=("host unknown", "unknown host", "domain not found", "no such domain",
-                   "domain does not exist", "unrouteable address", "unroutable", "null mx",
-                   "does not accept mail", "domain is not valid", "invalid domain",
-                   "unknown domain", "no mx record")),
     Rule(R.RECIPIENT_UNKNOWN, "text: no such recipient",
          contains=("user unknown", "unknown user", "no such user", "mailbox not found",
                    "does not exist", "no mailbox", "recipient not found",
