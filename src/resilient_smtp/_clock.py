@@ -29,15 +29,32 @@ class Clock(Protocol):
         ...
 
 
+class _Waits:
+    """Process-wide switch behind ``resilient_smtp.testing.no_waits()``.
+
+    While ``skip`` is set, a system-clock sleep returns at once and adds
+    its duration to ``offset``, which :meth:`SystemClock.monotonic` adds to
+    the real time: code that sleeps and then looks at the clock sees the
+    time it waited for, so rate limiters and deadlines still work.
+    """
+
+    skip = False
+    offset = 0.0
+
+
 class SystemClock:
     """The real clock: :func:`time.monotonic` and :func:`asyncio.sleep`."""
 
     __slots__ = ()
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.monotonic() + _Waits.offset
 
     async def sleep(self, seconds: float) -> None:
+        if _Waits.skip:
+            _Waits.offset += max(0.0, seconds)
+            await asyncio.sleep(0)
+            return
         await asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from ._script import DROP, ReceivedMessage
+
 if TYPE_CHECKING:
-    from .testing import ScriptedSMTPServer
+    from ._script import Script
 
 __all__ = ["make_protocol"]
 
@@ -17,12 +19,10 @@ _ADDR = re.compile(r"<([^>]*)>")
 
 
 class _Handler:
-    def __init__(self, script: ScriptedSMTPServer) -> None:
+    def __init__(self, script: Script) -> None:
         self.script = script
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        from .testing import DROP, ReceivedMessage
-
         content = envelope.original_content or b""
         msg = ReceivedMessage(envelope.mail_from or "", tuple(envelope.rcpt_tos), content)
         reply = self.script.scripted("end_of_data")
@@ -38,15 +38,13 @@ class _Handler:
 
 
 class _ScriptedSMTP(SMTP):
-    def __init__(self, script: ScriptedSMTPServer) -> None:
+    def __init__(self, script: Script) -> None:
         super().__init__(_Handler(script), hostname="scripted.test", enable_SMTPUTF8=True)
         self.script = script
         self._greeted = False
         self._rcpt_n = 0
 
     async def push(self, status: Any) -> None:
-        from .testing import DROP
-
         text = status.decode() if isinstance(status, bytes) else str(status)
         if not self._greeted and text.startswith("220"):
             self._greeted = True
@@ -69,8 +67,6 @@ class _ScriptedSMTP(SMTP):
             self.transport.close()
 
     async def _scripted(self, stage: str, recipient: str | None = None) -> bool:
-        from .testing import DROP
-
         reply = self.script.scripted(stage, recipient, self._rcpt_n)
         if reply is None:
             return False
@@ -109,5 +105,5 @@ class _ScriptedSMTP(SMTP):
         await super().smtp_RSET(arg)
 
 
-def make_protocol(script: ScriptedSMTPServer) -> SMTP:
+def make_protocol(script: Script) -> SMTP:
     return _ScriptedSMTP(script)

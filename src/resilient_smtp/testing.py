@@ -10,11 +10,46 @@ deadline only when every task on the event loop is waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
-from dataclasses import dataclass
+from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["DROP", "FakeClock", "ReceivedMessage", "ScriptedSMTPServer"]
+from ._clock import _Waits
+from ._script import DROP, ReceivedMessage, Script
+from ._scripted_transport import ScriptedTransport
+
+__all__ = [
+    "DROP",
+    "FakeClock",
+    "ReceivedMessage",
+    "Script",
+    "ScriptedSMTPServer",
+    "ScriptedTransport",
+    "classifications",
+    "no_waits",
+    "replies",
+]
+
+
+@contextlib.contextmanager
+def no_waits() -> Iterator[None]:
+    """Turn every wait on the system clock off inside the ``with`` block.
+
+    For tests of application code that builds its Mailer with the default
+    clock: retry back-offs, limiter waits and suspensions take no real time,
+    and the clock jumps forward by what they would have taken, so deadlines
+    and rates behave as they would.  The previous setting is restored on
+    exit.  (Code that takes a ``clock=`` is better served by
+    :class:`FakeClock`.)
+    """
+    previous = _Waits.skip
+    _Waits.skip = True
+    try:
+        yield
+    finally:
+        _Waits.skip = previous
 
 
 class FakeClock:
@@ -92,102 +127,29 @@ class FakeClock:
         return f"FakeClock(now={self._now:g}, sleeps={len(self.sleeps)})"
 
 
-# --------------------------------------------------------------------------
-# A real SMTP server on loopback, scripted per stage and per recipient.
-
-DROP = "<drop>"
-"""Use as a scripted reply: close the connection without answering."""
-
-_STAGES = ("connect", "ehlo", "mail", "rcpt", "data", "end_of_data")
-
-
-@dataclass
-class _ScriptRule:
-    stage: str
-    reply: str
-    times: int | None
-    recipient: str | None
-    nth: int | None
-    used: int = 0
-
-    def fires(self, stage: str, recipient: str | None, nth: int) -> bool:
-        if stage != self.stage or (self.times is not None and self.used >= self.times):
-            return False
-        if self.recipient is not None and recipient != self.recipient:
-            return False
-        return self.nth is None or self.nth == nth
-
-
-@dataclass(frozen=True)
-class ReceivedMessage:
-    """A transaction the scripted server accepted (250 after the data)."""
-
-    sender: str
-    recipients: tuple[str, ...]
-    data: bytes
-
-
-class ScriptedSMTPServer:
+class ScriptedSMTPServer(Script):
     """A real aiosmtpd SMTP server on 127.0.0.1 (port 0: a free port),
     answering normally except where the script says otherwise.
 
     ::
 
         async with ScriptedSMTPServer() as server:
-            server.on("rcpt", "421 4.7.0 Try again later", nth=3)       # 421 at the 3rd RCPT
+            server.on("rcpt", "421 4.7.0 Try again later", nth=3)   # 421 at the 3rd RCPT
             server.on("rcpt", "450 4.2.0 Greylisted", recipient="b@example.com", times=2)
-            server.on("end_of_data", DROP)                              # drop after the final dot
+            server.on("end_of_data", DROP)                          # drop after the final dot
             ... Mailer("127.0.0.1", server.port, tls="none") ...
         server.messages  # what was accepted
 
     Stages: ``connect`` (the greeting), ``ehlo``, ``mail``, ``rcpt``,
-    ``data`` (the DATA command), ``end_of_data``.  A reply starting with 421
-    is sent and the connection closed, as real servers do; :data:`DROP`
-    closes without a reply.  ``times`` limits how often a rule fires (None:
-    always), ``recipient`` and ``nth`` (1-based RCPT number within the
-    transaction) narrow it.  Rules are tried in the order added.  A message
-    dropped at ``end_of_data`` is recorded in :attr:`dropped_after_data`
-    (the client cannot know whether it was delivered).
+    ``data`` (the DATA command), ``end_of_data``; see :class:`Script` for
+    the rules.  Needs aiosmtpd (the ``testing`` extra).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         self.host = host
         self.port = port
-        self._rules: list[_ScriptRule] = []
-        self.messages: list[ReceivedMessage] = []
-        self.dropped_after_data: list[ReceivedMessage] = []
-        self.connections = 0
-        self.commands: list[str] = []
         self._server: asyncio.AbstractServer | None = None
-
-    def on(
-        self,
-        stage: str,
-        reply: str,
-        *,
-        times: int | None = 1,
-        recipient: str | None = None,
-        nth: int | None = None,
-    ) -> ScriptedSMTPServer:
-        """Script ``reply`` for ``stage``; returns the server, so calls chain."""
-        if stage not in _STAGES:
-            raise ValueError(f"stage must be one of {', '.join(_STAGES)}, not {stage!r}")
-        if reply != DROP and not (len(reply) >= 3 and reply[:3].isdigit()):
-            raise ValueError(f"reply must start with a 3-digit code or be DROP, not {reply!r}")
-        self._rules.append(_ScriptRule(stage, reply, times, recipient, nth))
-        return self
-
-    def scripted(self, stage: str, recipient: str | None = None, nth: int = 0) -> str | None:
-        for rule in self._rules:
-            if rule.fires(stage, recipient, nth):
-                rule.used += 1
-                return rule.reply
-        return None
-
-    @property
-    def delivered_to(self) -> list[str]:
-        """Every recipient of every accepted message, repeats included."""
-        return [r for m in self.messages for r in m.recipients]
 
     async def __aenter__(self) -> ScriptedSMTPServer:
         from ._scripted_server import make_protocol
@@ -202,3 +164,47 @@ class ScriptedSMTPServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+
+# --------------------------------------------------------------------------
+# Hypothesis strategies (hypothesis is a test dependency: imported on use).
+
+_TEXTS = (
+    "Try again later",
+    "Service not available, closing transmission channel",
+    "Greylisted, see http://postgrey.example/",
+    "Error: too many connections from 192.0.2.1",
+    "Mailbox full",
+    "User unknown",
+    "Relay access denied",
+    "Message size exceeds fixed maximum message size",
+    "[TSS04] Messages from 192.0.2.1 temporarily deferred",
+    "Ip frequency limited",
+    "Too many messages. Try again in 92 seconds.",
+    "Ok",
+)
+
+
+def replies() -> Any:
+    """A hypothesis strategy of SMTP reply strings: real-looking ones
+    (a code, maybe an enhanced status, a known text) and arbitrary text."""
+    from hypothesis import strategies as st
+
+    code = st.integers(min_value=200, max_value=599)
+    status = st.one_of(
+        st.none(),
+        st.tuples(st.sampled_from("245"), st.integers(0, 7), st.integers(0, 999)).map(
+            lambda t: f"{t[0]}.{t[1]}.{t[2]}"
+        ),
+    )
+    text = st.one_of(st.sampled_from(_TEXTS), st.text(max_size=200))
+    built = st.builds(lambda c, s, t: " ".join(str(p) for p in (c, s, t) if p), code, status, text)
+    return st.one_of(built, st.text(max_size=300))
+
+
+def classifications() -> Any:
+    """A hypothesis strategy of :class:`~resilient_smtp.Classification`
+    objects, from :func:`replies` through the default classifier."""
+    from ._classify import classify
+
+    return replies().map(classify)
