@@ -253,11 +253,13 @@ _YAHOO = (
     # "553 5.7.1 [BL21] Connections will not be accepted from [ip], because
     # the ip is in Spamhaus's list".
     Rule(R.BLOCKLISTED, "yahoo: [BLxx] IP on a block list", regex=r"\[bl\d\d\]", tier=P),
+    # (The regexes are written with a literal such as "[ts" up front, so the
+    # rule index can gate them cheaply.)
     # "421 4.7.0 [TSS04] Messages from [ip] temporarily deferred due to
     # unexpected volume or user complaints - 4.16.55.1" (KumoMTA suspends
     # for 2 hours); [TS01], [TS02], [IPTS04] and [GLxx] are the same kind.
     Rule(R.REPUTATION_DEFERRAL, "yahoo: [TSxx]/[IPTSxx] temporary deferral",
-         regex=r"\[(?:ip)?tss?\d\d\]", tier=P),
+         regex=r"\[tss?\d\d\]|\[ipts\d\d\]", tier=P),
     Rule(R.REPUTATION_DEFERRAL, "yahoo: [GLxx] temporarily deferred",
          regex=r"\[gl\d\d\]", tier=P),
     Rule(R.REPUTATION_DEFERRAL, "yahoo: 4.16.5x deferral code",
@@ -290,7 +292,7 @@ _APPLE = (
     # "554 5.7.1 [CS01] Message rejected due to local policy"; the [HMxx]
     # codes are rejections when they come with a 5xx.
     Rule(R.POLICY_REJECTED, "icloud: [CSxx]/[HMxx] rejected due to local policy",
-         regex=r"\[(?:cs|hm)\d+\]", codes=_REJECT, tier=P),
+         regex=r"\[cs\d+\]|\[hm\d+\]", codes=_REJECT, tier=P),
     Rule(R.POLICY_REJECTED, "icloud: [CSxx] rejected due to local policy",
          regex=r"\[cs0\d\]", tier=P),
     # "[BS02] Temporary server error." (KumoMTA suspends 15 minutes)
@@ -381,11 +383,13 @@ _GMX = (
          hosts=GMX),
 )
 
-# Comcast: Xfinity postmaster "Comcast error codes" (postmaster.comcast.net),
-# and Cox's AUP codes.
+# Comcast: Xfinity postmaster "Comcast error codes" (postmaster.comcast.net):
+# eight-character codes such as RL000001 and BL000010; and Cox's AUP codes.
+# The regexes start with a long literal ("rl000") so the rule index can gate
+# them cheaply.
 _COMCAST = (
-    Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl\d{4,6}\b", tier=P),
-    Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl\d{6}\b", tier=P),
+    Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl000\d{3}\b", tier=P),
+    Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
 )
 
