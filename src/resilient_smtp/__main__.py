@@ -130,7 +130,36 @@ def _as_json(given: str, c: Classification) -> str:
     )
 
 
-_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_classify,)
+def _add_demo(commands: Any) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="send a few hundred messages to an embedded difficult server on loopback",
+        description=(
+            "Start an SMTP server on 127.0.0.1 that throttles with 421s, greylists, "
+            "refuses some connections and knows one recipient less, then send "
+            "messages through the Mailer with its defaults and show what happened."
+        ),
+    )
+    p.add_argument("--messages", type=int, default=300, help="how many (default 300)")
+    p.add_argument(
+        "--rate", type=float, default=40.0, help="the server's limit, messages/s (default 40)"
+    )
+    p.set_defaults(handler=_demo_command)
+
+
+def _demo_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+
+    from resilient_smtp._demo import run_demo
+
+    if not 1 <= args.messages <= 100_000:
+        raise _UsageError("--messages must be between 1 and 100000")
+    if not 0 < args.rate <= 10_000:
+        raise _UsageError("--rate must be above 0 and at most 10000")
+    return asyncio.run(run_demo(args.messages, args.rate, out=out))
+
+
+_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_classify, _add_demo)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:

@@ -32,10 +32,11 @@ class Clock(Protocol):
 class _Waits:
     """Process-wide switch behind ``resilient_smtp.testing.no_waits()``.
 
-    While ``skip`` is set, a system-clock sleep returns at once and adds
-    its duration to ``offset``, which :meth:`SystemClock.monotonic` adds to
-    the real time: code that sleeps and then looks at the clock sees the
-    time it waited for, so rate limiters and deadlines still work.
+    While ``skip`` is set, a system-clock sleep returns at once and moves
+    ``offset`` (which :meth:`SystemClock.monotonic` adds to the real time)
+    so the clock reads at least the sleeper's wake-up time: code that sleeps
+    and then looks at the clock sees the time it waited for, so rate
+    limiters and deadlines still work.
     """
 
     skip = False
@@ -52,7 +53,10 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         if _Waits.skip:
-            _Waits.offset += max(0.0, seconds)
+            # Jump to this sleeper's wake-up time (not past it: concurrent
+            # sleeps overlap, as they do in real time).
+            wake = self.monotonic() + max(0.0, seconds)
+            _Waits.offset = max(_Waits.offset, wake - time.monotonic())
             await asyncio.sleep(0)
             return
         await asyncio.sleep(max(0.0, seconds))

@@ -85,8 +85,10 @@ async def run_transaction(
         reply = await conn.mail(sender, options)
         if reply.code != 250:
             c = judge(reply)
-            if reused and c.session_over:
-                out.stale = True  # the server had closed it while idle
+            if reused and c.session_over and c.reason is Reason.CONNECTION_ERROR:
+                # "421 4.4.2 ... timeout exceeded": the server had given up
+                # on the idle connection; any other 421 is real pushback.
+                out.stale = True
             out.settle(untried, c)
             return out
         stage = Stage.RCPT
