@@ -310,7 +310,7 @@ class _KeyRate:
         # more than seen, so a pushback right after a cut cannot read as 0/s.)
         measured = self.meter.rate(now)
         since = now - self.cut_at
-        if since < math.inf:
+        if 0.0 < since < math.inf:
             took = (self.delivered_since_cut + 1) / since
             if took < owner.beta * old and (measured is None or took < measured):
                 measured = took
@@ -339,6 +339,8 @@ class _KeyRate:
                     "old_rate": old,
                     "new_rate": new,
                     "measured_rate": measured,
+                    "target_rate": self.w_max,
+                    "recovery_seconds": self.k,
                 },
             ),
             owner._hooks,
