@@ -18,8 +18,8 @@ from ._health import Admission, DestinationHealth, HealthStatus
 from ._limit import ConcurrencyLimiter, KeyedLimiter, Limiter, all_of
 from ._mailer import Mailer
 from ._pool import PoolLimits
-from ._result import RecipientResult, SendFailed, SendResult, State
 from ._reply import Reply
+from ._result import RecipientResult, SendFailed, SendResult, State
 from ._retry import RetryDecision, RetryPolicy, RetryState
 from ._rule import Rule, Tier
 from ._taxonomy import Action, Reason, Scope, Stage
