@@ -182,7 +182,9 @@ class AdaptiveLimiter:
         self._keys = KeyedLimiter(self._new_key, idle_timeout=idle_timeout, clock=clock)
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
-        return self._keys.acquire(key)
+        # A key's state is not dropped while callers wait on it (its bucket
+        # is not idle then), and a rate permit holds nothing once granted.
+        return self._keys.limiter_for(key).acquire(key)
 
     def feedback(self, key: str, classification: Classification | None) -> None:
         self._keys.feedback(key, classification)
@@ -283,10 +285,11 @@ class _KeyRate:
         dt = now - self.last_update
         self.last_update = now
         waits = self.bucket._waits
-        if waits != self.last_waits and dt > 0:
-            self.last_waits = waits
-            # Cap the credit so a long quiet spell before one wait is not counted.
-            self.growth += min(dt, 2.0 / self.bucket.rate + 0.5)
+        if waits == self.last_waits or dt <= 0:
+            return  # nobody waited: no growth, the curve has not moved
+        self.last_waits = waits
+        # Cap the credit so a long quiet spell before one wait is not counted.
+        self.growth += min(dt, 2.0 / self.bucket.rate + 0.5)
         self.bucket.rate = self._curve()
 
     def _curve(self) -> float:
@@ -355,8 +358,11 @@ class _AdaptivePermit(AbstractAsyncContextManager[None]):
 
     async def __aenter__(self) -> None:
         state = self._state
-        state.update(state.owner._clock.monotonic())
-        await state.bucket._enter()
+        now = state.owner._clock.monotonic()
+        state.update(now)
+        bucket = state.bucket
+        if bucket._waiters or bucket._take(now) != 0.0:
+            await bucket._enter()
         state.granted += 1
 
     async def __aexit__(

@@ -173,7 +173,11 @@ class _RatePermit(AbstractAsyncContextManager[None]):
         self._limiter = limiter
 
     async def __aenter__(self) -> None:
-        await self._limiter._enter()
+        lim = self._limiter
+        # The uncontended path, inlined: no queue and a conforming request.
+        if not lim._waiters and lim._take(lim._clock.monotonic()) == 0.0:
+            return
+        await lim._enter()
 
     async def __aexit__(
         self,

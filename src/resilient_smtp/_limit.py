@@ -227,6 +227,15 @@ class KeyedLimiter:
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
         return _KeyedPermit(self, key)
 
+    def limiter_for(self, key: str) -> Limiter:
+        """The limiter for ``key``, made if needed, and marked as just used.
+
+        For a limiter whose ``is_idle()`` alone says when it may be dropped
+        (it holds nothing between ``acquire`` and exit), using its permits
+        directly skips the in-use bookkeeping of :meth:`acquire`.
+        """
+        return self._touch(key).limiter
+
     def feedback(self, key: str, classification: Classification | None) -> None:
         self._touch(key).limiter.feedback(key, classification)
 
