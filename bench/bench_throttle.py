@@ -15,8 +15,8 @@ reconnecting after a 421, against a fresh server:
 It reports goodput (messages delivered per second, over the whole run and
 after a warm-up) as a fraction of ``R``, and attempts per delivered message.
 
-    python bench/bench_throttle.py            # R=100/s, 1500 messages each (~50 s)
-    python bench/bench_throttle.py --quick    # R=50/s, 150 messages each (~10 s)
+    python bench/bench_throttle.py            # R=100/s, 1000 messages each (~55 s)
+    python bench/bench_throttle.py --quick    # 120 messages each (a few seconds)
 """
 
 from __future__ import annotations
@@ -240,10 +240,10 @@ async def main(argv: list[str] | None = None) -> int:
         "U(0,1), U(0,2), U(0,4) s...)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print the rate cuts")
-    parser.add_argument("--quick", action="store_true", help="R=50/s, 150 messages (CI)")
+    parser.add_argument("--quick", action="store_true", help="120 messages (CI smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rate, args.messages, args.warmup = 50.0, 150, 1.0
+        args.rate, args.messages, args.warmup = 100.0, 120, 0.5
     kinds = [k.strip() for k in args.clients.split(",") if k.strip()]
     for k in kinds:
         if k not in _NAMES:

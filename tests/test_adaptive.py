@@ -106,6 +106,36 @@ async def test_one_cut_per_congestion_event() -> None:
     assert len(events) == 2
 
 
+async def test_far_over_the_limit_one_cut_lands_under_what_the_server_took() -> None:
+    clock = FakeClock()
+    events: list[Event] = []
+    limiter = _limiter(clock, events, initial_rate=100.0, doubling_time=1000.0)
+    answers = iter(range(10**6))
+    # The server delivers one message in five (20/s) and rejects the rest
+    # for reasons that are not pushback.
+    await _drive(
+        limiter, clock, 1.0, outcome=lambda: None if next(answers) % 5 == 0 else UNKNOWN_USER
+    )
+    limiter.feedback("mx.example", PUSHBACK)
+    data = events[0].data
+    assert pytest.approx(20.0, rel=0.25) == data["measured_rate"]
+    assert pytest.approx(0.9 * data["measured_rate"]) == data["new_rate"]
+    assert data["old_rate"] > 90.0
+
+
+async def test_nothing_delivered_since_the_last_cut_halves_the_rate() -> None:
+    clock = FakeClock()
+    events: list[Event] = []
+    limiter = _limiter(clock, events)
+    for _ in range(2):
+        async with limiter.acquire("mx.example"):
+            pass
+        limiter.feedback("mx.example", PUSHBACK)
+    first, second = (e.data for e in events)
+    assert pytest.approx(0.9 * first["old_rate"]) == first["new_rate"]
+    assert pytest.approx(0.5 * second["old_rate"]) == second["new_rate"]
+
+
 @pytest.mark.parametrize("classification", [UNKNOWN_USER, BUSY, None])
 async def test_answers_that_are_not_pushback_do_not_cut(
     classification: Classification | None,

@@ -8,11 +8,13 @@ botocore's adaptive retry mode uses for its client-side rate):
 * **Start** at ``initial_rate`` and, until the first pushback, double the rate
   every ``doubling_time`` seconds *spent waiting on the limiter* (slow start).
 * **Cut** on pushback (``rate_limited``, ``too_many_connections``,
-  ``session_limit``, ``reputation_deferral``): remember the rate of the cut
-  as ``W`` and drop to ``beta * W``.  Pushbacks on permits granted *before*
-  the cut are the same congestion event (TCP's "one cut per round trip"):
-  they are counted but not acted on.  A fresh pushback before the rate has
-  climbed half-way back means the limit is well below ``W``: halve instead.
+  ``session_limit``, ``reputation_deferral``): take as ``W`` the lowest of the
+  rate we were granting, the recent delivery rate, and (when well below our
+  rate) the delivery rate since the last cut: what the server actually took.
+  Drop to ``beta * W``, or to half the rate if nothing at all was delivered
+  since the last cut.  Pushbacks on permits granted *before* the cut are the
+  same congestion event (TCP's "one cut per round trip"): they are counted
+  but not acted on.  The bucket is emptied, as the server's is.
 * **Grow back** along ``W * (1 - (1 - beta) * (1 - t / K) ** 3)``: fast at
   first, flat near ``W`` (the last rate known to be too high, but only just),
   then, past ``K``, slowly and then faster above it, to find out whether the
@@ -20,7 +22,7 @@ botocore's adaptive retry mode uses for its client-side rate):
   ``recovery_messages`` at ``W``, whichever is longer, so a destination that
   takes one message a second is probed every minute, not every few messages.
 * Time counts only while callers are waiting on the limiter: a sender that
-  does not use its rate does not grow it (RFC 9438 §4.2 on
+  does not use its rate does not grow it (as RFC 9438 asks for
   application-limited flows).
 * Never below ``min_rate``, never above ``max_rate``.
 
@@ -30,9 +32,10 @@ creeps back too slowly after a cut or, made faster, overshoots the limit as
 fast as it approached it, so it spends its time far from the limit.  CUBIC's
 plateau keeps the rate near the last known limit for most of a cycle and
 probes past it gently, which is what a destination with a fixed limit wants;
-each cut costs one refused attempt and a reconnect.  ``beta`` is 0.8 (CUBIC
-for TCP uses 0.7): SMTP limits are steady, and the first cut after the
-slow-start overshoot is followed by halving if it was not enough.
+each cut costs one refused attempt and a reconnect.  ``beta`` is 0.9 (CUBIC
+for TCP and botocore use 0.7): SMTP limits are steady settings, and the cut
+starts from the measured delivery rate, so when we were far over the limit
+one cut lands just under it.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ _HALVE = 0.5
 # The delivery-rate meter: counts in _SLOTS slots of _SLOT seconds, in O(1)
 # memory.  The estimate uses the newest slots that hold at least _MIN_COUNT
 # deliveries: a short window at high rates (it must not lag a fast-rising
-# rate), up to _SLOTS * _SLOT = 1 s at low ones; fewer deliveries than that
-# in a second say too little to act on.
+# rate), up to _SLOTS * _SLOT = 2 s at low ones; fewer deliveries than that
+# in two seconds say too little to act on.
 _SLOT = 0.0625
 _SLOTS = 32
 _MIN_COUNT = 4
