@@ -159,7 +159,63 @@ def _demo_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return asyncio.run(run_demo(args.messages, args.rate, out=out))
 
 
-_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_classify, _add_demo)
+def _add_check(commands: Any) -> None:
+    p = commands.add_parser(
+        "check",
+        help="verify a server: connect, EHLO, STARTTLS with certificate check, AUTH",
+        description=(
+            "Connect to HOST[:PORT], report what EHLO offers, try STARTTLS and verify "
+            "the certificate, optionally log in, and explain any failure."
+        ),
+    )
+    p.add_argument("server", metavar="HOST[:PORT]", help="the relay, e.g. smtp.example.com:587")
+    p.add_argument(
+        "--tls",
+        choices=["starttls", "implicit", "none"],
+        default="starttls",
+        help="starttls (default, port 587), implicit (port 465) or none",
+    )
+    p.add_argument("--username", help="log in as this user")
+    p.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (never from the command line)",
+    )
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds per step (default 15)")
+    p.set_defaults(handler=_check_command)
+
+
+def _check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+    import os
+
+    from resilient_smtp._check import check_server
+    from resilient_smtp._mailer import _parse_relay
+
+    try:
+        host, port = _parse_relay(args.server, 465 if args.tls == "implicit" else 587)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    password = None
+    if args.username is not None:
+        if not args.password_env or args.password_env not in os.environ:
+            raise _UsageError("--username needs --password-env VAR with the password in $VAR")
+        password = os.environ[args.password_env]
+    report = asyncio.run(
+        check_server(
+            host,
+            port,
+            tls=args.tls,
+            username=args.username,
+            password=password,
+            timeout=args.timeout,
+        )
+    )
+    out.write(report.render() + "\n")
+    return 0 if report.ok else 1
+
+
+_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_classify, _add_demo, _add_check)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:

@@ -41,15 +41,16 @@ def _parse_relay(relay: str | tuple[str, int], default_port: int) -> tuple[str, 
     if isinstance(relay, tuple):
         host, port = relay
     else:
-        host, port = relay, default_port
+        host, port, text = relay, default_port, ""
         if relay.startswith("["):  # [::1]:25
-            inner, _, rest = relay[1:].partition("]")
-            host = inner
-            if rest.startswith(":"):
-                port = int(rest[1:])
+            host, _, rest = relay[1:].partition("]")
+            text = rest[1:] if rest.startswith(":") else ""
         elif relay.count(":") == 1:
-            host, _, p = relay.partition(":")
-            port = int(p)
+            host, _, text = relay.partition(":")
+        if text:
+            if not text.isdigit():
+                raise ValueError(f"bad port in relay {relay!r}")
+            port = int(text)
     if not host or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"bad relay {relay!r}: give 'host', 'host:port' or (host, port)")
     return host, port
