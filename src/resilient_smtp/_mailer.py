@@ -215,7 +215,7 @@ class Mailer:
                     if a not in out.split:
                         tries[a] += 1
                         where[a] = key
-            self._feedback(key, out)
+            self._feedback(relay, key, out)
             for a in out.delivered:
                 final[a] = RecipientResult(
                     a, State.DELIVERED, last.get(a), tries[a], destination=key
@@ -290,7 +290,7 @@ class Mailer:
             else:
                 final[a] = RecipientResult(a, State.REJECTED, c, tries[a], None, where.get(a, key))
 
-    def _feedback(self, key: str, out: Outcome) -> None:
+    def _feedback(self, relay: tuple[str, int], key: str, out: Outcome) -> None:
         if out.stale:
             return
         c = out.failure
@@ -298,6 +298,7 @@ class Mailer:
             return
         self.limiter.feedback(key, c)
         self.health.record(key, c)
+        self.pool.feedback(*relay, c)
 
     async def _attempt(
         self,

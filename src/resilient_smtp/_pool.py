@@ -6,7 +6,8 @@ cache a throttled session either).  Before reuse, a connection the server
 closed while idle (an unprompted ``421 4.4.2 ... timeout exceeded``, which
 aiosmtplib drops silently) is noticed and replaced; one idle for longer than
 ``noop_after`` is checked with NOOP.  Messages per connection and connection
-age are capped.
+age are capped, and the number of connections per destination follows the
+server's "too many connections" pushback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from ._classify import Classification
 from ._clock import Clock, system_clock
+from ._taxonomy import Reason
 from ._transport import Connection, Transport
 
 __all__ = ["Lease", "Pool", "PoolLimits"]
@@ -65,11 +68,48 @@ class Lease:
 
 
 class _Slot:
-    __slots__ = ("idle", "semaphore")
+    """One destination: its idle connections and a concurrency window.
+
+    The window shrinks by one when the server says "too many connections"
+    and grows by ``1/window`` per clean transaction up to the configured
+    maximum: the negative and positive feedback of Postfix's destination
+    concurrency scheduler (SCHEDULER_README: ``..._negative_feedback = 1``,
+    ``..._positive_feedback = 1/concurrency``).
+    """
+
+    __slots__ = ("idle", "in_use", "waiters", "window")
 
     def __init__(self, limit: int) -> None:
-        self.semaphore = asyncio.Semaphore(limit)
         self.idle: deque[tuple[Connection, float]] = deque()
+        self.window = float(limit)
+        self.in_use = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def enter(self) -> None:
+        if not self.waiters and self.in_use < int(self.window):
+            self.in_use += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut  # _wake() counted us in before resolving the future
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.leave()  # granted, then cancelled before we could use it
+            else:
+                self.waiters.remove(fut)
+            raise
+
+    def leave(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters and self.in_use < int(self.window):
+            fut = self.waiters.popleft()
+            if not fut.done():
+                self.in_use += 1
+                fut.set_result(None)
 
 
 class Pool:
@@ -131,7 +171,8 @@ class Pool:
         slot = self._slots.get((host, port))
         if slot is None:
             slot = self._slots[(host, port)] = _Slot(self.limits.max_connections)
-        async with slot.semaphore:
+        await slot.enter()
+        try:
             conn = await self._take_idle(slot)
             lease = Lease(conn, reused=True) if conn is not None else None
             if lease is None:
@@ -148,6 +189,25 @@ class Pool:
                     await asyncio.shield(conn.close())
                 else:
                     slot.idle.append((conn, self._clock.monotonic()))
+        finally:
+            slot.leave()
+
+    def feedback(self, host: str, port: int, classification: Classification | None) -> None:
+        """Adjust the destination's concurrency window after a transaction:
+        one less on ``too_many_connections``, ``1/window`` more on success."""
+        slot = self._slots.get((host, port))
+        if slot is None:
+            return
+        if classification is None:
+            slot.window = min(float(self.limits.max_connections), slot.window + 1 / slot.window)
+            slot._wake()
+        elif classification.reason is Reason.TOO_MANY_CONNECTIONS:
+            slot.window = max(1.0, slot.window - 1.0)
+
+    def window(self, host: str, port: int) -> int:
+        """How many connections ``host:port`` may have open now."""
+        slot = self._slots.get((host, port))
+        return int(slot.window) if slot is not None else self.limits.max_connections
 
     def idle_count(self) -> int:
         """Idle connections kept, across destinations."""

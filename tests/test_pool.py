@@ -1,0 +1,93 @@
+"""The connection pool: reuse, caps, and the concurrency window that follows
+"too many connections" pushback."""
+
+from __future__ import annotations
+
+import asyncio
+from email.message import EmailMessage
+
+import pytest
+
+from resilient_smtp import Mailer, PoolLimits, Reason, classify
+from resilient_smtp._pool import Pool
+from resilient_smtp.testing import FakeClock, ScriptedTransport
+
+
+def message(to: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "app@example.org"
+    msg["To"] = to
+    msg["Subject"] = "pool"
+    msg.set_content("x")
+    return msg
+
+
+async def test_too_many_connections_shrinks_the_window_and_success_regrows_it() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(clock=clock)
+    transport.on("connect", "421 4.7.0 mx.test Error: too many connections from 192.0.2.1")
+    async with Mailer("mx.test", transport=transport, clock=clock) as mailer:
+        result = await mailer.send(message("a@example.com"))
+        assert result.ok
+        c = result["a@example.com"].classification
+        assert c is not None and c.reason is Reason.TOO_MANY_CONNECTIONS
+        assert mailer.pool.window("mx.test", 587) == 3
+        for i in range(12):
+            assert (await mailer.send(message(f"u{i}@example.com"))).ok
+        assert mailer.pool.window("mx.test", 587) == 4  # back to PoolLimits' maximum
+
+
+async def test_window_bounds_concurrent_connections() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(clock=clock)
+    pool = Pool(transport, PoolLimits(max_connections=2), clock=clock)
+    active = peak = 0
+
+    async def borrow() -> None:
+        nonlocal active, peak
+        async with pool.connection("mx.test", 25):
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            active -= 1
+
+    await asyncio.gather(*(borrow() for _ in range(10)))
+    assert peak == 2
+    pool.feedback("mx.test", 25, classify("421 4.7.0 Error: too many connections"))
+    peak = 0
+    await asyncio.gather(*(borrow() for _ in range(10)))
+    assert peak == 1
+    await pool.close()
+
+
+async def test_cancelled_waiter_takes_no_slot() -> None:
+    clock = FakeClock()
+    pool = Pool(ScriptedTransport(clock=clock), PoolLimits(max_connections=1), clock=clock)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with pool.connection("mx.test", 25):
+            held.set()
+            await release.wait()
+
+    h = asyncio.create_task(holder())
+    await held.wait()
+    waiter = asyncio.create_task(pool.connection("mx.test", 25).__aenter__())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await h
+    async with pool.connection("mx.test", 25) as lease:  # the slot is free again
+        assert lease.connection.is_open()
+    await pool.close()
+
+
+def test_pool_limits_reject_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        PoolLimits(max_connections=0)
+    with pytest.raises(ValueError, match="max_age"):
+        PoolLimits(max_age=-1)
