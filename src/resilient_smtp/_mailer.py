@@ -26,6 +26,7 @@ from ._errors import InvalidMessageError
 from ._events import Event, Hook, emit
 from ._health import DestinationHealth
 from ._limit import Limiter
+from ._mx import MXResolver, dns_resolver, mx_order, resolution_failure
 from ._pool import Pool, PoolLimits
 from ._reply import Reply
 from ._result import RecipientResult, SendResult, State
@@ -77,10 +78,14 @@ def _suspended(admission: Any, key: str) -> Classification:
 class Mailer:
     """Sends messages through one or more relays, resiliently.
 
-    ``host`` is a relay (``"smtp.example.com"``, ``"host:2525"``) or a list
-    of them: the next is used while the previous one is suspended by
-    destination health.  ``tls`` is ``"starttls"`` (default: required, with
-    certificate verification), ``"implicit"`` (port 465) or ``"none"``.
+    ``host`` is a relay (``"smtp.example.com"``, ``"host:2525"``; port 587
+    unless given) or a list of them: the next is used while the previous one
+    is suspended by destination health, or after it failed in this send.
+    ``mx=True`` delivers straight to each recipient domain's MX hosts (port
+    25, preference order, needs the ``mx`` extra: dnspython); ``mx=`` also
+    takes an async resolver ``domain -> [(preference, host)]``.  ``tls`` is
+    ``"starttls"`` (default: required, with certificate verification),
+    ``"implicit"`` (port 465) or ``"none"``.
 
     ``retry``, ``limiter``, ``health``, ``classifier``, ``clock`` and
     ``transport`` all have defaults (the adaptive limiter is on) and can be
@@ -93,9 +98,10 @@ class Mailer:
 
     def __init__(
         self,
-        host: str | tuple[str, int] | Sequence[str | tuple[str, int]],
-        port: int = 587,
+        host: str | tuple[str, int] | Sequence[str | tuple[str, int]] | None = None,
+        port: int | None = None,
         *,
+        mx: MXResolver | bool = False,
         tls: TLSMode = "starttls",
         username: str | None = None,
         password: str | None = None,
@@ -112,11 +118,20 @@ class Mailer:
         resend_ambiguous: bool = False,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        relays: Sequence[str | tuple[str, int]]
-        relays = [host] if isinstance(host, (str, tuple)) else list(host)
-        if not relays:
-            raise ValueError("give at least one relay host")
-        self.relays = tuple(_parse_relay(r, port) for r in relays)
+        self.mx: MXResolver | None = None
+        self.mx_port = port or 25
+        if mx:
+            if host is not None:
+                raise ValueError("give relay hosts or mx=..., not both")
+            self.mx = dns_resolver if mx is True else mx
+            self.relays: tuple[tuple[str, int], ...] = ()
+        else:
+            if host is None:
+                raise ValueError("give a relay host (or mx=True for direct MX delivery)")
+            relays = [host] if isinstance(host, (str, tuple)) else list(host)
+            if not relays:
+                raise ValueError("give at least one relay host")
+            self.relays = tuple(_parse_relay(r, port or 587) for r in relays)
         self.clock = clock or system_clock
         if transport is None:
             transport = AiosmtplibTransport(
@@ -145,8 +160,8 @@ class Mailer:
         self.resend_ambiguous = resend_ambiguous
 
     def __repr__(self) -> str:
-        relays = ", ".join(f"{h}:{p}" for h, p in self.relays)
-        return f"Mailer([{relays}], transport={self.transport!r})"
+        where = ", ".join(f"{h}:{p}" for h, p in self.relays) or f"MX:{self.mx_port}"
+        return f"Mailer([{where}], transport={self.transport!r})"
 
     async def __aenter__(self) -> Mailer:
         return self
@@ -182,18 +197,77 @@ class Mailer:
         :meth:`SendResult.raise_for_failures`).
         """
         envelope = build_envelope(message, sender=sender, recipients=recipients)
-        bodies: dict[bool, bytes] = {}
-        state = self.retry.start(self.clock)
         started = self.clock.monotonic()
+        bodies: dict[bool, bytes] = {}
+        if self.mx is None:
+            final, transactions = await self._deliver(message, envelope, self.relays, bodies)
+        else:
+            final, transactions = await self._deliver_mx(message, envelope, bodies)
+        result = SendResult(
+            tuple(final[a] for a in envelope.recipients),
+            attempts=transactions,
+            elapsed=self.clock.monotonic() - started,
+        )
+        self._emit(
+            "final",
+            repr(result),
+            delivered=len(result.delivered),
+            rejected=len(result.rejected),
+            deferred=len(result.deferred),
+            ambiguous=len(result.ambiguous),
+        )
+        return result
+
+    async def _deliver_mx(
+        self, message: Message | bytes | str, envelope: Envelope, bodies: dict[bool, bytes]
+    ) -> tuple[dict[str, RecipientResult], int]:
+        """Direct delivery: each recipient domain to its own MX hosts."""
+        assert self.mx is not None
+        by_domain: dict[str, list[str]] = {}
+        for rcpt in envelope.recipients:
+            by_domain.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
+
+        async def one(domain: str, rcpts: list[str]) -> tuple[dict[str, RecipientResult], int]:
+            assert self.mx is not None
+            try:
+                hosts = mx_order(domain, await self.mx(domain))
+            except Exception as exc:  # DNS trouble must not crash a send
+                c = resolution_failure(domain, exc)
+                state = State.DEFERRED if c.transient else State.REJECTED
+                retry_in = 300.0 if c.transient else None
+                return {a: RecipientResult(a, state, c, 0, retry_in, domain) for a in rcpts}, 0
+            relays = tuple((h, self.mx_port) for h in hosts)
+            return await self._deliver(
+                message, Envelope(envelope.sender, tuple(rcpts)), relays, bodies
+            )
+
+        final: dict[str, RecipientResult] = {}
+        transactions = 0
+        for part, n in await asyncio.gather(*(one(d, r) for d, r in by_domain.items())):
+            final.update(part)
+            transactions += n
+        return final, transactions
+
+    async def _deliver(
+        self,
+        message: Message | bytes | str,
+        envelope: Envelope,
+        relays: Sequence[tuple[str, int]],
+        bodies: dict[bool, bytes],
+    ) -> tuple[dict[str, RecipientResult], int]:
+        """Deliver to ``envelope``'s recipients through ``relays`` until each
+        has a final state; returns the states and the transactions run."""
+        state = self.retry.start(self.clock)
         pending = list(envelope.recipients)
         last: dict[str, Classification] = {}
         tries = dict.fromkeys(pending, 0)
         final: dict[str, RecipientResult] = {}
         where: dict[str, str] = {}
+        failed: set[tuple[str, int]] = set()
         transactions = 0
 
         while pending:
-            relay, admission = self._choose()
+            relay, admission = self._choose(relays, failed)
             key = f"{relay[0]}:{relay[1]}"
             if not admission.allowed:
                 c = _suspended(admission, key)
@@ -238,38 +312,33 @@ class Mailer:
             if not out.pending:
                 continue  # only a split remainder is left: send it at once
             c = out.failure or next(iter(out.pending.values()))
+            if c.scope in (Scope.CONNECTION, Scope.DESTINATION):
+                failed.add(relay)  # the next attempt prefers another relay or MX
             decision = state.decide(c, destination=key)
             if decision.retry:  # the policy has emitted the "retry" event
                 await self.clock.sleep(decision.delay)
                 continue
             self._defer(pending, last, tries, final, where, key, decision.retry_in)
             break
+        return final, transactions
 
-        result = SendResult(
-            tuple(final[a] for a in envelope.recipients),
-            attempts=transactions,
-            elapsed=self.clock.monotonic() - started,
-        )
-        self._emit(
-            "final",
-            repr(result),
-            delivered=len(result.delivered),
-            rejected=len(result.rejected),
-            deferred=len(result.deferred),
-            ambiguous=len(result.ambiguous),
-        )
-        return result
-
-    def _choose(self) -> tuple[tuple[str, int], Any]:
-        """The first relay health admits, else the first relay and its refusal."""
+    def _choose(
+        self, relays: Sequence[tuple[str, int]], failed: set[tuple[str, int]]
+    ) -> tuple[tuple[str, int], Any]:
+        """The first relay health admits, preferring ones that have not failed
+        in this send (Postfix tries the next MX after a recoverable failure);
+        else the relay whose suspension ends first, with its refusal."""
+        fallback: Any = None
         first: Any = None
-        for relay in self.relays:
+        for relay in relays:
             admission = self.health.admit(f"{relay[0]}:{relay[1]}")
             if admission.allowed:
-                return relay, admission
-            if first is None or admission.retry_in < first[1].retry_in:
+                if relay not in failed:
+                    return relay, admission
+                fallback = fallback or (relay, admission)
+            elif first is None or admission.retry_in < first[1].retry_in:
                 first = (relay, admission)
-        return first  # type: ignore[no-any-return]
+        return fallback or first  # type: ignore[no-any-return]
 
     def _defer(
         self,
