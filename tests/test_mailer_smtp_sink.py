@@ -307,21 +307,44 @@ async def test_refused_after_dot_then_requeued_arrives_once_where_accepted(
     assert healthy.message_ids() == [mid]
 
 
-async def test_fails_over_to_the_next_relay_when_the_first_is_suspended(
+async def test_fails_over_to_the_next_relay_after_a_destination_failure(
     smtp_sink: SinkFactory,
 ) -> None:
-    # Three server_busy failures in a row suspend the first relay (health's
-    # failure_threshold); the next send attempt goes to the second one.
+    # A 421 at MAIL is the destination's trouble: the retry goes to the
+    # next relay, which takes the message; the first never got it.
     broken, healthy = smtp_sink("-Q", "MAIL"), smtp_sink()
     msg, mid = make_message()
-    async with mailer_for(broken, healthy, attempts=5) as mailer:
+    async with mailer_for(broken, healthy) as mailer:
         result = await mailer.send(msg)
     assert result.delivered == RCPTS
     for r in result:
         assert r.destination == key(healthy)
-        assert r.attempts == 4
+        assert r.attempts == 2
+        assert r.classification is not None
+        assert r.classification.reason is Reason.SERVER_BUSY  # what the first relay said
     assert broken.message_ids() == []
     assert healthy.message_ids() == [mid]
+
+
+async def test_keeps_to_the_healthy_relay_while_the_first_is_suspended(
+    smtp_sink: SinkFactory,
+) -> None:
+    # Every send tries the first relay again until health suspends it
+    # (three server_busy failures in a row); after that, sends go straight
+    # to the second.  Each message arrives exactly once, at the second.
+    broken, healthy = smtp_sink("-Q", "CONNECT"), smtp_sink()
+    sent = []
+    async with mailer_for(broken, healthy) as mailer:
+        results = []
+        for i in range(6):
+            msg, mid = make_message(f"user{i}@example.com")
+            sent.append(mid)
+            results.append(await mailer.send(msg))
+        assert mailer.health.status(key(broken)).state == "suspended"
+    assert all(r.ok for r in results)
+    assert [r.recipients[0].attempts for r in results][-1] == 1
+    assert healthy.message_ids() == sent
+    assert broken.message_ids() == []
 
 
 async def test_mixed_results_across_two_sends_on_one_sink(smtp_sink: SinkFactory) -> None:
