@@ -388,3 +388,28 @@ async def test_non_ascii_address_needs_smtputf8(server: ScriptedSMTPServer) -> N
         result = await mailer.send(make_message("jürgen@example.com"))
     assert result.ok  # aiosmtpd offers SMTPUTF8
     assert server.messages[0].recipients == ("jürgen@example.com",)
+
+
+async def test_refused_connections_leak_no_permit() -> None:
+    # Nothing listens on this port: every attempt fails to connect.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    limiter = ConcurrencyLimiter(limit=1)
+    async with Mailer(
+        "127.0.0.1",
+        port,
+        tls="none",
+        clock=FakeClock(),
+        limiter=limiter,
+        retry=fast_policy(max_attempts=3),
+    ) as mailer:
+        result = await mailer.send(make_message("a@example.com"))
+    r = result["a@example.com"]
+    assert r.state is State.DEFERRED
+    assert r.attempts == 3
+    assert r.classification is not None
+    assert r.classification.reason is Reason.CONNECTION_ERROR
+    assert limiter.held == 0

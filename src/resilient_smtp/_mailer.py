@@ -360,12 +360,15 @@ class Mailer:
                 final[a] = RecipientResult(a, State.REJECTED, c, tries[a], None, where.get(a, key))
 
     def _feedback(self, relay: tuple[str, int], key: str, out: Outcome) -> None:
-        if out.stale:
+        """Tell the limiter (once per permit, as the adaptive limiter counts
+        them), health and the pool how the attempt went.  ``None`` means the
+        destination answered normally, even if some recipients were refused."""
+        if not out.permitted:
             return
         c = out.failure
-        if c is None and not out.delivered:
-            return
         self.limiter.feedback(key, c)
+        if out.stale:
+            return  # an idle connection the server had closed says nothing new
         self.health.record(key, c)
         self.pool.feedback(*relay, c)
 
@@ -381,23 +384,21 @@ class Mailer:
     ) -> Outcome:
         """One transaction to ``relay`` for the ``pending`` recipients."""
         host, port = relay
-        stack = contextlib.AsyncExitStack()
-        try:
-            lease = await self._enter(stack, key, host, port, state)
-        except NO_REPLY as exc:
-            # Connecting failed: no session at all.
-            out = Outcome()
-            c = self.classifier.classify(exc, host=host)
-            out.note(c)
-            out.broken = True
-            out.settle(pending, c)
-            return out
-        except _DeadlineReached:
-            out = Outcome()
-            c = _deadline_classification(key)
-            out.settle(pending, c)
-            return out
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # permit and lease, on every path
+            try:
+                lease = await self._enter(stack, key, host, port, state)
+            except NO_REPLY as exc:
+                # Connecting failed: no session at all.
+                out = Outcome()
+                c = self.classifier.classify(exc, host=host)
+                out.note(c)
+                out.broken = True
+                out.settle(pending, c)
+                return out
+            except _DeadlineReached:
+                out = Outcome(permitted=False)
+                out.settle(pending, _deadline_classification(key))
+                return out
             conn = lease.connection
             smtputf8 = envelope.needs_smtputf8
             if smtputf8 and not conn.supports("smtputf8"):
@@ -428,8 +429,6 @@ class Mailer:
             if out.broken:
                 lease.discard()
             return out
-        finally:
-            await stack.aclose()
 
     async def _enter(
         self, stack: contextlib.AsyncExitStack, key: str, host: str, port: int, state: RetryState

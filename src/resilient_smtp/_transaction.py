@@ -44,6 +44,8 @@ class Outcome:
     """The connection must not be reused."""
     stale: bool = False
     """A reused connection was dead before the first reply: not a failure."""
+    permitted: bool = True
+    """A limiter permit was taken for this attempt (so feedback is owed)."""
 
     def note(self, c: Classification) -> None:
         if c.session_over:
