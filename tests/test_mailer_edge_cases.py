@@ -130,22 +130,24 @@ async def _until(predicate: object, turns: int = 10_000) -> None:
 async def test_452_at_the_first_rcpt_is_a_failure_not_an_endless_split(
     server: ScriptedSMTPServer,
 ) -> None:
-    # A server whose recipient limit is used up answers 452 4.5.3 to the
-    # first RCPT of every transaction (RFC 5321 §4.5.3.1.10: a client that
-    # got 452 for its first recipient has nothing to split; it is a
-    # temporary failure).  The scripted server relents after 30 refusals,
-    # so a Mailer that keeps splitting ends instead of spinning forever.
+    # A 452 4.5.3 to the first RCPT of a transaction leaves nothing to split
+    # (RFC 5321 §4.5.3.1.10 is about the recipients after the accepted
+    # ones): it is a temporary failure of that recipient, for the retry
+    # policy, and the transaction goes on with the others.  The scripted
+    # server refuses the first RCPT of every transaction, up to 30 times, so
+    # a Mailer that kept splitting would spin instead of ending.
     server.on("rcpt", "452 4.5.3 Error: too many recipients", nth=1, times=30)
     rcpts = ["a@example.com", "b@example.com"]
     async with mailer_for(server) as mailer:
         result = await mailer.send(make_message(*rcpts))
     assert server.commands.count("MAIL") == 3, "one transaction per attempt, no tight loop"
-    assert result.deferred == tuple(rcpts)
-    for r in result:
-        assert r.attempts == 3
-        assert r.classification is not None
-        assert r.classification.reason is Reason.TOO_MANY_RECIPIENTS
-    assert server.messages == []
+    assert result.delivered == ("b@example.com",)
+    assert result.deferred == ("a@example.com",)
+    a = result["a@example.com"]
+    assert a.attempts == 3
+    assert a.classification is not None
+    assert a.classification.reason is Reason.TOO_MANY_RECIPIENTS
+    assert [m.recipients for m in server.messages] == [("b@example.com",)]
 
 
 async def test_split_and_421_in_the_same_send_deliver_each_recipient_once(

@@ -17,7 +17,7 @@ import aiosmtplib
 from ._classify import Classification
 from ._reply import Reply
 from ._taxonomy import Reason, Scope, Stage
-from ._transport import Connection
+from ._transport import BodyNotSent, Connection
 
 __all__ = ["Outcome", "run_transaction"]
 
@@ -102,8 +102,10 @@ async def run_transaction(
                 accepted.append(rcpt)
                 continue
             c = judge(reply)
-            if c.reason is Reason.TOO_MANY_RECIPIENTS:
+            if c.reason is Reason.TOO_MANY_RECIPIENTS and accepted:
                 # RFC 5321 §4.5.3.1.10: send the rest in another transaction.
+                # (A 452 to the first RCPT leaves nothing to split: it is a
+                # temporary failure of them all, for the retry policy.)
                 out.split = [rcpt, *untried]
                 untried = []
                 break
@@ -124,7 +126,15 @@ async def run_transaction(
                 await _reset(conn, out)
             return out
         stage = Stage.END_OF_DATA
-        reply = await conn.send_body(body)
+        try:
+            reply = await conn.send_body(body)
+        except BodyNotSent as exc:
+            # The server closed right after its 354 (smtp-sink -A): the
+            # message never left, so this is not the ambiguous window.
+            stage = Stage.DATA
+            out.broken = True
+            out.settle(accepted, judge(exc))
+            return out
         conn.messages += 1
         if reply.code == 250:
             out.delivered = accepted

@@ -25,7 +25,14 @@ import aiosmtplib
 from ._clock import Clock, system_clock
 from ._reply import Reply
 
-__all__ = ["AiosmtplibTransport", "Connection", "TLSMode", "Transport", "dot_stuff"]
+__all__ = [
+    "AiosmtplibTransport",
+    "BodyNotSent",
+    "Connection",
+    "TLSMode",
+    "Transport",
+    "dot_stuff",
+]
 
 TLSMode = Literal["starttls", "implicit", "none"]
 
@@ -41,6 +48,14 @@ def dot_stuff(body: bytes) -> bytes:
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
+
+
+class BodyNotSent(aiosmtplib.SMTPServerDisconnected):
+    """The connection was gone before any of the message was written, so the
+    message certainly did not arrive (not the ambiguous window)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class Connection(Protocol):
@@ -68,7 +83,8 @@ class Connection(Protocol):
 
     async def send_body(self, body: bytes) -> Reply:
         """The message and its final dot; the reply is the end-of-data one.
-        ``body`` is already dot-stuffed (see :func:`dot_stuff`)."""
+        ``body`` is already dot-stuffed (see :func:`dot_stuff`).  Raises
+        :class:`BodyNotSent` if the connection was gone before writing."""
         ...
 
     async def reset(self) -> Reply: ...
@@ -127,8 +143,15 @@ class _AiosmtplibConnection:
 
     async def send_body(self, body: bytes) -> Reply:
         protocol = self._smtp.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        early = bytes(getattr(protocol, "_buffer", b""))
+        if early.strip():
+            # A reply that came with the 354, before any of the message was
+            # sent (smtp-sink -A: "354" and "550" in one write): that is the
+            # server's verdict.  aiosmtplib would never hand it to us.
+            self._smtp.close()
+            return Reply.parse(early.decode("utf-8", "replace"))
+        if protocol is None or not self._smtp.is_connected:
+            raise BodyNotSent("the server closed the connection after 354")
         try:
             protocol.write(body)
             response = await protocol.read_response(timeout=self._timeout)
