@@ -35,6 +35,14 @@ def server_in_thread(timeout: float = 5.0) -> Iterator[ScriptedSMTPServer]:
             async with server:
                 ready.set()
                 await stop.wait()
+            # A server going down closes its clients' connections (a client
+            # saying QUIT must not wait for a reply that never comes):
+            # cancelling aiosmtpd's session tasks closes their sockets.
+            sessions = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in sessions:
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
+            await asyncio.sleep(0)
         except BaseException as exc:  # reported to the test's thread
             failure.append(exc)
             ready.set()

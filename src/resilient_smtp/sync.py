@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from email.message import Message
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import _mailer
 from ._classify import Classifier
@@ -60,17 +60,20 @@ _T = TypeVar("_T")
 _SHUTDOWN_TIMEOUT = 5.0
 
 
-def _refuse_inside_loop(what: str) -> None:
+def _refuse_inside_loop(what: str, instead: str) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return
     raise RuntimeError(
-        f"resilient_smtp.sync.Mailer.{what}() was called from a thread that is running an "
-        "event loop; blocking here would stall that loop.  In async code use "
-        f"`await resilient_smtp.Mailer.{what}(...)`, or run the sync call in a worker "
-        "thread (`await asyncio.to_thread(...)`)."
+        f"{what}() was called from a thread that is running an event loop; blocking "
+        f"here would stall that loop.  In async code use `await {instead}(...)`, or run "
+        "the sync call in a worker thread (`await asyncio.to_thread(...)`)."
     )
+
+
+class _Closeable(Protocol):
+    async def close(self) -> None: ...
 
 
 class _Background:
@@ -80,7 +83,7 @@ class _Background:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._open: dict[int, _mailer.Mailer] = {}
+        self._open: dict[int, _Closeable] = {}
         self.generation = 0
         """Bumped each time a new loop starts (first use, after a shutdown,
         in a forked child): a Mailer opened on an older generation rebuilds."""
@@ -106,9 +109,10 @@ class _Background:
     def thread(self) -> threading.Thread | None:
         return self._thread
 
-    def register(self, key: int, mailer: _mailer.Mailer) -> None:
+    def register(self, key: int, thing: _Closeable) -> None:
+        """Close ``thing`` (on the loop) when the loop shuts down."""
         with self._lock:
-            self._open[key] = mailer
+            self._open[key] = thing
 
     def unregister(self, key: int) -> None:
         with self._lock:
@@ -175,7 +179,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
         loop.close()
 
 
-async def _close_all(mailers: list[_mailer.Mailer], timeout: float) -> None:
+async def _close_all(mailers: list[_Closeable], timeout: float) -> None:
     results = await asyncio.wait_for(
         asyncio.gather(*(m.close() for m in mailers), return_exceptions=True), timeout
     )
@@ -198,6 +202,16 @@ def shutdown(timeout: float = _SHUTDOWN_TIMEOUT) -> None:
     afterwards starts a new loop.
     """
     _background.shutdown(timeout)
+
+
+def _call(work: Callable[[], Coroutine[Any, Any, _T]], *, what: str, instead: str) -> _T:
+    """Run ``work()`` on the background loop from a plain thread (for the
+    integrations in :mod:`resilient_smtp.contrib`).  Async objects kept
+    across calls belong to the loop: compare ``_background.generation``
+    (read on the loop) with the one they were built on."""
+    _refuse_inside_loop(what, instead)
+    loop, _ = _background.loop()
+    return _background.run(loop, work())
 
 
 class Mailer:
@@ -313,7 +327,7 @@ class Mailer:
         to deliver are in the result.  Raises :class:`RuntimeError` when
         called from a thread running an event loop, or after :meth:`close`.
         """
-        _refuse_inside_loop("send")
+        _refuse_inside_loop("resilient_smtp.sync.Mailer.send", "resilient_smtp.Mailer.send")
         if isinstance(recipients, Iterable) and not isinstance(recipients, str):
             recipients = list(recipients)  # a generator must be read in this thread
         loop, mailer = self._opened()
@@ -326,7 +340,9 @@ class Mailer:
                 return
             opened = self._generation
             if opened is not None:
-                _refuse_inside_loop("close")
+                _refuse_inside_loop(
+                    "resilient_smtp.sync.Mailer.close", "resilient_smtp.Mailer.close"
+                )
             self._closed = True
             self._generation = None
         if opened is None:
