@@ -123,7 +123,7 @@ def test_classify_non_ascii_json_stays_readable(capsys: pytest.CaptureFixture[st
     ("argv", "message"),
     [
         (["classify"], 'give at least one reply, or "-"'),
-        ([], "give a command, one of: check, classify, demo"),
+        ([], "give a command, one of: check, classify, demo, outbox, worker"),
         (["classify", "--stage", "nope", "421 x"], "invalid choice: 'nope'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["classify", "--bogus", "421 x"], "unrecognized arguments: --bogus"),

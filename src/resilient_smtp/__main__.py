@@ -215,7 +215,87 @@ def _check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0 if report.ok else 1
 
 
-_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_classify, _add_demo, _add_check)
+def _add_worker(commands: Any) -> None:
+    p = commands.add_parser(
+        "worker",
+        help="send what the outbox holds, durably (see docs/outbox.md)",
+        description=(
+            "Send the outbox's messages through the relay(s) as they fall due, store each "
+            "recipient's final state and retry deferred ones until they expire.  Stops on "
+            "SIGTERM or Ctrl-C."
+        ),
+    )
+    p.add_argument("--db", required=True, help="the outbox: a SQLite file or a postgresql:// URL")
+    p.add_argument(
+        "--relay",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a relay (repeat for fallbacks used while the first is suspended)",
+    )
+    p.add_argument("--tls", choices=["starttls", "implicit", "none"], default="starttls")
+    p.add_argument("--username", help="log in as this user")
+    p.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+    p.add_argument("--lease", type=float, default=300.0, help="claim lease, seconds (300)")
+    p.add_argument("--poll", type=float, default=5.0, help="longest idle sleep, seconds (5)")
+    p.add_argument("--batch", type=int, default=32, help="messages sent at once (32)")
+    p.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="exit once nothing is due and nothing is being sent",
+    )
+    p.add_argument("--max-passes", type=int, default=1_000_000, help=argparse.SUPPRESS)
+
+    def handler(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+        from resilient_smtp._outbox_cli import UsageError, worker_command
+
+        try:
+            return worker_command(args, out, err)
+        except UsageError as exc:
+            raise _UsageError(str(exc)) from None
+
+    p.set_defaults(handler=handler)
+
+
+def _add_outbox(commands: Any) -> None:
+    p = commands.add_parser(
+        "outbox",
+        help="look at the outbox and act on it: status, retry, purge",
+        description="Monitor and operate the durable outbox (see docs/outbox.md).",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    states = ["queued", "deferred", "delivered", "rejected", "ambiguous", "expired"]
+    status = actions.add_parser(
+        "status", help="recipients per state, oldest deferred, per destination"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    retry = actions.add_parser("retry", help="make recipients due now (default: deferred)")
+    purge = actions.add_parser("purge", help="delete records now (default: final states)")
+    for q in (retry, purge):
+        q.add_argument("--id", help="only this message (the id put() returned)")
+        q.add_argument(
+            "--state", action="append", choices=states, help="states to act on (repeatable)"
+        )
+    for q in (status, retry, purge):
+        q.add_argument("--db", required=True, help="a SQLite file or a postgresql:// URL")
+
+    def handler(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+        from resilient_smtp._outbox_cli import UsageError, outbox_command
+
+        try:
+            return outbox_command(args, out, err)
+        except UsageError as exc:
+            raise _UsageError(str(exc)) from None
+
+    p.set_defaults(handler=handler)
+
+
+_COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_classify,
+    _add_demo,
+    _add_check,
+    _add_worker,
+    _add_outbox,
+)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
