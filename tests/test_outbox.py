@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from _pg_server import pg_store_factory
 from resilient_smtp import Event, InvalidMessageError, Mailer, RetryPolicy
 from resilient_smtp.outbox import (
     Outbox,
@@ -45,7 +46,7 @@ def make_message(*to: str, subject: str = "hello", message_id: str | None = None
 StoreFactory = Callable[[], Store]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Makes stores that share one database (as workers on it would)."""
     made: list[Store] = []
@@ -57,6 +58,18 @@ async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             return s
 
         yield factory
+    else:
+        async with pg_store_factory() as pg:
+
+            def pg_factory() -> Store:
+                s = pg()
+                made.append(s)
+                return s
+
+            yield pg_factory
+            for s in made:
+                await s.close()
+            made.clear()
     for s in made:
         await s.close()
 
@@ -308,6 +321,27 @@ async def test_two_workers_never_claim_the_same_recipient(new_store: StoreFactor
     await first.outbox.store.release(worker="w1")
     again = await second.outbox.store.claim(worker="w2", now=START, until=START + 60, limit=10)
     assert len(again) == 4
+
+
+async def test_concurrent_claims_split_the_queue(new_store: StoreFactory) -> None:
+    putter = Rig(new_store())
+    for i in range(40):
+        await putter.outbox.put(make_message(f"r{i}@example.com", f"s{i}@example.com"))
+    stores = [new_store() for _ in range(5)]
+
+    async def claim_all(n: int) -> list[tuple[str, str]]:
+        got: list[tuple[str, str]] = []
+        for _ in range(20):  # bounded
+            claimed = await stores[n].claim(worker=f"w{n}", now=START, until=START + 60, limit=3)
+            if not claimed:
+                break
+            got += [(c.id, a) for c in claimed for a in c.recipients]
+        return got
+
+    results = await asyncio.gather(*(claim_all(n) for n in range(5)))
+    every = [pair for got in results for pair in got]
+    assert len(every) == 80
+    assert len(set(every)) == 80  # no recipient claimed twice
 
 
 async def test_operator_retry_and_purge(rig: Rig) -> None:

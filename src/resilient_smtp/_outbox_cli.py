@@ -28,7 +28,7 @@ class UsageError(Exception):
 def open_store(db: str) -> Store:
     """A SQLite path, or a ``postgresql://`` URL (the ``postgres`` extra)."""
     if db.startswith(("postgresql://", "postgres://")):
-        from .outbox import PostgresStore  # type: ignore[attr-defined]
+        from .outbox import PostgresStore
 
         store: Store = PostgresStore(db)
         return store

@@ -439,3 +439,13 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore needs asyncpg (the "postgres" extra): imported on use,
+    # so the SQLite outbox works without it.
+    if name == "PostgresStore":
+        from ._outbox_pg import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
