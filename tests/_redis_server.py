@@ -8,6 +8,10 @@ a running limiter and give it back.
 The binary comes from Debian's ``redis-server`` package
 (``scripts/services/redis.sh`` installs it).  :func:`require_redis_server`
 skips a test when the binary is missing, except under CI, where it fails.
+
+Test modules import the fixtures (``redis_url``: a Redis to share,
+``own_redis``: one to stop and start, ``prefix``: fresh key names) by their
+function names: ``from _redis_server import prefix_fixture``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -108,3 +114,31 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="session", name="redis_url")
+def redis_url_fixture() -> Iterator[str]:
+    """The URL of a Redis to share: scripts/services/redis.sh's, else our own.
+
+    Tests isolate themselves with a fresh ``prefix`` (see :func:`prefix`),
+    so they never need to flush it.
+    """
+    url = os.environ.get("RESILIENT_SMTP_REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(name="own_redis")
+def own_redis_fixture() -> Iterator[RedisServer]:
+    """A Redis of this test's own, to stop and start (never the shared one)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(name="prefix")
+def prefix_fixture() -> str:
+    """A key prefix no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}"

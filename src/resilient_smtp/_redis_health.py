@@ -326,6 +326,10 @@ class RedisHealth(DestinationHealth):
             m = json.loads(data)
             if m.get("origin") == self._origin:
                 return
+            if m.get("op") not in ("suspend", "resume") or not isinstance(
+                m.get("key"), (str, type(None))
+            ):
+                return
             self._apply(
                 str(m["op"]),
                 m["key"],
