@@ -67,9 +67,10 @@ class Classification:
 # "try again in 92 seconds", "retry after 5 minutes", "wait 300s",
 # "greylisted for 60 seconds", "please try again in 1 hour".
 _RETRY_AFTER = re.compile(
-    r"(?:again|retry|wait(?:ing)?|after|for|in)\s+(?:in\s+|after\s+)?"
-    r"(\d{1,6}(?:\.\d+)?)\s*"
-    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b"
+    r"(?:again|retry|wait(?:ing)?|after|(?:greylisted|deferred|delayed) for|back|in)\s+"
+    r"(?:in\s+|after\s+)?"
+    r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
 )
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
@@ -78,11 +79,17 @@ _MAX_STATED_WAIT = 7 * 86400.0
 
 
 def parse_retry_after(lowered: str) -> float | None:
-    """The wait a reply's (lower-case) text asks for, in seconds, or None."""
+    """The wait a reply's (lower-case) text asks for, in seconds, or None:
+    "try again in 92 seconds", "retry after 5 minutes", "come back in
+    00:05:00", "greylisted for 60 seconds".  (A bare "for 4 hours" is an age,
+    not a wait.)"""
     m = _RETRY_AFTER.search(lowered)
     if m is None:
         return None
-    value = float(m.group(1)) * _UNIT[m.group(2)[0]]
+    if m.group(1) is not None:
+        value = int(m.group(1)) * 3600.0 + int(m.group(2)) * 60.0 + int(m.group(3))
+    else:
+        value = float(m.group(4)) * _UNIT[m.group(5)[0]]
     return value if 0 < value <= _MAX_STATED_WAIT else None
 
 
@@ -185,8 +192,10 @@ class Classifier:
                 transient = default_transient(reason)
             why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
         else:
+            # No rule matched: the status subject names the reason, but only
+            # the code class can say whether it is transient.
             reason, why = _fallback(reply)
-            transient = default_transient(reason)
+            transient = None
         if transient is None:
             transient = code is None or code < 500
         code_says = reply.code_class
@@ -237,7 +246,7 @@ def _fallback(reply: Reply) -> tuple[Reason, str]:
             )
     if reply.code is None:
         if not reply.text:
-            return Reason.UNCLASSIFIED, "empty reply; treated as transient (RFC 5321 §3.8)"
+            return Reason.UNCLASSIFIED, "an empty reply says nothing; treated as transient"
         return Reason.PROTOCOL_ERROR, "not an SMTP reply: no reply code"
     cls = reply.code_class
     return Reason.UNCLASSIFIED, f"no rule matched; falling back on the {cls}xx code class"

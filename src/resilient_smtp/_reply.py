@@ -66,11 +66,13 @@ class Reply:
                 parts.append(line)
         text = " ".join(parts)
         if enhanced is None and code is not None:
-            # Relays and bounces sometimes put the status later in the text;
-            # only trust one whose class matches the code's class.
-            e = _ENHANCED.search(text)
-            if e and e.group(1) == str(code)[0]:
-                enhanced = e.group(0)
+            # Relays and bounces sometimes put the status later in the text
+            # (after an IP address, say); only trust one whose class matches
+            # the code's class.
+            first = str(code)[0]
+            enhanced = next(
+                (e.group(0) for e in _ENHANCED.finditer(text) if e.group(1) == first), None
+            )
         if code is not None and not 200 <= code <= 599:
             code = None
         return cls(code=code, enhanced=enhanced, text=text)

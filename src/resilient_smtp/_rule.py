@@ -38,8 +38,8 @@ class Rule:
     - ``status``: an enhanced status code, ``"5.1.1"``, or ``"x.1.1"`` for
       any class, or a subject prefix such as ``"x.6."``;
     - ``codes``: basic reply codes;
-    - ``hosts``: remote host name suffixes (``".yahoodns.net"``), so a rule
-      can apply to one provider only;
+    - ``hosts``: remote host name suffixes (``".yahoodns.net"``, which also
+      matches ``yahoodns.net`` itself), so a rule can apply to one provider;
     - ``stages``: SMTP stages the rule applies to.
 
     ``transient`` overrides the reason's default; ``None`` keeps it (and for
@@ -94,7 +94,7 @@ class Rule:
             return False
         if self.status is not None and not _status_matches(self.status, reply.enhanced):
             return False
-        if self.hosts and not any(host.endswith(h) for h in self.hosts):
+        if self.hosts and not any(host.endswith(h) or host == h[1:] for h in self.hosts):
             return False
         if self.contains and not any(c in lowered for c in self.contains):
             return False

@@ -162,6 +162,10 @@ def action_for(reason: Reason, transient: bool) -> Action:
     """What to do about ``reason``; a permanent form of a usually transient
     reason (a 552 mailbox full) becomes giving up at the reason's scope."""
     default, action, scope = _TABLE[reason]
-    if transient or default is False:
+    if transient:
+        # A usually permanent reason that a rule marks transient (Postfix's
+        # "450 4.1.1" for a recipient it cannot verify right now): retry.
+        return action if default is not False else Action.RETRY_LATER
+    if default is False:
         return action
     return _PERMANENT_ACTION[scope]
