@@ -3,16 +3,16 @@ rules that could match it instead of all of them.
 
 Trying a few hundred rules one by one costs tens of microseconds a reply.
 The index gives each rule a cheap *gate* — a status code, a basic code, one
-of its literal substrings, or its regex — and per tier finds the rules whose
-gate holds in one pass:
+of its literal substrings, or its regex — and finds the rules whose gate
+holds in one pass over the reply:
 
 - status and code gates are dictionary look-ups;
-- literal gates come from one regular expression per tier built as a trie of
-  all its literals; it is searched again from one character after each hit,
+- literal gates come from one regular expression built as a trie of all the
+  rules' literals; it is searched again from one character after each hit,
   so it reports the longest literal starting at every position where one
   starts, and every literal that is a prefix of a reported one is present
   too: no literal is missed;
-- regex gates are pre-checked with one alternation of the tier's regexes.
+- regexes with no literal to gate on are pre-checked with one alternation.
 
 The candidates are then checked in table order with :meth:`Rule.matches`,
 so the first matching rule is the same as a linear scan would find.
@@ -97,7 +97,7 @@ def _required(items: list[Any]) -> set[str] | None:
     return best
 
 
-class _TierIndex:
+class _Gates:
     __slots__ = ("always", "by_code", "by_literal", "by_status", "literals", "regex_any", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
@@ -170,22 +170,24 @@ class _TierIndex:
 
 
 class RuleIndex:
-    """Finds the first rule, in tier then table order, that matches a reply."""
+    """Finds the first rule, in tier then table order, that matches a reply.
 
-    __slots__ = ("_tiers",)
+    The rules are laid out in that order once, so one pass over the gates
+    (one literal scan of the reply for every tier) gives the candidates,
+    already in the order a linear scan would try them.
+    """
+
+    __slots__ = ("_gates",)
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        by_tier: dict[Tier, list[Rule]] = {t: [] for t in Tier}
-        for r in rules:
-            by_tier[r.tier or Tier.TEXT].append(r)
-        self._tiers = tuple(_TierIndex(by_tier[t]) for t in Tier if by_tier[t])
+        ordered = sorted(rules, key=lambda r: r.tier or Tier.TEXT)  # stable: table order kept
+        self._gates = _Gates(ordered)
 
     def first_match(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None
     ) -> Rule | None:
-        for tier in self._tiers:
-            rules = tier.rules
-            for i in tier.candidates(reply, lowered):
-                if rules[i].matches(reply, lowered, host, stage):
-                    return rules[i]
+        rules = self._gates.rules
+        for i in self._gates.candidates(reply, lowered):
+            if rules[i].matches(reply, lowered, host, stage):
+                return rules[i]
         return None
