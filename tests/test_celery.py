@@ -80,7 +80,11 @@ def test_deferred_retries_with_the_policys_countdown() -> None:
         raise_for_task(task, result, max_retries=5)
     assert info.value.countdown == 300.0
     # Every recipient is still to do: the task's own arguments stand.
-    assert task.calls == [{"countdown": 300.0, "kwargs": None, "max_retries": 5}]
+    assert task.calls == [{"countdown": 300.0, "kwargs": {"order": 7}, "max_retries": 5}]
+    # No arguments known and none needed: the queue reuses the task's own.
+    with pytest.raises(Retry) as info:
+        raise_for_task(ReturningTask(), result)
+    assert info.value.kwargs is None
 
 
 def test_the_earliest_deferred_wait_wins_and_none_falls_back() -> None:
@@ -121,6 +125,18 @@ def test_explicit_kwargs_and_argument_name() -> None:
     with pytest.raises(Retry) as info:
         raise_for_task(ReturningTask(), result, kwargs={"id": 1}, recipients_argument="to")
     assert info.value.kwargs == {"id": 1, "to": ["b@example.com"]}
+
+
+def test_a_narrowed_retry_stays_narrow() -> None:
+    # The retry of a retry: every recipient it had is still deferred.
+    result = SendResult((rr("b@example.com", State.DEFERRED, GREY, 300.0),))
+    with pytest.raises(Retry) as info:
+        raise_for_task(ReturningTask(), result, kwargs={"id": 1, "recipients": ["b@example.com"]})
+    assert info.value.kwargs == {"id": 1, "recipients": ["b@example.com"]}
+    # A task with no recipients argument gets its arguments back unchanged.
+    with pytest.raises(Retry) as info:
+        raise_for_task(ReturningTask(), result, kwargs={"id": 1})
+    assert info.value.kwargs == {"id": 1}
 
 
 def test_narrowing_without_kwargs_refuses_to_resend_to_everyone() -> None:

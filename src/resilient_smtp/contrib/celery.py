@@ -76,12 +76,14 @@ def raise_for_task(
     """Tell the task queue what ``result`` calls for.
 
     - every recipient delivered: return;
-    - some deferred: ``task.retry(countdown=<the policy's wait>, ...)``;
-      when other recipients already have a final state the retry's
-      keyword arguments get ``recipients_argument`` set to the deferred
-      addresses only.  Those keyword arguments are ``kwargs``, else the
-      task's own (Celery's ``task.request.kwargs``); with neither, a
-      :class:`ValueError`, as retrying everyone would send duplicates;
+    - some deferred: ``task.retry(countdown=<the policy's wait>, kwargs=...)``
+      where the keyword arguments are ``kwargs``, else the task's own
+      (Celery's ``task.request.kwargs``), with ``recipients_argument`` set
+      to the deferred addresses when other recipients already have a final
+      state (or when the arguments name recipients already).  Narrowing
+      with neither is a :class:`ValueError`: retrying everyone would send
+      duplicates.  The task must accept ``recipients_argument`` and send to
+      those addresses when it is given;
     - none deferred but some rejected or ambiguous: raise
       :class:`~resilient_smtp.SendFailed`: no retry.
 
@@ -95,23 +97,25 @@ def raise_for_task(
     if countdown is None:
         raise SendFailed(result)
     deferred = list(result.deferred)
-    retry_kwargs: dict[str, Any] | None = None
+    base = kwargs
+    if base is None:
+        base = getattr(getattr(task, "request", None), "kwargs", None)
+    retry_kwargs: dict[str, Any] | None = None if base is None else dict(base)
     if len(deferred) < len(result):
-        base = kwargs
-        if base is None:
-            base = getattr(getattr(task, "request", None), "kwargs", None)
-        if base is None:
+        if retry_kwargs is None:
             raise ValueError(
                 "some recipients already have a final state: pass kwargs= (the task's "
                 f"keyword arguments) so that the retry's {recipients_argument!r} names "
                 "only the deferred recipients"
             )
-        retry_kwargs = {**base, recipients_argument: deferred}
+        retry_kwargs[recipients_argument] = deferred
         lost = [f"{r.address}: {r.state.value}" for r in result if r.state in _NO_RETRY]
         if lost:
             logger.warning("not retried (%s); retrying the deferred ones", "; ".join(lost))
-    elif kwargs is not None:
-        retry_kwargs = dict(kwargs)
+    elif retry_kwargs is not None and recipients_argument in retry_kwargs:
+        # Everyone is still to do, but keep the argument exact (a task that
+        # was itself a narrowed retry already names them).
+        retry_kwargs[recipients_argument] = deferred
     outcome = task.retry(countdown=countdown, kwargs=retry_kwargs, **options)
     if isinstance(outcome, BaseException):
         raise outcome
