@@ -15,7 +15,9 @@ from typing import Any
 import griffe
 
 # :class:`~a.b.C` -> `C`; :meth:`a.b.C.m` -> `a.b.C.m`; :func:`text <target>` -> `text`
-_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|data|attr|mod|exc|obj|const):`(~?)([^`<]+?)\s*(?:<[^`>]*>)?`")
+_ROLE = re.compile(
+    r":(?:py:)?(?:class|meth|func|data|attr|mod|exc|obj|const):`(~?)([^`<]+?)\s*(?:<[^`>]*>)?`"
+)
 _VERSION = re.compile(r"^(\s*)\.\. version(added|changed):: *(\S+)\s*$", re.MULTILINE)
 _LITERAL = re.compile(r"::$", re.MULTILINE)
 
