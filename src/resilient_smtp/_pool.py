@@ -176,7 +176,9 @@ class Pool:
             conn = await self._take_idle(slot)
             lease = Lease(conn, reused=True) if conn is not None else None
             if lease is None:
-                lease = Lease(await self.transport.connect(host, port), reused=False)
+                fresh = await self.transport.connect(host, port)
+                fresh.created_at = self._clock.monotonic()  # ages on the pool's clock
+                lease = Lease(fresh, reused=False)
                 self.opened += 1
             try:
                 yield lease

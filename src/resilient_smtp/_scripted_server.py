@@ -23,6 +23,7 @@ class _Handler:
         self.script = script
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.script.commands.append(".")
         content = envelope.original_content or b""
         msg = ReceivedMessage(envelope.mail_from or "", tuple(envelope.rcpt_tos), content)
         reply = self.script.scripted("end_of_data")

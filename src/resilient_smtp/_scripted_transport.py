@@ -117,7 +117,7 @@ class ScriptedTransport(Script):
     The ``connect`` and ``ehlo`` stages raise the aiosmtplib exception a
     real connection would (``SMTPConnectResponseError``, ``SMTPHeloError``,
     ``SMTPServerDisconnected`` for DROP).  ``extensions`` is what EHLO
-    advertises.  Pass the Mailer's ``clock`` so connection ages are right.
+    advertises.
     """
 
     def __init__(
@@ -142,4 +142,6 @@ class ScriptedTransport(Script):
             if scripted is not None:
                 reply = Reply.parse(scripted)
                 raise error(reply.code or 421, f"{reply.enhanced or ''} {reply.text}".strip())
+            if stage == "connect":
+                self.commands.append("EHLO")
         return _ScriptedConnection(self, host, self._clock.monotonic())
