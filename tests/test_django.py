@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import importlib.util
 import socket
 from collections.abc import Iterator
 from email.message import EmailMessage as StdMessage
@@ -221,10 +220,6 @@ def test_with_an_outbox_messages_are_queued_not_sent(server: ScriptedSMTPServer)
     assert parsed(body)["Subject"] == "Later"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("resilient_smtp.outbox") is None,
-    reason="resilient_smtp.outbox is not in this tree yet",
-)
 def test_with_a_sqlite_outbox_a_worker_sends_later(
     server: ScriptedSMTPServer, tmp_path: Path
 ) -> None:
