@@ -35,6 +35,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import redis
 
 from resilient_smtp import Limiter, RateLimiter
 from resilient_smtp.redis import RedisAdaptiveLimiter, RedisRateLimiter
@@ -90,8 +93,8 @@ def redis_url() -> Iterator[str]:
 # -- 1. accuracy across processes ---------------------------------------------------------
 
 
-def _worker(kind: str, url: str, prefix: str, rate: float, burst: int, start: float,
-            seconds: float, out: mp.Queue[list[float]]) -> None:  # fmt: skip
+def _worker(kind: str, url: str, prefix: str, rate: float, burst: int, go: Any,
+            start_at: Any, seconds: float, out: mp.Queue[list[float]]) -> None:  # fmt: skip
     async def run() -> list[float]:
         lim: Limiter
         if kind == "redis":
@@ -99,6 +102,10 @@ def _worker(kind: str, url: str, prefix: str, rate: float, burst: int, start: fl
         else:
             lim = RateLimiter(rate=rate, burst=burst)
         stamps: list[float] = []
+        out.put([])  # ready: the parent starts everyone at once
+        if not go.wait(60):
+            raise SystemExit("no start signal")
+        start = start_at.value
         end = start + seconds
 
         async def task() -> None:
@@ -123,16 +130,24 @@ def accuracy(kind: str, url: str, workers: int, rate: float, burst: int, seconds
     ctx = mp.get_context("spawn")
     out: mp.Queue[list[float]] = ctx.Queue()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    start = time.monotonic() + 1.5  # time for the processes to start
+    go, start_at = ctx.Event(), ctx.Value("d", 0.0)
     procs = [
-        ctx.Process(target=_worker, args=(kind, url, prefix, rate, burst, start, seconds, out))
+        ctx.Process(
+            target=_worker, args=(kind, url, prefix, rate, burst, go, start_at, seconds, out)
+        )
         for _ in range(workers)
     ]
     for p in procs:
         p.start()
+    for _ in procs:  # every process imported, connected and waiting
+        out.get(timeout=120)
+    calls_before = _script_calls(url)
+    start = start_at.value = time.monotonic() + 0.1
+    go.set()
     stamps = sorted(t for _ in procs for t in out.get(timeout=seconds + 60))
     for p in procs:
         p.join(timeout=10)
+    calls = _script_calls(url) - calls_before
     whole = len(stamps) / seconds
     later = [t for t in stamps if t >= start + 0.5]
     sustained = len(later) / (seconds - 0.5)
@@ -145,7 +160,18 @@ def accuracy(kind: str, url: str, workers: int, rate: float, burst: int, seconds
         f"  {label:32} sustained {sustained:7.2f}/s = {sustained / rate:5.3f} x limit   "
         f"whole run {whole:7.2f}/s = {whole / rate:5.3f} x   "
         f"max in 100 ms: {window} (bound {bound:g})"
+        + (f"   Redis calls per permit: {calls / len(stamps):.2f}" if kind == "redis" else "")
     )
+
+
+def _script_calls(url: str) -> int:
+    """Scripts run by the Redis server so far (EVALSHA and EVAL)."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
 # -- 2. overhead per acquire -------------------------------------------------------------
