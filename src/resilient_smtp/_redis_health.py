@@ -36,50 +36,13 @@ from ._clock import Clock, system_clock
 from ._events import Event, Hook, emit
 from ._health import DestinationHealth, _Breaker
 from ._redis_link import _FAILURES, RedisUnavailable, _Link
+from ._redis_lua import HEALTH_SNAPSHOT, HEALTH_WRITE
 from ._taxonomy import Reason
 
 if TYPE_CHECKING:
     from ._classify import Classification
 
 __all__ = ["RedisHealth"]
-
-# KEYS[1]: the state hash.  ARGV: op, ms, reason, suspensions, state, channel,
-# message.  A suspension's end is stored on Redis time (us) so that a worker
-# reading it later knows how much is left, whatever its own clock says.
-_WRITE = """
-if ARGV[1] == 'resume' then
-  redis.call('DEL', KEYS[1])
-else
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local ms = tonumber(ARGV[2])
-  redis.call('HSET', KEYS[1], 'until', string.format('%.17g', now + ms * 1000),
-             'reason', ARGV[3], 'suspensions', ARGV[4], 'state', ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(ms)))
-end
-return redis.call('PUBLISH', ARGV[6], ARGV[7])
-"""
-
-# ARGV: cursor, match pattern.  One SCAN step; for each running suspension:
-# key, state, reason, suspensions, ms left.
-_SNAPSHOT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 500)
-local out = {step[1]}
-for _, k in ipairs(step[2]) do
-  local h = redis.call('HMGET', k, 'until', 'reason', 'suspensions', 'state')
-  local left = (tonumber(h[1]) or 0) - now
-  if left > 0 then
-    table.insert(out, k)
-    table.insert(out, h[4] or 'suspended')
-    table.insert(out, h[2] or '')
-    table.insert(out, h[3] or '1')
-    table.insert(out, tostring(math.floor(left / 1000)))
-  end
-end
-return out
-"""
 
 _SNAPSHOT_STEPS = 1000  # SCAN steps per snapshot at most (500 keys each)
 _LISTEN_POLL = 1.0  # seconds a pub/sub read waits before looking again
@@ -122,8 +85,8 @@ class RedisHealth(DestinationHealth):
             hooks=self._hooks,
         )
         client = self._link.client
-        self._write = client.register_script(_WRITE)
-        self._snapshot = client.register_script(_SNAPSHOT)
+        self._write = client.register_script(HEALTH_WRITE)
+        self._snapshot = client.register_script(HEALTH_SNAPSHOT)
         self._channel = f"{prefix}:health"
         self._origin = uuid.uuid4().hex
         self._applying = False

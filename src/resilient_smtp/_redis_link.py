@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -176,6 +176,3 @@ class _Link:
         """Close the client if we made it (a client passed in is the caller's)."""
         if self._owns:
             await self.client.aclose()
-
-    def describe(self) -> dict[str, Any]:
-        return {"up": self.up, "failures": self.failures}

@@ -1,4 +1,4 @@
-"""The Lua scripts behind the Redis limiters (each runs atomically in Redis).
+"""The Lua scripts behind the Redis limiters and health (each runs atomically in Redis).
 
 All of them read the clock with Redis's ``TIME``, so workers on several
 machines share one clock whatever their own say.  (Redis 5 and later
@@ -16,7 +16,14 @@ that long.  A key disappears once its bucket is full again.
 
 from __future__ import annotations
 
-__all__ = ["ADAPTIVE_ACQUIRE", "ADAPTIVE_CUT", "ADAPTIVE_RATE", "GCRA"]
+__all__ = [
+    "ADAPTIVE_ACQUIRE",
+    "ADAPTIVE_CUT",
+    "ADAPTIVE_RATE",
+    "GCRA",
+    "HEALTH_SNAPSHOT",
+    "HEALTH_WRITE",
+]
 
 # KEYS[1]: the key holding TAT.  ARGV: interval (us), burst.
 # Returns {granted (1/0), wait (us)}.
@@ -125,3 +132,43 @@ return {1, f(rate), f(low)}
 
 # KEYS[1]: the hash.  ARGV: as ADAPTIVE_ACQUIRE.  The current rate; writes nothing.
 ADAPTIVE_RATE = _CURVE + "return f(rate)\n"
+
+# -- destination health (_redis_health.py) --
+
+# KEYS[1]: the state hash.  ARGV: op, ms, reason, suspensions, state, channel,
+# message.  A suspension's end is stored on Redis time (us) so that a worker
+# reading it later knows how much is left, whatever its own clock says.
+HEALTH_WRITE = """
+if ARGV[1] == 'resume' then
+  redis.call('DEL', KEYS[1])
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local ms = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'until', string.format('%.17g', now + ms * 1000),
+             'reason', ARGV[3], 'suspensions', ARGV[4], 'state', ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(ms)))
+end
+return redis.call('PUBLISH', ARGV[6], ARGV[7])
+"""
+
+# ARGV: cursor, match pattern.  One SCAN step; for each running suspension:
+# key, state, reason, suspensions, ms left.
+HEALTH_SNAPSHOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 500)
+local out = {step[1]}
+for _, k in ipairs(step[2]) do
+  local h = redis.call('HMGET', k, 'until', 'reason', 'suspensions', 'state')
+  local left = (tonumber(h[1]) or 0) - now
+  if left > 0 then
+    table.insert(out, k)
+    table.insert(out, h[4] or 'suspended')
+    table.insert(out, h[2] or '')
+    table.insert(out, h[3] or '1')
+    table.insert(out, tostring(math.floor(left / 1000)))
+  end
+end
+return out
+"""
