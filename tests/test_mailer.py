@@ -413,3 +413,33 @@ async def test_refused_connections_leak_no_permit() -> None:
     assert r.classification is not None
     assert r.classification.reason is Reason.CONNECTION_ERROR
     assert limiter.held == 0
+
+
+async def test_before_end_of_data_sees_exactly_the_recipients_of_each_final_dot(
+    server: ScriptedSMTPServer,
+) -> None:
+    server.on("rcpt", "550 5.1.1 User unknown", recipient="gone@example.com", times=None)
+    server.on("rcpt", "452 4.5.3 Error: too many recipients", nth=3)
+    seen: list[list[str]] = []
+
+    async def hook(accepted: list[str]) -> None:
+        seen.append(accepted)
+        assert server.commands[-1] == "DATA"  # after the 354, before the dot
+
+    rcpts = ["a@example.com", "gone@example.com", "c@example.com", "d@example.com"]
+    async with mailer_for(server, FakeClock()) as mailer:
+        result = await mailer.send(make_message(*rcpts), before_end_of_data=hook)
+    assert seen == [["a@example.com"], ["c@example.com", "d@example.com"]]
+    assert set(result.delivered) == {"a@example.com", "c@example.com", "d@example.com"}
+
+
+async def test_a_failing_before_end_of_data_sends_nothing(server: ScriptedSMTPServer) -> None:
+    async def hook(accepted: list[str]) -> None:
+        raise OSError("the queue's disk is full")
+
+    async with mailer_for(server, FakeClock()) as mailer:
+        with pytest.raises(OSError, match="disk is full"):
+            await mailer.send(make_message("a@example.com"), before_end_of_data=hook)
+        assert mailer.pool.idle_count() == 0  # the half-open DATA session was dropped
+    assert server.messages == []
+    assert server.dropped_after_data == []

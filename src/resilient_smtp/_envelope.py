@@ -10,8 +10,10 @@ needs SMTPUTF8, RFC 6531) is checked after EHLO, still before MAIL FROM.
 from __future__ import annotations
 
 import copy
+import email.generator
 import email.policy
 import email.utils
+import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -123,4 +125,8 @@ def render_message(message: Message | bytes | str, *, smtputf8: bool = False) ->
         state["_headers"] = [h for h in state["_headers"] if h[0].lower() not in _HIDDEN]
         message = clone
     policy = email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP
-    return message.as_bytes(policy=policy)
+    # The generator, not message.as_bytes(policy=...): subclasses such as
+    # Django's SafeMIMEText override as_bytes() without the policy argument.
+    out = io.BytesIO()
+    email.generator.BytesGenerator(out, mangle_from_=False, policy=policy).flatten(message)
+    return out.getvalue()

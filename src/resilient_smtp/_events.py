@@ -49,6 +49,7 @@ _LEVELS = {
     "budget_exhausted": logging.WARNING,
     "suspended": logging.WARNING,
     "paused": logging.WARNING,
+    "redis_unavailable": logging.WARNING,
 }
 
 

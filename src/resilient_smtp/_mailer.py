@@ -32,7 +32,7 @@ from ._reply import Reply
 from ._result import RecipientResult, SendResult, State
 from ._retry import RetryPolicy, RetryState
 from ._taxonomy import Action, Reason, Scope, action_for
-from ._transaction import NO_REPLY, Outcome, run_transaction
+from ._transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
 from ._transport import AiosmtplibTransport, TLSMode, Transport, dot_stuff
 
 __all__ = ["Mailer"]
@@ -187,6 +187,7 @@ class Mailer:
         *,
         sender: str | None = None,
         recipients: Iterable[str] | str | None = None,
+        before_end_of_data: BeforeEndOfData | None = None,
     ) -> SendResult:
         """Send ``message`` and return a final state for every recipient.
 
@@ -195,14 +196,20 @@ class Mailer:
         :class:`InvalidMessageError` before any network traffic; failures
         to deliver never raise: they are in the result (see
         :meth:`SendResult.raise_for_failures`).
+
+        ``before_end_of_data`` (for durable queues) is awaited with the
+        accepted recipients of each transaction just before the final dot:
+        the one moment after which a broken connection makes them
+        ambiguous.  An exception it raises aborts the send.
         """
         envelope = build_envelope(message, sender=sender, recipients=recipients)
         started = self.clock.monotonic()
         bodies: dict[bool, bytes] = {}
+        hook = before_end_of_data
         if self.mx is None:
-            final, transactions = await self._deliver(message, envelope, self.relays, bodies)
+            final, transactions = await self._deliver(message, envelope, self.relays, bodies, hook)
         else:
-            final, transactions = await self._deliver_mx(message, envelope, bodies)
+            final, transactions = await self._deliver_mx(message, envelope, bodies, hook)
         result = SendResult(
             tuple(final[a] for a in envelope.recipients),
             attempts=transactions,
@@ -219,7 +226,11 @@ class Mailer:
         return result
 
     async def _deliver_mx(
-        self, message: Message | bytes | str, envelope: Envelope, bodies: dict[bool, bytes]
+        self,
+        message: Message | bytes | str,
+        envelope: Envelope,
+        bodies: dict[bool, bytes],
+        hook: BeforeEndOfData | None,
     ) -> tuple[dict[str, RecipientResult], int]:
         """Direct delivery: each recipient domain to its own MX hosts."""
         assert self.mx is not None
@@ -238,7 +249,7 @@ class Mailer:
                 return {a: RecipientResult(a, state, c, 0, retry_in, domain) for a in rcpts}, 0
             relays = tuple((h, self.mx_port) for h in hosts)
             return await self._deliver(
-                message, Envelope(envelope.sender, tuple(rcpts)), relays, bodies
+                message, Envelope(envelope.sender, tuple(rcpts)), relays, bodies, hook
             )
 
         final: dict[str, RecipientResult] = {}
@@ -254,6 +265,7 @@ class Mailer:
         envelope: Envelope,
         relays: Sequence[tuple[str, int]],
         bodies: dict[bool, bytes],
+        hook: BeforeEndOfData | None = None,
     ) -> tuple[dict[str, RecipientResult], int]:
         """Deliver to ``envelope``'s recipients through ``relays`` until each
         has a final state; returns the states and the transactions run."""
@@ -282,7 +294,7 @@ class Mailer:
                 self._defer(pending, last, tries, final, where, key, wait)
                 break
 
-            out = await self._attempt(message, envelope, relay, key, pending, bodies, state)
+            out = await self._attempt(message, envelope, relay, key, pending, bodies, state, hook)
             transactions += 1
             if not out.stale:
                 for a in pending:
@@ -381,6 +393,7 @@ class Mailer:
         pending: list[str],
         bodies: dict[bool, bytes],
         state: RetryState,
+        hook: BeforeEndOfData | None = None,
     ) -> Outcome:
         """One transaction to ``relay`` for the ``pending`` recipients."""
         host, port = relay
@@ -425,6 +438,7 @@ class Mailer:
                 host=host,
                 reused=lease.reused,
                 resend_ambiguous=self.resend_ambiguous,
+                before_end_of_data=hook,
             )
             if out.broken:
                 lease.discard()

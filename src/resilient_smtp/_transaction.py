@@ -9,7 +9,7 @@ knows each recipient's reply even when the server says 421 half-way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -19,9 +19,11 @@ from ._reply import Reply
 from ._taxonomy import Reason, Scope, Stage
 from ._transport import BodyNotSent, Connection
 
-__all__ = ["Outcome", "run_transaction"]
+__all__ = ["BeforeEndOfData", "Outcome", "run_transaction"]
 
 Classify = Callable[..., Classification]
+BeforeEndOfData = Callable[[list[str]], Awaitable[None]]
+"""Called with the accepted recipients just before the final dot is sent."""
 
 # Exceptions that mean "no reply": the connection dropped, timed out or sent
 # something that is not SMTP.
@@ -71,22 +73,67 @@ async def run_transaction(
     host: str,
     reused: bool,
     resend_ambiguous: bool,
+    before_end_of_data: BeforeEndOfData | None = None,
 ) -> Outcome:
-    """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed."""
-    out = Outcome()
-    stage = Stage.MAIL
-    accepted: list[str] = []
-    untried = list(batch)
+    """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed.
 
-    def judge(reply: Reply | BaseException) -> Classification:
+    ``before_end_of_data(accepted)`` is awaited after the server's 354 and
+    before the message and its final dot are written: from then on, a broken
+    connection leaves those recipients ambiguous.  A durable queue records
+    that here.  If it raises, nothing is sent and the error propagates.
+    """
+    out = Outcome()
+
+    def judge(reply: Reply | BaseException, stage: Stage) -> Classification:
         c = classify(reply, host=host, stage=stage)
         out.note(c)
         return c
 
     try:
+        return await _steps(
+            conn,
+            out,
+            sender,
+            batch,
+            body,
+            options,
+            judge,
+            reused,
+            resend_ambiguous,
+            before_end_of_data,
+        )
+    except _CallerError as wrapped:
+        raise wrapped.error from None
+
+
+class _CallerError(Exception):
+    """Carries an exception raised by the caller's hook past the handlers
+    that turn connection errors into outcomes."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _steps(
+    conn: Connection,
+    out: Outcome,
+    sender: str,
+    batch: list[str],
+    body: bytes,
+    options: list[str],
+    judge: Callable[[Reply | BaseException, Stage], Classification],
+    reused: bool,
+    resend_ambiguous: bool,
+    before_end_of_data: BeforeEndOfData | None,
+) -> Outcome:
+    stage = Stage.MAIL
+    accepted: list[str] = []
+    untried = list(batch)
+    try:
         reply = await conn.mail(sender, options)
         if reply.code != 250:
-            c = judge(reply)
+            c = judge(reply, stage)
             if reused and c.session_over and c.reason is Reason.CONNECTION_ERROR:
                 # "421 4.4.2 ... timeout exceeded": the server had given up
                 # on the idle connection; any other 421 is real pushback.
@@ -101,7 +148,7 @@ async def run_transaction(
             if reply.code in (250, 251):
                 accepted.append(rcpt)
                 continue
-            c = judge(reply)
+            c = judge(reply, stage)
             if c.reason is Reason.TOO_MANY_RECIPIENTS and accepted:
                 # RFC 5321 §4.5.3.1.10: send the rest in another transaction.
                 # (A 452 to the first RCPT leaves nothing to split: it is a
@@ -121,10 +168,16 @@ async def run_transaction(
         stage = Stage.DATA
         reply = await conn.data()
         if reply.code != 354:
-            out.settle(accepted, judge(reply))
+            out.settle(accepted, judge(reply, stage))
             if not out.broken:
                 await _reset(conn, out)
             return out
+        if before_end_of_data is not None:
+            try:
+                await before_end_of_data(list(accepted))
+            except BaseException as exc:
+                out.broken = True  # the DATA phase is open: the session is unusable
+                raise _CallerError(exc) from exc
         stage = Stage.END_OF_DATA
         try:
             reply = await conn.send_body(body)
@@ -133,17 +186,17 @@ async def run_transaction(
             # message never left, so this is not the ambiguous window.
             stage = Stage.DATA
             out.broken = True
-            out.settle(accepted, judge(exc))
+            out.settle(accepted, judge(exc, stage))
             return out
         conn.messages += 1
         if reply.code == 250:
             out.delivered = accepted
         else:
-            out.settle(accepted, judge(reply))
+            out.settle(accepted, judge(reply, stage))
         return out
     except NO_REPLY as exc:
         out.broken = True
-        c = judge(exc)
+        c = judge(exc, stage)
         if stage is Stage.END_OF_DATA:
             # The final dot was sent: the server may have taken the message.
             if resend_ambiguous:

@@ -285,18 +285,28 @@ class Outbox:
             await self._record(c, updates)
             return
         addresses = list(c.recipients)
-        await self.store.mark_sending(c.id, addresses, now=now)
-        for a in addresses:
-            self._emit(
-                "outbox_sending",
-                f"{c.id} to {a}",
-                id=c.id,
-                recipient=a,
-                state=OutboxState.SENDING.value,
-                attempt=c.attempts[a] + 1,
-            )
+
+        async def at_final_dot(accepted: list[str]) -> None:
+            # Recorded durably before the final dot leaves: a worker killed
+            # from here on leaves these recipients "sending", which recovery
+            # turns into ambiguous (never resent).  Killed any earlier, the
+            # recipients are still waiting and are sent again: nothing of
+            # the message reached the server.
+            await self.store.mark_sending(c.id, accepted, now=self._wall())
+            for a in accepted:
+                self._emit(
+                    "outbox_sending",
+                    f"{c.id} to {a}",
+                    id=c.id,
+                    recipient=a,
+                    state=OutboxState.SENDING.value,
+                    attempt=c.attempts[a] + 1,
+                )
+
         try:
-            result = await mailer.send(c.body, sender=c.sender, recipients=addresses)
+            result = await mailer.send(
+                c.body, sender=c.sender, recipients=addresses, before_end_of_data=at_final_dot
+            )
         except InvalidMessageError as exc:
             # Raised before MAIL FROM (SMTPUTF8 the server lacks): nothing sent.
             updates = [
