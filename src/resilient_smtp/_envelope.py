@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message
+from typing import Any, cast
 
 from ._errors import InvalidMessageError
 
@@ -128,5 +129,6 @@ def render_message(message: Message | bytes | str, *, smtputf8: bool = False) ->
     # The generator, not message.as_bytes(policy=...): subclasses such as
     # Django's SafeMIMEText override as_bytes() without the policy argument.
     out = io.BytesIO()
-    email.generator.BytesGenerator(out, mangle_from_=False, policy=policy).flatten(message)
+    generator = email.generator.BytesGenerator(out, mangle_from_=False, policy=policy)
+    generator.flatten(cast(Any, message))  # any Message, whatever its policy class
     return out.getvalue()
