@@ -14,6 +14,7 @@ data, and raises (aiosmtplib's ``SMTPServerDisconnected``,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -142,6 +143,9 @@ class _AiosmtplibConnection:
         return await self._command(b"DATA")
 
     async def send_body(self, body: bytes) -> Reply:
+        # One turn of the loop first, so a reply or a close that came right
+        # behind the 354 is seen before any of the message is written.
+        await asyncio.sleep(0)
         protocol = self._smtp.protocol
         early = bytes(getattr(protocol, "_buffer", b""))
         if early.strip():
