@@ -175,8 +175,14 @@ class Mailer:
         await self.close()
 
     async def close(self) -> None:
-        """Close the pooled connections (politely, with QUIT)."""
+        """Close the pooled connections (politely, with QUIT), and the limiter
+        and health objects that hold resources of their own (``aclose()``,
+        as the Redis-shared ones do)."""
         await self.pool.close()
+        for part in (self.limiter, self.health):
+            aclose = getattr(part, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _emit(self, kind: str, message: str, **data: Any) -> None:
         emit(Event(kind, message, data), self.hooks)
