@@ -288,7 +288,9 @@ class _KeyRate:
         dt = now - self.last_update
         self.last_update = now
         waits = self.bucket._waits
-        if waits == self.last_waits or dt <= 0:
+        # Callers waited since the last update, or are waiting now (a batch
+        # queued at once enters the wait only once, then keeps waiting).
+        if (waits == self.last_waits and not self.bucket._waiters) or dt <= 0:
             return  # nobody waited: no growth, the curve has not moved
         self.last_waits = waits
         # Cap the credit so a long quiet spell before one wait is not counted.
