@@ -143,11 +143,14 @@ class _AiosmtplibConnection:
         return await self._command(b"DATA")
 
     async def send_body(self, body: bytes) -> Reply:
-        # One turn of the loop first, so a reply or a close that came right
-        # behind the 354 is seen before any of the message is written.
-        await asyncio.sleep(0)
+        # A reply that came with the 354 is already buffered; one turn of the
+        # loop lets a close (or a reply) right behind it arrive too, so both
+        # are seen before any of the message is written.
+        early = bytes(getattr(self._smtp.protocol, "_buffer", b""))
+        if not early.strip():
+            await asyncio.sleep(0)
+            early = bytes(getattr(self._smtp.protocol, "_buffer", b""))
         protocol = self._smtp.protocol
-        early = bytes(getattr(protocol, "_buffer", b""))
         if early.strip():
             # A reply that came with the 354, before any of the message was
             # sent (smtp-sink -A: "354" and "550" in one write): that is the
