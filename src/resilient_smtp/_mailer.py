@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from email.message import Message
 from types import TracebackType
 from typing import Any
@@ -23,11 +25,11 @@ from ._classify import Classification, Classifier, default_classifier
 from ._clock import Clock, _Waits, system_clock
 from ._envelope import Envelope, build_envelope, render_message
 from ._errors import InvalidMessageError
-from ._events import Event, Hook, emit
+from ._events import Event, Hook, emit, logger
 from ._health import DestinationHealth
 from ._limit import Limiter
 from ._mx import MXResolver, dns_resolver, mx_order, resolution_failure
-from ._pool import Pool, PoolLimits
+from ._pool import Lease, Pool, PoolLimits
 from ._reply import Reply
 from ._result import RecipientResult, SendResult, State
 from ._retry import RetryPolicy, RetryState
@@ -36,6 +38,8 @@ from ._transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
 from ._transport import AiosmtplibTransport, TLSMode, Transport, dot_stuff
 
 __all__ = ["Mailer"]
+
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 
 def _parse_relay(relay: str | tuple[str, int], default_port: int) -> tuple[str, int]:
@@ -184,6 +188,9 @@ class Mailer:
             if aclose is not None:
                 await aclose()
 
+    def _wants_events(self) -> bool:
+        return bool(self.hooks) or logger.isEnabledFor(logging.INFO)
+
     def _emit(self, kind: str, message: str, **data: Any) -> None:
         emit(Event(kind, message, data), self.hooks)
 
@@ -221,14 +228,15 @@ class Mailer:
             attempts=transactions,
             elapsed=self.clock.monotonic() - started,
         )
-        self._emit(
-            "final",
-            repr(result),
-            delivered=len(result.delivered),
-            rejected=len(result.rejected),
-            deferred=len(result.deferred),
-            ambiguous=len(result.ambiguous),
-        )
+        if self._wants_events():  # building the summary costs; skip it unheard
+            self._emit(
+                "final",
+                repr(result),
+                delivered=len(result.delivered),
+                rejected=len(result.rejected),
+                deferred=len(result.deferred),
+                ambiguous=len(result.ambiguous),
+            )
         return result
 
     async def _deliver_mx(
@@ -403,71 +411,97 @@ class Mailer:
     ) -> Outcome:
         """One transaction to ``relay`` for the ``pending`` recipients."""
         host, port = relay
-        async with contextlib.AsyncExitStack() as stack:  # permit and lease, on every path
-            try:
-                lease = await self._enter(stack, key, host, port, state)
-            except NO_REPLY as exc:
-                # Connecting failed: no session at all.
-                out = Outcome()
-                c = self.classifier.classify(exc, host=host)
-                out.note(c)
-                out.broken = True
-                out.settle(pending, c)
-                return out
-            except _DeadlineReached:
-                out = Outcome(permitted=False)
-                out.settle(pending, _deadline_classification(key))
-                return out
-            conn = lease.connection
-            smtputf8 = envelope.needs_smtputf8
-            if smtputf8 and not conn.supports("smtputf8"):
-                raise InvalidMessageError(
-                    f"non-ASCII addresses need SMTPUTF8 (RFC 6531), which {host} does not offer"
-                )
-            if smtputf8 not in bodies:
-                bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
-            body = bodies[smtputf8]
-            options = []
-            if conn.supports("size"):
-                options.append(f"SIZE={len(body)}")
-            if smtputf8:
-                options.append("SMTPUTF8")
-            if conn.supports("8bitmime") and not body.isascii():
-                options.append("BODY=8BITMIME")
-            out = await run_transaction(
-                conn,
-                sender=envelope.sender,
-                batch=list(pending),
-                body=body,
-                options=options,
-                classify=self.classifier.classify,
-                host=host,
-                reused=lease.reused,
-                resend_ambiguous=self.resend_ambiguous,
-                before_end_of_data=hook,
-            )
-            if out.broken:
-                lease.discard()
+        permit = self.limiter.acquire(key)
+        try:
+            await self._take(permit, state)
+        except _DeadlineReached:
+            out = Outcome(permitted=False)
+            out.settle(pending, _deadline_classification(key))
             return out
+        connected = False
+        try:
+            async with self.pool.connection(host, port) as lease:
+                connected = True
+                out = await self._transact(lease, message, envelope, host, pending, bodies, hook)
+                if out.broken:
+                    lease.discard()
+                return out
+        except NO_REPLY as exc:
+            if connected:
+                raise
+            # Connecting failed: no session at all.
+            out = Outcome()
+            c = self.classifier.classify(exc, host=host)
+            out.note(c)
+            out.broken = True
+            out.settle(pending, c)
+            return out
+        finally:
+            await permit.__aexit__(None, None, None)
 
-    async def _enter(
-        self, stack: contextlib.AsyncExitStack, key: str, host: str, port: int, state: RetryState
-    ) -> Any:
-        """Take a limiter permit within the deadline, then a pooled connection.
+    async def _transact(
+        self,
+        lease: Lease,
+        message: Message | bytes | str,
+        envelope: Envelope,
+        host: str,
+        pending: list[str],
+        bodies: dict[bool, bytes],
+        hook: BeforeEndOfData | None,
+    ) -> Outcome:
+        conn = lease.connection
+        smtputf8 = envelope.needs_smtputf8
+        if smtputf8 and not conn.supports("smtputf8"):
+            raise InvalidMessageError(
+                f"non-ASCII addresses need SMTPUTF8 (RFC 6531), which {host} does not offer"
+            )
+        if smtputf8 not in bodies:
+            bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
+        body = bodies[smtputf8]
+        options = []
+        if conn.supports("size"):
+            options.append(f"SIZE={len(body)}")
+        if smtputf8:
+            options.append("SMTPUTF8")
+        if conn.supports("8bitmime") and not body.isascii():
+            options.append("BODY=8BITMIME")
+        return await run_transaction(
+            conn,
+            sender=envelope.sender,
+            batch=list(pending),
+            body=body,
+            options=options,
+            classify=self.classifier.classify,
+            host=host,
+            reused=lease.reused,
+            resend_ambiguous=self.resend_ambiguous,
+            before_end_of_data=hook,
+        )
+
+    async def _take(self, permit: AbstractAsyncContextManager[None], state: RetryState) -> None:
+        """Take a limiter permit, within the send's deadline.
 
         Only the permit wait is raced against the deadline on the clock; a
         connect is bounded by the transport's timeout.  (Racing I/O against
         a fake clock would let the fake clock jump while a real socket is
-        busy.)
+        busy.)  A waiter cancelled at the deadline holds no permit: the
+        Limiter protocol promises that.
         """
         remaining = state.remaining
-        permit = self.limiter.acquire(key)
         # Under testing.no_waits() every clock sleep, the deadline timer's
         # too, ends at once: the race would always be lost, so skip it.
         if remaining is None or _Waits.skip:
-            await stack.enter_async_context(permit)
+            await permit.__aenter__()
+        elif self.clock is system_clock and _timeout is not None:
+            # The system clock is the loop's clock: a timeout handle on the
+            # loop costs no task and no extra turn of the loop.
+            try:
+                async with _timeout(remaining):
+                    await permit.__aenter__()
+            except TimeoutError:
+                raise _DeadlineReached from None
         else:
-            task = asyncio.ensure_future(stack.enter_async_context(permit))
+            task = asyncio.ensure_future(permit.__aenter__())
             await asyncio.sleep(0)  # an uncontended permit is granted in this turn
             if not task.done():
                 timer = asyncio.ensure_future(self.clock.sleep(remaining))
@@ -479,11 +513,9 @@ class Mailer:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
-                        await stack.aclose()
                 if task.cancelled():
                     raise _DeadlineReached
             task.result()
-        return await stack.enter_async_context(self.pool.connection(host, port))
 
 
 class _DeadlineReached(Exception):

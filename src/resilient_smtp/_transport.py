@@ -14,7 +14,6 @@ data, and raises (aiosmtplib's ``SMTPServerDisconnected``,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import ssl
@@ -44,8 +43,11 @@ _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 def dot_stuff(body: bytes) -> bytes:
     """CRLF line endings, a dot doubled at the start of a line, and the
     terminating ``CRLF.CRLF`` (RFC 5321 §4.5.2)."""
-    body = _LINE_ENDINGS.sub(b"\r\n", body)
-    body = _LEADING_DOT.sub(b"..", body)
+    crlf = body.count(b"\r\n")
+    if crlf != body.count(b"\n") or crlf != body.count(b"\r"):
+        body = _LINE_ENDINGS.sub(b"\r\n", body)
+    if body.startswith(b".") or b"\n." in body:
+        body = _LEADING_DOT.sub(b"..", body)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
@@ -107,6 +109,10 @@ class Transport(Protocol):
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
+    if 200 <= response.code < 400:
+        # Success and "go ahead" replies are never classified: skip parsing
+        # them (four of them a message).
+        return Reply(response.code, None, response.message)
     return Reply.parse(response.message, code=response.code)
 
 
@@ -143,14 +149,11 @@ class _AiosmtplibConnection:
         return await self._command(b"DATA")
 
     async def send_body(self, body: bytes) -> Reply:
-        # A reply that came with the 354 is already buffered; one turn of the
-        # loop lets a close (or a reply) right behind it arrive too, so both
-        # are seen before any of the message is written.
-        early = bytes(getattr(self._smtp.protocol, "_buffer", b""))
-        if not early.strip():
-            await asyncio.sleep(0)
-            early = bytes(getattr(self._smtp.protocol, "_buffer", b""))
+        # A reply that came in the same read as the 354 is already buffered,
+        # and a close that came with it has already been seen: both are
+        # checked before any of the message is written.
         protocol = self._smtp.protocol
+        early = bytes(getattr(protocol, "_buffer", b""))
         if early.strip():
             # A reply that came with the 354, before any of the message was
             # sent (smtp-sink -A: "354" and "550" in one write): that is the
