@@ -327,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         sys.stderr.write(f"{parser.prog}: error: {exc}\n")
         return 2
+    except BrokenPipeError:  # `... | head -1`: the reader has gone, and that is fine
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
