@@ -229,10 +229,12 @@ def test_a_stated_wait_is_honoured_and_capped() -> None:
     assert capped.delay == 120.0
 
 
-def test_a_stated_wait_beats_the_back_off_but_not_a_longer_floor() -> None:
+def test_a_stated_wait_replaces_the_floor_and_beats_the_back_off() -> None:
     p = plain(min_waits={Reason.RATE_LIMITED: 45.0})
-    assert p.start(FakeClock()).decide(failure(Reason.RATE_LIMITED, retry_after=30.0)).delay == 45
+    # The floor is for servers that do not say how long; this one does.
+    assert p.start(FakeClock()).decide(failure(Reason.RATE_LIMITED, retry_after=30.0)).delay == 30
     assert p.start(FakeClock()).decide(failure(Reason.RATE_LIMITED, retry_after=90.0)).delay == 90
+    assert p.start(FakeClock()).decide(failure(Reason.RATE_LIMITED)).delay == 45
 
 
 @pytest.mark.parametrize("reason", [Reason.SESSION_LIMIT, Reason.CONNECTION_ERROR])

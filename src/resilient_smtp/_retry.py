@@ -528,8 +528,15 @@ class RetryPolicy:
         (1 the first time); ``retry_after`` is the server's stated wait;
         ``previous`` the send's last wait.  Pure apart from the jitter draw.
         """
-        floor = reason_floor(reason, occurrence, min_waits=self.min_waits, growing=self.growing)
         stated = stated_wait(retry_after, cap=self.retry_after_cap)
+        # The per-reason floors are our guess at how long a server wants us
+        # to stay away; when the server says so itself ("greylisted, come
+        # back in 60 seconds"), its word replaces the guess.
+        floor = (
+            0.0
+            if retry_after is not None and stated > 0
+            else reason_floor(reason, occurrence, min_waits=self.min_waits, growing=self.growing)
+        )
         if occurrence == 1 and reason in self.reconnect_at_once:
             return max(floor, stated)
         ceiling = exponential(retry, base=self.base, cap=self.cap)
