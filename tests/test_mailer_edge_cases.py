@@ -15,7 +15,16 @@ from email.message import EmailMessage
 
 import pytest
 
-from resilient_smtp import Event, Mailer, PoolLimits, Reason, RetryPolicy, SendResult, State
+from resilient_smtp import (
+    ConcurrencyLimiter,
+    Event,
+    Mailer,
+    PoolLimits,
+    Reason,
+    RetryPolicy,
+    SendResult,
+    State,
+)
 from resilient_smtp.testing import DROP, FakeClock, ScriptedSMTPServer
 
 SENDER = "app@example.org"
@@ -288,6 +297,9 @@ async def test_concurrent_sends_never_open_more_connections_than_allowed() -> No
             tls="none",
             clock=FakeClock(),
             pool=PoolLimits(max_connections=3),
+            # No pacing: all 60 sends want a connection at once, so the pool's
+            # cap is what holds them (the adaptive limiter would serialise them).
+            limiter=ConcurrencyLimiter(limit=60),
         )
         rcpts = [f"u{i}@example.com" for i in range(60)]
         async with mailer:
