@@ -14,6 +14,7 @@ data, and raises (aiosmtplib's ``SMTPServerDisconnected``,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -146,20 +147,37 @@ class _AiosmtplibConnection:
         return await self._command(b"RCPT", f"TO:<{recipient}>".encode())
 
     async def data(self) -> Reply:
-        return await self._command(b"DATA")
+        reply = await self._command(b"DATA")
+        protocol = self._smtp.protocol
+        if reply.code == 354 and protocol is not None:
+            # Keep listening: a server may answer before it has the message
+            # (smtp-sink -A sends "550" right behind the "354" and closes).
+            # aiosmtplib drops a reply that comes with no command pending;
+            # marked pending, it lands in the waiter send_body looks at.
+            protocol._response_pending = True
+        return reply
 
     async def send_body(self, body: bytes) -> Reply:
-        # A reply that came in the same read as the 354 is already buffered,
-        # and a close that came with it has already been seen: both are
-        # checked before any of the message is written.
+        # One turn of the loop lets a reply or a close that the server sent
+        # right behind its 354 arrive before any of the message is written;
+        # once the message is out, a close makes the recipients ambiguous.
         protocol = self._smtp.protocol
         early = bytes(getattr(protocol, "_buffer", b""))
+        if not early.strip():
+            await asyncio.sleep(0)
+            early = bytes(getattr(protocol, "_buffer", b""))
         if early.strip():
-            # A reply that came with the 354, before any of the message was
-            # sent (smtp-sink -A: "354" and "550" in one write): that is the
-            # server's verdict.  aiosmtplib would never hand it to us.
+            # A reply that came in the same read as the 354, before any of
+            # the message was sent: that is the server's verdict.
             self._smtp.close()
             return Reply.parse(early.decode("utf-8", "replace"))
+        waiter = getattr(protocol, "_response_waiter", None)
+        if waiter is not None and waiter.done():
+            # The server answered, or closed, before we sent anything.
+            self._smtp.close()
+            if waiter.cancelled() or waiter.exception() is not None:
+                raise BodyNotSent("the server closed the connection after 354")
+            return _reply(waiter.result())
         if protocol is None or not self._smtp.is_connected:
             raise BodyNotSent("the server closed the connection after 354")
         try:
