@@ -96,7 +96,7 @@ async def test_default_policy_requeues_a_greylisted_receipt() -> None:
     # which is more than the 60 s deadline, so the send stops at once and
     # says when to try again.
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on("rcpt", GREYLIST, times=None)
+    transport = ScriptedTransport().on("rcpt", GREYLIST, times=None)
     async with mailer_for(transport, clock, RetryPolicy()) as mailer:
         outcome = await send_receipt(mailer, "bob@example.com", 1)
     assert outcome.action == "requeue"
@@ -111,7 +111,7 @@ async def test_a_patient_policy_waits_out_greylisting_on_a_fake_clock() -> None:
     # Swap in a policy for a background worker: an hour in all.  The two
     # five-minute waits happen on the fake clock, not in real time.
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on("rcpt", GREYLIST, times=2)
+    transport = ScriptedTransport().on("rcpt", GREYLIST, times=2)
     worker = RetryPolicy(max_attempts=10, deadline=3600.0)
     started = time.monotonic()
     async with mailer_for(transport, clock, worker) as mailer:
@@ -125,9 +125,7 @@ async def test_a_patient_policy_waits_out_greylisting_on_a_fake_clock() -> None:
 @pytest.mark.asyncio
 async def test_a_single_attempt_policy_never_retries() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on(
-        "mail", "421 4.7.0 Try again later, closing connection"
-    )
+    transport = ScriptedTransport().on("mail", "421 4.7.0 Try again later, closing connection")
     async with mailer_for(transport, clock, RetryPolicy(max_attempts=1)) as mailer:
         outcome = await send_receipt(mailer, "carol@example.com", 3)
     assert outcome.action == "requeue"
@@ -138,7 +136,7 @@ async def test_a_single_attempt_policy_never_retries() -> None:
 @pytest.mark.asyncio
 async def test_a_permanent_failure_is_dropped_without_retrying() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on("rcpt", "550 5.1.1 User unknown", times=None)
+    transport = ScriptedTransport().on("rcpt", "550 5.1.1 User unknown", times=None)
     async with mailer_for(transport, clock, RetryPolicy()) as mailer:
         outcome = await send_receipt(mailer, "nobody@example.com", 4)
     assert outcome == Outcome("drop", reason="recipient_unknown")

@@ -81,7 +81,7 @@ async def test_retries_waits_and_final_states(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock)
+    transport = ScriptedTransport()
     transport.on(
         "rcpt", "450 4.2.0 Greylisted, see http://postgrey.example/", recipient="b@x.test"
     )
@@ -123,9 +123,7 @@ async def test_retries_waits_and_final_states(
 
 async def test_give_up_after_attempts(metrics: OtelMetrics, reader: InMemoryMetricReader) -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on(
-        "rcpt", "451 4.3.0 Temporary local problem", times=None
-    )
+    transport = ScriptedTransport().on("rcpt", "451 4.3.0 Temporary local problem", times=None)
     policy = RetryPolicy(max_attempts=2, deadline=3600.0, base=1.0, cap=2.0)
     async with Mailer(
         "mx.test",
@@ -150,7 +148,7 @@ async def test_suspension_and_its_waits(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on(
+    transport = ScriptedTransport().on(
         "mail", "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"
     )
     health = DestinationHealth(clock=clock, hooks=[metrics])
@@ -178,7 +176,7 @@ async def test_rate_cuts_and_the_current_rate(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on("mail", "450 4.7.1 Too many messages, slow down")
+    transport = ScriptedTransport().on("mail", "450 4.7.1 Too many messages, slow down")
     limiter = AdaptiveLimiter(clock=clock, hooks=[metrics], initial_rate=10.0)
     async with Mailer(
         "mx.test",

@@ -90,7 +90,7 @@ class Rig:
 
     def __init__(self, store: Store, *, policy: OutboxPolicy | None = None) -> None:
         self.clock = FakeClock(START)
-        self.transport = ScriptedTransport(clock=self.clock)
+        self.transport = ScriptedTransport()
         self.rec = Recorder()
         self.outbox = Outbox(
             store,

@@ -24,7 +24,7 @@ def message(to: str) -> EmailMessage:
 
 async def test_too_many_connections_shrinks_the_window_and_success_regrows_it() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock)
+    transport = ScriptedTransport()
     transport.on("connect", "421 4.7.0 mx.test Error: too many connections from 192.0.2.1")
     async with Mailer("mx.test", transport=transport, clock=clock) as mailer:
         result = await mailer.send(message("a@example.com"))
@@ -39,7 +39,7 @@ async def test_too_many_connections_shrinks_the_window_and_success_regrows_it() 
 
 async def test_window_bounds_concurrent_connections() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock)
+    transport = ScriptedTransport()
     pool = Pool(transport, PoolLimits(max_connections=2), clock=clock)
     active = peak = 0
 
@@ -63,7 +63,7 @@ async def test_window_bounds_concurrent_connections() -> None:
 
 async def test_cancelled_waiter_takes_no_slot() -> None:
     clock = FakeClock()
-    pool = Pool(ScriptedTransport(clock=clock), PoolLimits(max_connections=1), clock=clock)
+    pool = Pool(ScriptedTransport(), PoolLimits(max_connections=1), clock=clock)
     held = asyncio.Event()
     release = asyncio.Event()
 

@@ -31,9 +31,7 @@ def message(*to: str) -> EmailMessage:
 
 async def test_scripted_transport_records_what_was_accepted() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on(
-        "rcpt", "450 4.2.0 Greylisted", recipient="b@example.com"
-    )
+    transport = ScriptedTransport().on("rcpt", "450 4.2.0 Greylisted", recipient="b@example.com")
     policy = RetryPolicy(min_waits={Reason.GREYLISTED: 1.0})
     async with Mailer("mx.test", transport=transport, clock=clock, retry=policy) as mailer:
         result = await mailer.send(message("a@example.com", "b@example.com"))
@@ -47,7 +45,7 @@ async def test_scripted_transport_records_what_was_accepted() -> None:
 
 async def test_scripted_transport_connect_and_drop_stages() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock)
+    transport = ScriptedTransport()
     transport.on("connect", "421 4.3.2 All server ports are busy")
     transport.on("end_of_data", DROP)
     async with Mailer("mx.test", transport=transport, clock=clock) as mailer:
@@ -60,7 +58,7 @@ async def test_scripted_transport_connect_and_drop_stages() -> None:
 
 async def test_scripted_transport_421_at_rcpt_keeps_accepted_recipients_pending() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(clock=clock).on("rcpt", "421 4.7.0 Try again later", nth=2)
+    transport = ScriptedTransport().on("rcpt", "421 4.7.0 Try again later", nth=2)
     async with Mailer("mx.test", transport=transport, clock=clock) as mailer:
         result = await mailer.send(message("a@example.com", "b@example.com", "c@example.com"))
     assert result.ok

@@ -63,6 +63,35 @@ class Classification:
         """The opposite of ``transient``: no later try will succeed."""
         return not self.transient
 
+    @classmethod
+    def without_reply(
+        cls,
+        reason: Reason,
+        *,
+        transient: bool,
+        explanation: str,
+        reply: Reply | None = None,
+        scope: Scope | None = None,
+        session_over: bool = True,
+        retry_after: float | None = None,
+        stage: Stage | None = None,
+    ) -> Classification:
+        """A classification the library makes itself, with no server reply
+        behind it (a dropped connection, a suspended destination, a failed
+        DNS look-up): the action and, by default, the scope follow the
+        reason as they do for a reply."""
+        return cls(
+            reason=reason,
+            transient=transient,
+            action=action_for(reason, transient),
+            scope=scope or scope_for(reason),
+            session_over=session_over,
+            retry_after=retry_after,
+            reply=reply or Reply(None, None, explanation[:200]),
+            explanation=explanation,
+            stage=stage,
+        )
+
 
 # "try again in 92 seconds", "retry after 5 minutes", "wait 300s",
 # "greylisted for 60 seconds", "please try again in 1 hour".
@@ -164,16 +193,8 @@ class Classifier:
         parsed, st, failure = _normalise(reply, st)
         if failure is not None:
             reason, transient, why = failure
-            return Classification(
-                reason=reason,
-                transient=transient,
-                action=action_for(reason, transient),
-                scope=scope_for(reason),
-                session_over=True,
-                retry_after=None,
-                reply=parsed,
-                explanation=why,
-                stage=st,
+            return Classification.without_reply(
+                reason, transient=transient, explanation=why, reply=parsed, stage=st
             )
         return self._classify_reply(parsed, (host or "").lower(), st)
 

@@ -33,7 +33,7 @@ from ._pool import Lease, Pool, PoolLimits
 from ._reply import Reply
 from ._result import RecipientResult, SendResult, State
 from ._retry import RetryPolicy, RetryState
-from ._taxonomy import Action, Reason, Scope, action_for
+from ._taxonomy import Reason, Scope
 from ._transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
 from ._transport import AiosmtplibTransport, TLSMode, Transport, dot_stuff
 
@@ -64,12 +64,10 @@ def _parse_relay(relay: str | tuple[str, int], default_port: int) -> tuple[str, 
 def _suspended(admission: Any, key: str) -> Classification:
     """A classification for a destination that health does not admit."""
     reason = admission.reason or Reason.SERVER_BUSY
-    return Classification(
-        reason=reason,
+    return Classification.without_reply(
+        reason,
         transient=True,
-        action=action_for(reason, True),
         scope=Scope.DESTINATION,
-        session_over=True,
         retry_after=admission.retry_in,
         reply=Reply(None, None, f"{key} is suspended"),
         explanation=(
@@ -145,7 +143,6 @@ class Mailer:
                 tls_context=tls_context,
                 timeout=timeout,
                 local_hostname=local_hostname,
-                clock=self.clock,
             )
         self.transport = transport
         self.hooks = tuple(hooks)
@@ -523,13 +520,10 @@ class _DeadlineReached(Exception):
 
 
 def _deadline_classification(key: str) -> Classification:
-    return Classification(
-        reason=Reason.RATE_LIMITED,
+    return Classification.without_reply(
+        Reason.RATE_LIMITED,
         transient=True,
-        action=Action.SLOW_DOWN,
-        scope=Scope.DESTINATION,
         session_over=False,
-        retry_after=None,
         reply=Reply(None, None, f"deadline reached waiting for {key}"),
         explanation=f"the send's deadline passed while waiting for a permit for {key}",
     )

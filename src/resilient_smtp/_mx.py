@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ._classify import Classification
 from ._reply import Reply
-from ._taxonomy import Action, Reason, Scope
+from ._taxonomy import Reason, Scope
 
 __all__ = ["DomainNotFound", "MXResolver", "dns_resolver", "mx_order", "resolution_failure"]
 
@@ -59,18 +59,18 @@ async def dns_resolver(domain: str) -> Sequence[tuple[int, str]]:
 def resolution_failure(domain: str, exc: BaseException) -> Classification:
     """What a failed MX look-up means for the domain's recipients."""
     if isinstance(exc, DomainNotFound):
-        reason, transient, action = Reason.DOMAIN_UNKNOWN, False, Action.GIVE_UP_RECIPIENT
-        why = f"{exc}: every recipient at {domain} is rejected"
-    else:
-        reason, transient, action = Reason.CONNECTION_ERROR, True, Action.RECONNECT
-        why = f"the MX look-up for {domain} failed ({type(exc).__name__}): try again later"
-    return Classification(
-        reason=reason,
-        transient=transient,
-        action=action,
-        scope=Scope.RECIPIENT if not transient else Scope.DESTINATION,
-        session_over=True,
-        retry_after=None,
+        return Classification.without_reply(
+            Reason.DOMAIN_UNKNOWN,
+            transient=False,
+            reply=Reply(None, None, str(exc)[:200]),
+            explanation=f"{exc}: every recipient at {domain} is rejected",
+        )
+    return Classification.without_reply(
+        Reason.CONNECTION_ERROR,
+        transient=True,
+        scope=Scope.DESTINATION,
         reply=Reply(None, None, str(exc)[:200]),
-        explanation=why,
+        explanation=(
+            f"the MX look-up for {domain} failed ({type(exc).__name__}): try again later"
+        ),
     )

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import aiosmtplib
 
-from ._clock import Clock, system_clock
 from ._reply import Reply
 from ._script import DROP, ReceivedMessage, Script
 from ._transport import Connection
@@ -29,10 +28,10 @@ def _unstuff(body: bytes) -> bytes:
 
 
 class _ScriptedConnection:
-    def __init__(self, transport: ScriptedTransport, host: str, now: float) -> None:
+    def __init__(self, transport: ScriptedTransport, host: str) -> None:
         self._t = transport
         self.host = host
-        self.created_at = now
+        self.created_at = 0.0  # the pool stamps it on its own clock
         self.messages = 0
         self._open = True
         self._sender = ""
@@ -120,15 +119,9 @@ class ScriptedTransport(Script):
     advertises.
     """
 
-    def __init__(
-        self,
-        *,
-        extensions: Sequence[str] = ("size", "8bitmime", "smtputf8"),
-        clock: Clock = system_clock,
-    ) -> None:
+    def __init__(self, *, extensions: Sequence[str] = ("size", "8bitmime", "smtputf8")) -> None:
         super().__init__()
         self.extensions = {e.lower() for e in extensions}
-        self._clock = clock
 
     async def connect(self, host: str, port: int) -> Connection:
         self.connections += 1
@@ -144,4 +137,4 @@ class ScriptedTransport(Script):
                 raise error(reply.code or 421, f"{reply.enhanced or ''} {reply.text}".strip())
             if stage == "connect":
                 self.commands.append("EHLO")
-        return _ScriptedConnection(self, host, self._clock.monotonic())
+        return _ScriptedConnection(self, host)

@@ -23,7 +23,6 @@ from typing import Literal, Protocol
 
 import aiosmtplib
 
-from ._clock import Clock, system_clock
 from ._reply import Reply
 
 __all__ = [
@@ -67,6 +66,7 @@ class Connection(Protocol):
 
     host: str
     created_at: float
+    """When it was opened; the pool stamps it on the Mailer's clock."""
     messages: int
 
     def supports(self, extension: str) -> bool:
@@ -120,11 +120,11 @@ def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
 class _AiosmtplibConnection:
     __slots__ = ("_smtp", "_timeout", "created_at", "host", "messages")
 
-    def __init__(self, smtp: aiosmtplib.SMTP, host: str, created_at: float, timeout: float):
+    def __init__(self, smtp: aiosmtplib.SMTP, host: str, timeout: float):
         self._smtp = smtp
         self._timeout = timeout
         self.host = host
-        self.created_at = created_at
+        self.created_at = 0.0  # the pool stamps it on its own clock
         self.messages = 0
 
     def supports(self, extension: str) -> bool:
@@ -227,7 +227,6 @@ class AiosmtplibTransport:
         tls_context: ssl.SSLContext | None = None,
         timeout: float = 60.0,
         local_hostname: str | None = None,
-        clock: Clock = system_clock,
     ) -> None:
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(f"tls must be 'starttls', 'implicit' or 'none', not {tls!r}")
@@ -241,7 +240,6 @@ class AiosmtplibTransport:
         self.tls_context = tls_context
         self.timeout = timeout
         self.local_hostname = local_hostname
-        self._clock = clock
 
     def __repr__(self) -> str:
         auth = f", username={self.username!r}, password='***'" if self.username else ""
@@ -282,4 +280,4 @@ class AiosmtplibTransport:
         except BaseException:
             smtp.close()
             raise
-        return _AiosmtplibConnection(smtp, host, self._clock.monotonic(), self.timeout)
+        return _AiosmtplibConnection(smtp, host, self.timeout)
