@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from resilient_smtp._demo import run_demo
+from resilient_smtp._cli.demo import run_demo
 from resilient_smtp.testing import no_waits
 
 

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 import pytest
 
 from resilient_smtp import Mailer, PoolLimits, Reason, classify
-from resilient_smtp._pool import Pool
+from resilient_smtp._transport.pool import Pool
 from resilient_smtp.testing import FakeClock, ScriptedTransport
 
 

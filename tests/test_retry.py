@@ -21,14 +21,14 @@ from resilient_smtp import (
     RetryPolicy,
     classify,
 )
-from resilient_smtp._retry import (
+from resilient_smtp._classify.taxonomy import action_for, default_transient, scope_for
+from resilient_smtp._retry.policy import (
     DEFAULT_MIN_WAITS,
     exponential,
     jittered,
     reason_floor,
     stated_wait,
 )
-from resilient_smtp._taxonomy import action_for, default_transient, scope_for
 from resilient_smtp.testing import FakeClock
 
 JITTERS = ("full", "equal", "decorrelated", "none")

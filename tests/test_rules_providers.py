@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from resilient_smtp import Reason, Stage, classify
-from resilient_smtp._rules._providers import PROVIDER_RULES
+from resilient_smtp._classify.rules.providers import PROVIDER_RULES
 
 R = Reason
 GMAIL = "gmail-smtp-in.l.google.com"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from resilient_smtp import Mailer, PoolLimits, Reply, RetryPolicy, SendResult, State
-from resilient_smtp._transport import AiosmtplibTransport, Connection
+from resilient_smtp._transport.connection import AiosmtplibTransport, Connection
 from resilient_smtp.testing import FakeClock
 
 MESSAGES = 2000

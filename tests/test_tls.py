@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from resilient_smtp import Mailer, Reason, State
-from resilient_smtp._check import check_server
+from resilient_smtp._cli.check import check_server
 from resilient_smtp.testing import FakeClock, ScriptedSMTPServer
 
 

@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import typing as _typing
 
-from ._adaptive import AdaptiveLimiter
-from ._budget import RetryBudget
-from ._classify import Classification, Classifier, classify, default_classifier
+from ._classify.classifier import Classification, Classifier, classify, default_classifier
+from ._classify.reply import Reply
+from ._classify.rule import Rule, Tier
+from ._classify.taxonomy import Action, Reason, Scope, Stage
 from ._clock import Clock, SystemClock, system_clock
 from ._errors import InvalidMessageError, ResilientSMTPError, SMTPFailure
 from ._events import Event, Hook
-from ._gcra import RateLimiter
 from ._health import Admission, DestinationHealth, HealthStatus
-from ._limit import ConcurrencyLimiter, KeyedLimiter, Limiter, all_of
+from ._limits.adaptive import AdaptiveLimiter
+from ._limits.gcra import RateLimiter
+from ._limits.limiter import ConcurrencyLimiter, KeyedLimiter, Limiter, all_of
 from ._mailer import Mailer
-from ._pool import PoolLimits
-from ._reply import Reply
 from ._result import RecipientResult, SendFailed, SendResult, State
-from ._retry import RetryDecision, RetryPolicy, RetryState
-from ._rule import Rule, Tier
-from ._taxonomy import Action, Reason, Scope, Stage
-from ._transport import AiosmtplibTransport, Connection, Transport
+from ._retry.budget import RetryBudget
+from ._retry.policy import RetryDecision, RetryPolicy, RetryState
+from ._transport.connection import AiosmtplibTransport, Connection, Transport
+from ._transport.pool import PoolLimits
 
 __all__ = [
     "Action",

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
-from resilient_smtp._classify import Classification, classify
-from resilient_smtp._taxonomy import Stage
+from resilient_smtp._classify.classifier import Classification, classify
+from resilient_smtp._classify.taxonomy import Stage
 
 __all__ = ["main"]
 
@@ -150,7 +150,7 @@ def _add_demo(commands: Any) -> None:
 def _demo_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import asyncio
 
-    from resilient_smtp._demo import run_demo
+    from resilient_smtp._cli.demo import run_demo
 
     if not 1 <= args.messages <= 100_000:
         raise _UsageError("--messages must be between 1 and 100000")
@@ -189,7 +189,7 @@ def _check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import asyncio
     import os
 
-    from resilient_smtp._check import check_server
+    from resilient_smtp._cli.check import check_server
     from resilient_smtp._mailer import _parse_relay
 
     try:
@@ -246,7 +246,7 @@ def _add_worker(commands: Any) -> None:
     p.add_argument("--max-passes", type=int, default=1_000_000, help=argparse.SUPPRESS)
 
     def handler(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-        from resilient_smtp._outbox_cli import UsageError, worker_command
+        from resilient_smtp._cli.outbox import UsageError, worker_command
 
         try:
             return worker_command(args, out, err)
@@ -279,7 +279,7 @@ def _add_outbox(commands: Any) -> None:
         q.add_argument("--db", required=True, help="a SQLite file or a postgresql:// URL")
 
     def handler(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-        from resilient_smtp._outbox_cli import UsageError, outbox_command
+        from resilient_smtp._cli.outbox import UsageError, outbox_command
 
         try:
             return outbox_command(args, out, err)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._classify import Classification
+    from ._classify.classifier import Classification
 
 __all__ = ["InvalidMessageError", "ResilientSMTPError", "SMTPFailure"]
 

@@ -37,12 +37,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ._classify.taxonomy import Reason
 from ._clock import Clock, system_clock
 from ._events import Event, Hook, emit
-from ._taxonomy import Reason
 
 if TYPE_CHECKING:
-    from ._classify import Classification
+    from ._classify.classifier import Classification
 
 __all__ = ["Admission", "DestinationHealth", "HealthState", "HealthStatus"]
 

@@ -21,21 +21,21 @@ from email.message import Message
 from types import TracebackType
 from typing import Any
 
-from ._classify import Classification, Classifier, default_classifier
+from ._classify.classifier import Classification, Classifier, default_classifier
+from ._classify.reply import Reply
+from ._classify.taxonomy import Reason, Scope
 from ._clock import Clock, _Waits, system_clock
 from ._envelope import Envelope, build_envelope, render_message
 from ._errors import InvalidMessageError
 from ._events import Event, Hook, emit, logger
 from ._health import DestinationHealth
-from ._limit import Limiter
+from ._limits.limiter import Limiter
 from ._mx import MXResolver, dns_resolver, mx_order, resolution_failure
-from ._pool import Lease, Pool, PoolLimits
-from ._reply import Reply
 from ._result import RecipientResult, SendResult, State
-from ._retry import RetryPolicy, RetryState
-from ._taxonomy import Reason, Scope
-from ._transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
-from ._transport import AiosmtplibTransport, TLSMode, Transport, dot_stuff
+from ._retry.policy import RetryPolicy, RetryState
+from ._transport.connection import AiosmtplibTransport, TLSMode, Transport, dot_stuff
+from ._transport.pool import Lease, Pool, PoolLimits
+from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
 
 __all__ = ["Mailer"]
 
@@ -151,7 +151,7 @@ class Mailer:
         retry = retry or RetryPolicy()
         self.retry = retry.replace(hooks=(*retry.hooks, *self.hooks)) if self.hooks else retry
         if limiter is None:
-            from ._adaptive import AdaptiveLimiter
+            from ._limits.adaptive import AdaptiveLimiter
 
             limiter = AdaptiveLimiter(clock=self.clock, hooks=self.hooks)
         self.limiter = limiter

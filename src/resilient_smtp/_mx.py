@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from ._classify import Classification
-from ._reply import Reply
-from ._taxonomy import Reason, Scope
+from ._classify.classifier import Classification
+from ._classify.reply import Reply
+from ._classify.taxonomy import Reason, Scope
 
 __all__ = ["DomainNotFound", "MXResolver", "dns_resolver", "mx_order", "resolution_failure"]
 

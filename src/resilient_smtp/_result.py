@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ._classify import Classification
+from ._classify.classifier import Classification
+from ._classify.taxonomy import _StrEnum
 from ._errors import ResilientSMTPError
-from ._taxonomy import _StrEnum
 
 __all__ = ["RecipientResult", "SendFailed", "SendResult", "State"]
 

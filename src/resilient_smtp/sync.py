@@ -40,16 +40,16 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from . import _mailer
-from ._classify import Classifier
+from ._classify.classifier import Classifier
 from ._clock import Clock
 from ._events import Hook, logger
 from ._health import DestinationHealth
-from ._limit import Limiter
+from ._limits.limiter import Limiter
 from ._mx import MXResolver
-from ._pool import PoolLimits
 from ._result import SendResult
-from ._retry import RetryPolicy
-from ._transport import TLSMode, Transport
+from ._retry.policy import RetryPolicy
+from ._transport.connection import TLSMode, Transport
+from ._transport.pool import PoolLimits
 
 __all__ = ["Mailer", "shutdown"]
 

@@ -55,9 +55,9 @@ from django.core.mail.backends.base import BaseEmailBackend
 
 from .. import sync
 from .._errors import ResilientSMTPError
-from .._pool import PoolLimits
-from .._retry import RetryPolicy
-from .._transport import TLSMode
+from .._retry.policy import RetryPolicy
+from .._transport.connection import TLSMode
+from .._transport.pool import PoolLimits
 
 __all__ = ["EmailBackend"]
 

@@ -1,0 +1,362 @@
+"""The reply classifier: what an SMTP reply (or a failure to get one) means.
+
+:func:`classify` is a pure function of the reply, the remote host's name and
+the SMTP stage.  It decides in this order (DESIGN.md, "Classification"):
+
+1. a 421, a dropped or timed-out connection ends the session;
+2. provider rules: tokens such as ``[TSS04]`` or ``frequency limited``, and
+   rules bound to a provider's host names, outrank the code class;
+3. rules on the enhanced status code (``5.1.1``, ``4.7.28``);
+4. rules on the basic code (``535``, ``521``, ``552`` at RCPT);
+5. generic text patterns ("greylisted", "too many connections");
+6. the status code's subject (RFC 3463), then the code class.
+
+Rules are data (:class:`Rule`); a :class:`Classifier` holds a table of them
+and users extend it with :meth:`Classifier.with_rules`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+
+from .index import RuleIndex
+from .reply import Reply
+from .rule import Rule, Tier
+from .taxonomy import Action, Reason, Scope, Stage, action_for, default_transient, scope_for
+
+__all__ = ["Classification", "Classifier", "classify", "default_classifier"]
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What a reply means and what to do about it.
+
+    ``session_over`` is true when the connection is gone or must be dropped
+    (every 421, every dropped or timed-out connection, a refused greeting).
+    ``retry_after`` is the wait in seconds the server stated in its text
+    ("try again in 92 seconds"), or ``None`` when it stated none.
+    ``explanation`` says which rule fired and, where the code class and the
+    meaning disagree, that the meaning won.
+    """
+
+    reason: Reason
+    transient: bool
+    action: Action
+    scope: Scope
+    session_over: bool
+    retry_after: float | None
+    reply: Reply
+    explanation: str
+    stage: Stage | None = None
+    rule: str | None = None
+
+    @property
+    def permanent(self) -> bool:
+        """The opposite of ``transient``: no later try will succeed."""
+        return not self.transient
+
+    @classmethod
+    def without_reply(
+        cls,
+        reason: Reason,
+        *,
+        transient: bool,
+        explanation: str,
+        reply: Reply | None = None,
+        scope: Scope | None = None,
+        session_over: bool = True,
+        retry_after: float | None = None,
+        stage: Stage | None = None,
+    ) -> Classification:
+        """A classification the library makes itself, with no server reply
+        behind it (a dropped connection, a suspended destination, a failed
+        DNS look-up): the action and, by default, the scope follow the
+        reason as they do for a reply."""
+        return cls(
+            reason=reason,
+            transient=transient,
+            action=action_for(reason, transient),
+            scope=scope or scope_for(reason),
+            session_over=session_over,
+            retry_after=retry_after,
+            reply=reply or Reply(None, None, explanation[:200]),
+            explanation=explanation,
+            stage=stage,
+        )
+
+
+# "try again in 92 seconds", "retry after 5 minutes", "wait 300s",
+# "greylisted for 60 seconds", "please try again in 1 hour".
+_RETRY_AFTER = re.compile(
+    r"(?:again|retry|wait(?:ing)?|after|(?:greylisted|deferred|delayed) for|back|in)\s+"
+    r"(?:in\s+|after\s+)?"
+    r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
+)
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
+# A stated wait longer than this is not believed (a week; the policy caps
+# what it honours anyway).
+_MAX_STATED_WAIT = 7 * 86400.0
+
+
+def parse_retry_after(lowered: str) -> float | None:
+    """The wait a reply's (lower-case) text asks for, in seconds, or None:
+    "try again in 92 seconds", "retry after 5 minutes", "come back in
+    00:05:00", "greylisted for 60 seconds".  (A bare "for 4 hours" is an age,
+    not a wait.)"""
+    m = _RETRY_AFTER.search(lowered)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        value = int(m.group(1)) * 3600.0 + int(m.group(2)) * 60.0 + int(m.group(3))
+    else:
+        value = float(m.group(4)) * _UNIT[m.group(5)[0]]
+    return value if 0 < value <= _MAX_STATED_WAIT else None
+
+
+# RFC 3463 §3: subject-level meanings, used only when no rule matched.
+_SUBJECT_FALLBACK: dict[str, Reason] = {
+    "1": Reason.RECIPIENT_UNKNOWN,
+    "3": Reason.SERVER_BUSY,
+    "4": Reason.CONNECTION_ERROR,
+    "5": Reason.PROTOCOL_ERROR,
+    "6": Reason.CONTENT_REJECTED,
+    "7": Reason.POLICY_REJECTED,
+}
+# x.0.0, x.7.0 and x.7.1 are used for everything from greylisting to spam
+# blocks; they say too little to override the code class.
+_VAGUE_STATUS = frozenset({"0.0", "7.0", "7.1", "1.0", "2.0", "3.0", "4.0", "5.0", "6.0"})
+
+_CLASS_WORDS = {2: "success", 3: "intermediate", 4: "transient", 5: "permanent"}
+
+
+class Classifier:
+    """A table of :class:`Rule` objects and the decision procedure over it.
+
+    ``Classifier()`` uses the built-in rules; ``Classifier(rules=...)``
+    replaces them; :meth:`with_rules` returns a classifier whose extra rules
+    are tried before the built-in ones of the same tier.
+
+    Servers repeat themselves (a throttling server sends the same 421
+    thousands of times), so results for reply strings are kept in an LRU
+    cache of ``cache_size`` entries; ``cache_size=0`` turns it off.
+    Classifications are frozen, so sharing them is safe.
+    """
+
+    __slots__ = ("_cache_size", "_cached", "_index", "rules")
+
+    def __init__(self, rules: Iterable[Rule] | None = None, *, cache_size: int = 4096) -> None:
+        if rules is None:
+            from .rules import BUILTIN_RULES
+
+            rules = BUILTIN_RULES
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        for r in self.rules:
+            if not isinstance(r, Rule):
+                raise TypeError(f"rules must be Rule objects, not {type(r).__name__}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, not {cache_size!r}")
+        self._index = RuleIndex(self.rules)
+        self._cache_size = cache_size
+        self._cached = functools.lru_cache(maxsize=cache_size)(self._classify_text)
+
+    def with_rules(self, *rules: Rule) -> Classifier:
+        """A new classifier with ``rules`` tried before the existing ones."""
+        return Classifier((*rules, *self.rules), cache_size=self._cache_size)
+
+    def __repr__(self) -> str:
+        return f"Classifier(<{len(self.rules)} rules>)"
+
+    def __call__(
+        self, reply: Any, *, host: str | None = None, stage: Stage | str | None = None
+    ) -> Classification:
+        return self.classify(reply, host=host, stage=stage)
+
+    def classify(
+        self, reply: Any, *, host: str | None = None, stage: Stage | str | None = None
+    ) -> Classification:
+        """Classify a reply string, :class:`Reply`, aiosmtplib response or
+        exception, or an ``OSError`` / ``TimeoutError`` / ``ssl.SSLError``."""
+        st = Stage(stage) if stage is not None else None
+        if type(reply) is str and self._cache_size:
+            return self._cached(reply, host, st)
+        if isinstance(reply, Classification):
+            return reply
+        parsed, st, failure = _normalise(reply, st)
+        if failure is not None:
+            reason, transient, why = failure
+            return Classification.without_reply(
+                reason, transient=transient, explanation=why, reply=parsed, stage=st
+            )
+        return self._classify_reply(parsed, (host or "").lower(), st)
+
+    def _classify_text(self, text: str, host: str | None, stage: Stage | None) -> Classification:
+        return self._classify_reply(Reply.parse(text), (host or "").lower(), stage)
+
+    def _classify_reply(self, reply: Reply, host: str, stage: Stage | None) -> Classification:
+        lowered = reply.text.lower()
+        code = reply.code
+        session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
+        rule = self._index.first_match(reply, lowered, host, stage)
+        if rule is not None:
+            reason = rule.reason
+            transient = rule.transient
+            if transient is None:
+                transient = default_transient(reason)
+            why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
+        else:
+            # No rule matched: the status subject names the reason, but only
+            # the code class can say whether it is transient.
+            reason, why = _fallback(reply)
+            transient = None
+        if transient is None:
+            transient = code is None or code < 500
+        code_says = reply.code_class
+        if code_says in (4, 5) and transient != (code_says == 4):
+            why += (
+                f"; the code {code} says {_CLASS_WORDS[code_says]} but the reply means "
+                f"{'transient' if transient else 'permanent'}, and the meaning wins"
+            )
+        if session_over:
+            why = (
+                "421: the server closed the session; " + why
+                if code == 421
+                else "the greeting was refused: no session; " + why
+            )
+        return Classification(
+            reason=reason,
+            transient=transient,
+            action=action_for(reason, transient),
+            scope=scope_for(reason),
+            session_over=session_over,
+            retry_after=parse_retry_after(lowered),
+            reply=reply,
+            explanation=why,
+            stage=stage,
+            rule=rule.name if rule is not None else None,
+        )
+
+
+_TIER_WORDS = {
+    Tier.PROVIDER: "provider rule",
+    Tier.STATUS: "enhanced status rule",
+    Tier.CODE: "reply code rule",
+    Tier.TEXT: "text rule",
+    Tier.FALLBACK: "fallback rule",
+}
+
+
+def _fallback(reply: Reply) -> tuple[Reason, str]:
+    """No rule matched: the status subject, then the code class."""
+    enh = reply.enhanced
+    if enh is not None:
+        subject_detail = enh[2:]
+        subject = subject_detail.split(".", 1)[0]
+        if subject_detail not in _VAGUE_STATUS and subject in _SUBJECT_FALLBACK:
+            return (
+                _SUBJECT_FALLBACK[subject],
+                f"no rule matched; status {enh} has subject {subject} (RFC 3463)",
+            )
+    if reply.code is None:
+        if not reply.text:
+            return Reason.UNCLASSIFIED, "an empty reply says nothing; treated as transient"
+        return Reason.PROTOCOL_ERROR, "not an SMTP reply: no reply code"
+    cls = reply.code_class
+    return Reason.UNCLASSIFIED, f"no rule matched; falling back on the {cls}xx code class"
+
+
+_Failure = tuple[Reason, bool, str]
+
+_STAGE_OF: tuple[tuple[type[BaseException], Stage], ...] = (
+    (aiosmtplib.SMTPConnectResponseError, Stage.CONNECT),
+    (aiosmtplib.SMTPHeloError, Stage.EHLO),
+    (aiosmtplib.SMTPAuthenticationError, Stage.AUTH),
+    (aiosmtplib.SMTPSenderRefused, Stage.MAIL),
+    (aiosmtplib.SMTPRecipientRefused, Stage.RCPT),
+    (aiosmtplib.SMTPDataError, Stage.DATA),
+)
+
+
+def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _Failure | None]:
+    """Turn any accepted input into a Reply, or into a connection failure."""
+    if isinstance(reply, Reply):
+        return reply, stage, None
+    if isinstance(reply, (str, bytes)):
+        return Reply.parse(reply), stage, None
+    if isinstance(reply, aiosmtplib.SMTPResponse):
+        return Reply.parse(reply.message, code=reply.code), stage, None
+    if isinstance(reply, aiosmtplib.SMTPRecipientsRefused):
+        if reply.recipients:
+            # A 421 on any recipient ends the session: that is the news.
+            worst = next((r for r in reply.recipients if r.code == 421), reply.recipients[0])
+            return _normalise(worst, stage or Stage.RCPT)
+        return Reply(None, None, str(reply)), stage or Stage.RCPT, None
+    if isinstance(reply, aiosmtplib.SMTPResponseException):
+        if stage is None:
+            stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
+        return Reply.parse(reply.message, code=reply.code), stage, None
+    if isinstance(reply, BaseException):
+        return Reply(None, None, _describe(reply)), stage, _failure(reply, stage)
+    raise TypeError(
+        "classify() takes a reply string, Reply, aiosmtplib SMTPResponse or exception, "
+        f"or an OSError/TimeoutError/ssl.SSLError, not {type(reply).__name__}"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:512]
+
+
+def _failure(exc: BaseException, stage: Stage | None) -> _Failure:
+    """A failure with no reply: the session is over."""
+    where = f" during {stage}" if stage else ""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            Reason.TLS_REQUIRED,
+            False,
+            f"the server's TLS certificate failed verification{where}: fix the server "
+            "name, the CA bundle or the server's certificate",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return Reason.CONNECTION_ERROR, True, f"the TLS handshake failed{where}; reconnect"
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        if stage is Stage.STARTTLS or "starttls" in str(exc).lower():
+            return (
+                Reason.TLS_REQUIRED,
+                False,
+                "the server does not offer STARTTLS and TLS is required: no plaintext fallback",
+            )
+        return Reason.PROTOCOL_ERROR, False, f"the server does not support a command{where}"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiosmtplib.SMTPTimeoutError)):
+        return Reason.CONNECTION_ERROR, True, f"timed out{where}: the session is over"
+    if isinstance(exc, (aiosmtplib.SMTPException, OSError)):
+        # RFC 5321 §3.8: a connection that drops is treated as a 451 reply.
+        return (
+            Reason.CONNECTION_ERROR,
+            True,
+            f"the connection failed or dropped{where}; treated as 451 (RFC 5321 §3.8)",
+        )
+    raise TypeError(
+        "classify() takes aiosmtplib exceptions, OSError, TimeoutError and ssl.SSLError, "
+        f"not {type(exc).__name__}"
+    )
+
+
+default_classifier = Classifier()
+"""The classifier with the built-in generic and provider rules."""
+
+
+def classify(
+    reply: Any, *, host: str | None = None, stage: Stage | str | None = None
+) -> Classification:
+    """Classify ``reply`` with the built-in rules; see :class:`Classifier`."""
+    return default_classifier.classify(reply, host=host, stage=stage)

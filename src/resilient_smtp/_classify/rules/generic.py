@@ -1,0 +1,343 @@
+"""Generic rules: enhanced status codes, basic codes, common reply texts.
+
+Sources: RFC 5321 (§3.1, §3.8, §4.2, §4.5.3.1.10), RFC 3463 and the IANA
+enhanced status code registry (RFC 4954, 5248, 7293, 7372, 7505, 8617,
+8689), RFC 7504, and the reply texts that Postfix, Exim, Sendmail and qmail
+send (Postfix's anvil and postscreen, Sendmail's ratecontrol/conncontrol), as
+collected in shared/research/classifier-anchors.md.  Rules within a tier are
+tried in the order written: the specific before the general.
+
+The tables are data, aligned by hand: ``# fmt: off`` keeps the formatter
+from putting every string on its own line.
+"""
+
+from __future__ import annotations
+
+from resilient_smtp._classify.rule import Rule, Tier
+from resilient_smtp._classify.taxonomy import Reason as R
+from resilient_smtp._classify.taxonomy import Stage
+
+__all__ = ["GENERIC_RULES"]
+
+_DEFER = (421, 450, 451, 452)
+_PERMANENT = (500, 550, 551, 552, 553, 554)
+
+# fmt: off
+_STATUS = (
+    # RFC 7504: 521 "host does not accept mail", 556 "domain does not accept
+    # mail" (null MX).  Permanent; checked before the x.3.2 status they carry.
+    Rule(R.DOMAIN_UNKNOWN, "521/556: does not accept mail (RFC 7504)", codes=(521, 556),
+         tier=Tier.STATUS),
+    # A bad address at MAIL FROM is about the sender, whatever the detail.
+    Rule(R.SENDER_REJECTED, "x.1.x at MAIL FROM: the sender address", status="x.1.",
+         stages=(Stage.MAIL,)),
+    Rule(R.RECIPIENT_UNKNOWN, "x.1.1 bad destination mailbox", status="x.1.1"),
+    Rule(R.DOMAIN_UNKNOWN, "x.1.2 bad destination system", status="x.1.2"),
+    Rule(R.RECIPIENT_UNKNOWN, "x.1.3 bad destination mailbox syntax", status="x.1.3"),
+    Rule(R.RECIPIENT_UNKNOWN, "x.1.6 mailbox has moved", status="x.1.6"),
+    Rule(R.SENDER_REJECTED, "x.1.7 bad sender mailbox syntax", status="x.1.7"),
+    Rule(R.SENDER_REJECTED, "x.1.8 bad sender system address", status="x.1.8"),
+    Rule(R.DOMAIN_UNKNOWN, "x.1.10 recipient domain has a null MX (RFC 7505)",
+         status="x.1.10"),
+    Rule(R.MAILBOX_DISABLED, "5.2.1 mailbox disabled", status="5.2.1"),
+    Rule(R.MAILBOX_FULL, "x.2.2 mailbox full", status="x.2.2"),
+    Rule(R.MESSAGE_TOO_LARGE, "x.2.3 message length exceeds limit", status="x.2.3"),
+    Rule(R.SERVER_BUSY, "x.3.1 mail system full", status="x.3.1"),
+    Rule(R.POLICY_REJECTED, "5.3.2 system not accepting network messages", status="5.3.2"),
+    Rule(R.MESSAGE_TOO_LARGE, "x.3.4 message too big for system", status="x.3.4"),
+    Rule(R.DOMAIN_UNKNOWN, "5.4.4 unable to route", status="5.4.4"),
+    Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5"),
+    Rule(R.EXPIRED, "x.4.7 delivery time expired", status="x.4.7"),
+    Rule(R.TOO_MANY_RECIPIENTS, "x.5.3 too many recipients", status="x.5.3"),
+    Rule(R.AUTH_CREDENTIALS, "x.7.8 authentication credentials invalid", status="x.7.8"),
+    # RFC 4954 §6: x.7.9 answers AUTH.  Yahoo sends "550 5.7.9" for policy
+    # and DMARC blocks (senders.yahooinc.com/smtp-error-codes), so the code
+    # means "mechanism too weak" only in an AUTH reply.
+    Rule(R.AUTH_CREDENTIALS, "x.7.9 authentication mechanism too weak", status="x.7.9",
+         codes=(534, 535, 538)),
+    Rule(R.AUTH_CREDENTIALS, "x.7.9 authentication mechanism too weak", status="x.7.9",
+         stages=(Stage.AUTH,)),
+    Rule(R.TLS_REQUIRED, "x.7.10 encryption needed", status="x.7.10"),
+    Rule(R.TLS_REQUIRED, "x.7.11 encryption required for requested mechanism",
+         status="x.7.11"),
+    # RFC 4954 §6: x.7.12 "a password transition is needed"; IANA x.7.13
+    # "user account disabled" -- our own account, in an AUTH reply.
+    Rule(R.AUTH_CREDENTIALS, "x.7.12 password transition needed (RFC 4954)",
+         status="x.7.12"),
+    Rule(R.AUTH_CREDENTIALS, "x.7.13 user account disabled", status="x.7.13",
+         stages=(Stage.AUTH,)),
+    # RFC 7293 §3.3: the mailbox (x.7.17) or domain (x.7.18) changed owner
+    # since the time the sender gave; this recipient is someone else now.
+    Rule(R.MAILBOX_DISABLED, "x.7.17 mailbox owner has changed (RFC 7293)", status="x.7.17"),
+    Rule(R.DOMAIN_UNKNOWN, "x.7.18 domain owner has changed (RFC 7293)", status="x.7.18"),
+    # RFC 7372 §3: x.7.20-22 DKIM signature missing, unacceptable or not the
+    # author's; x.7.23-24 SPF; x.7.25 reverse DNS; x.7.26 several checks.
+    Rule(R.AUTH_POLICY, "x.7.20 no passing DKIM signature (RFC 7372)", status="x.7.20"),
+    Rule(R.AUTH_POLICY, "x.7.21 no acceptable DKIM signature (RFC 7372)", status="x.7.21"),
+    Rule(R.AUTH_POLICY, "x.7.22 no author-matched DKIM signature (RFC 7372)",
+         status="x.7.22"),
+    Rule(R.AUTH_POLICY, "x.7.23 SPF validation failed (RFC 7372)", status="x.7.23"),
+    Rule(R.AUTH_POLICY, "x.7.24 SPF validation error (RFC 7372)", status="x.7.24"),
+    Rule(R.AUTH_POLICY, "x.7.25 reverse DNS validation failed (RFC 7372)", status="x.7.25"),
+    Rule(R.AUTH_POLICY, "x.7.26 multiple authentication checks failed (RFC 7372)",
+         status="x.7.26"),
+    Rule(R.SENDER_REJECTED, "5.7.27 sender address has null MX (RFC 7505)", status="5.7.27"),
+    # Gmail's 2023+ deferral for unusual volume of unsolicited mail
+    # ("421 4.7.28 ... unusual rate of unsolicited mail ... temporarily rate
+    # limited"; IANA: "mail flood detected"): a reputation problem,
+    # answered by a long back-off.
+    Rule(R.REPUTATION_DEFERRAL, "4.7.28 unusual rate of unsolicited mail", status="4.7.28"),
+    # RFC 8617 §5.2.3: x.7.29 ARC validation failure.  RFC 8689 §5: x.7.30
+    # REQUIRETLS support required.  (Gmail gives both numbers other
+    # meanings; its provider rules come first.)
+    Rule(R.AUTH_POLICY, "x.7.29 ARC validation failure (RFC 8617)", status="x.7.29"),
+    Rule(R.TLS_REQUIRED, "x.7.30 REQUIRETLS support required (RFC 8689)", status="x.7.30"),
+)
+
+_CODE = (
+    Rule(R.AUTH_CREDENTIALS, "535 authentication credentials invalid", codes=(535,)),
+    Rule(R.AUTH_CREDENTIALS, "534 authentication mechanism too weak", codes=(534,)),
+    Rule(R.PROTOCOL_ERROR, "555 MAIL/RCPT parameters not recognised", codes=(555,)),
+)
+
+_SPAM_WORDS = (
+    "spam", "unsolicited", "junk mail", "virus", "malware", "phishing", "content denied",
+    "content rejected", "suspicious content", "message content", "bulk mail",
+)
+_LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
+_BUSY_WORDS = (
+    "temporary local problem", "temporary system problem",
+    "temporary server error", "temporary failure", "service not available",
+    "service unavailable", "service currently unavailable", "server busy",
+    "system busy", "too busy", "server is busy", "insufficient system storage",
+    "mail system full",
+    "local error in processing", "temporarily unavailable", "maintenance",
+    "overloaded", "high load", "system load", "resources temporarily",
+    "try again later", "try later", "internal error", "server error",
+)
+_REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
+
+_TEXT = (
+    # Relays that gave up say so in their own words: Exim ("retry timeout
+    # exceeded", "all hosts have been failing for a long time", smtp.c),
+    # qmail ("this message has been in the queue too long", qmail-send.c),
+    # Microsoft ("QUEUE.Expired", 4.4.7).
+    Rule(R.EXPIRED, "text: delivery time expired",
+         contains=("queue.expired", "message expired", "delivery time expired",
+                   "retry timeout exceeded", "too long in queue", "in the queue too long",
+                   "have been failing for a long time",
+                   "retry time not reached for any host after a long failure period")),
+    # A header that appears twice is the message builder's fault, even when
+    # the header is DKIM-Signature (Amazon SES: "554 Transaction failed:
+    # Duplicate header 'X'").
+    Rule(R.CONTENT_REJECTED, "text: duplicate header",
+         contains=("duplicate header", "duplicated header")),
+    # Providers that say outright that retrying is pointless (Yahoo's TSS09
+    # text is the best known); a 421 with this text is not transient.
+    Rule(R.BLOCKLISTED, "text: retrying will not succeed",
+         contains=("retrying will not succeed", "permanently deferred"), transient=False),
+    Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
+         contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
+                   "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
+                   "client host blocked", "ip blocked", "listed at", "listed on",
+                   "banned sending ip", "on our block")),
+    Rule(R.BLOCKLISTED, "text: an RBL", regex=r"\brbl\b"),
+    # A reputation *rejection* (5xx) is a block; a 4xx is a deferral
+    # (KumoMTA's shaping rules suspend on "temporarily rate limited due to
+    # IP reputation" and retry later).
+    Rule(R.BLOCKLISTED, "text: rejected for sender reputation",
+         contains=("reputation",), codes=(550, 553, 554)),
+    Rule(R.REPUTATION_DEFERRAL, "text: sender reputation", contains=_REPUTATION_WORDS),
+    # DESIGN.md: spam_content is permanent, but a 4xx spam verdict (Gmail's
+    # "421 4.7.0 ... suspicious") is a deferral and may pass later.
+    Rule(R.SPAM_CONTENT, "text: content judged as spam, deferred", contains=_SPAM_WORDS,
+         codes=_DEFER, transient=True),
+    Rule(R.SPAM_CONTENT, "text: content judged as spam or malware", contains=_SPAM_WORDS),
+    Rule(R.TLS_REQUIRED, "text: TLS required",
+         contains=("starttls", "tls required", "requires tls", "tls is required",
+                   "encryption required", "must use tls", "not sent over tls",
+                   "tls connection required", "secure connection required")),
+    Rule(R.AUTH_POLICY, "text: SPF/DKIM/DMARC, reverse DNS or HELO",
+         contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
+                   "reverse lookup", "ptr record", "rdns", "reverse hostname",
+                   "cannot find your hostname", "helo command rejected", "helo rejected",
+                   "invalid helo", "bad helo", "authentication information",
+                   "unauthenticated email", "not pass authentication",
+                   "sender is unauthenticated", "requires all senders to authenticate",
+                   "authentication checks")),
+    Rule(R.AUTH_CREDENTIALS, "text: authentication failed",
+         contains=("authentication failed", "authentication unsuccessful",
+                   "credentials invalid", "invalid credentials", "username and password",
+                   "incorrect authentication", "auth failed", "authentication credentials",
+                   "unauthenticated senders", "login failed", "invalid login")),
+    Rule(R.RELAY_DENIED, "text: relaying denied",
+         contains=("relay access denied", "relaying denied", "relay denied",
+                   "relay not permitted", "not permitted to relay", "unable to relay",
+                   "we do not relay", "relaying not allowed", "not allowed to relay",
+                   "relaying disallowed", "relay prohibited", "authentication required",
+                   "not authenticated to send", "must authenticate")),
+    Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
+    Rule(R.SENDING_QUOTA, "text: account sending quota",
+         contains=("daily message quota", "sending quota", "sending limit exceeded",
+                   "daily sending limit", "credits exceeded", "daily limit",
+                   "message quota exceeded", "relay limit exceeded", "quota for sending")),
+    # RFC 821's text for 552 was "exceeded storage allocation", and RFC 821
+    # servers send it when the RCPT limit is hit; RFC 5321 §4.5.3.1.10 says
+    # to treat that 552 as temporary.  A 5.2.2 status (mailbox full) is
+    # matched by its status rule before this one.
+    Rule(R.TOO_MANY_RECIPIENTS, "552 at RCPT: too many recipients (RFC 5321 §4.5.3.1.10)",
+         contains=("exceeded storage allocation",), codes=(552,), stages=(Stage.RCPT,),
+         transient=True),
+    Rule(R.MAILBOX_FULL, "text: mailbox full",
+         contains=("mailbox full", "mailbox is full", "over quota", "quota exceeded",
+                   "exceeded storage", "mailbox size limit", "mailfolder is full",
+                   "disk quota", "out of storage", "storage quota", "mailbox has exceeded",
+                   "user has exceeded")),
+    # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
+    # recipient *rate*, not a per-transaction limit.
+    Rule(R.RATE_LIMITED, "text: too many recipients from this client",
+         contains=("too many recipients from",)),
+    # Postfix anvil "421 4.7.0 <host> Error: too many connections from <ip>",
+    # Sendmail conncontrol "421 4.3.2 Too many open connections.", Exim
+    # "421 Too many concurrent SMTP connections", Exchange "421 4.3.2 The
+    # maximum number of concurrent server connections has exceeded a limit".
+    Rule(R.TOO_MANY_CONNECTIONS, "text: too many connections",
+         contains=("too many connections", "too many concurrent", "connection limit",
+                   "connections limit", "too many open connections",
+                   "concurrent connections", "concurrent server connections",
+                   "maximum number of connections", "max concurrent connections",
+                   "too many sessions", "connection count limit", "too many simultaneous")),
+    Rule(R.SESSION_LIMIT, "text: messages per connection",
+         contains=("messages per connection", "message per connection",
+                   "messages per session", "messages for this session",
+                   "messages in this session", "mails per session",
+                   "messages on this connection", "per connection reached")),
+    # Gmail: "451 4.3.0 Multiple destination domains per transaction is
+    # unsupported" and "452 4.5.3 ... try this recipient in a separate
+    # transaction" (Gmail SMTP error reference): split the transaction.
+    Rule(R.TOO_MANY_RECIPIENTS, "text: too many recipients",
+         contains=("too many recipients", "recipient limit", "too many rcpt",
+                   "maximum number of recipients", "multiple destination domains",
+                   "in a separate transaction")),
+    # Postgrey "450 4.2.0 ... Greylisted, see http://postgrey...";
+    # milter-greylist "451 4.7.1 Greylisting in action, please come back
+    # later"; "... is not yet authorized to deliver mail from".
+    Rule(R.GREYLISTED, "text: greylisting",
+         contains=("greylist", "graylist", "grey-list", "gray-list", "grey list",
+                   "gray list", "postgrey", "not yet authorized to deliver mail from")),
+    # Postfix anvil: "450 4.7.1 Error: too much mail from <client>" (not
+    # "552 Too much mail data", which is about size).
+    Rule(R.RATE_LIMITED, "text: rate limit",
+         contains=("rate limit", "rate-limit", "ratelimit", "too much mail from",
+                   "too many messages", "sending too fast", "too fast",
+                   "receiving mail at a rate", "receiving mail too quickly", "throttl",
+                   "slow down", "exceeded the rate", "rate exceeded", "message rate",
+                   "connection rate", "frequency limit", "too many requests",
+                   "sending rate")),
+    # "421 4.7.0 Try again later": a policy (x.7) status with no other words
+    # is how most servers say "you are sending too fast".
+    Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
+         contains=("try again later", "try later", "retry later", "please try again")),
+    # RFC 5321 §4.2.2: "450 Requested mail action not taken: mailbox
+    # unavailable (e.g., mailbox busy or temporarily blocked for policy
+    # reasons)".  A 4xx with this text states no cause: retry, by the class.
+    Rule(R.UNCLASSIFIED, "4xx mailbox unavailable: a deferral with no stated cause",
+         contains=("mailbox unavailable", "mailbox temporarily unavailable", "mailbox busy",
+                   "mailbox is busy"),
+         codes=_DEFER),
+    # Before the network words: "550 Host unknown (Authoritative answer from
+    # name server)" (Sendmail) is about the domain, not the network.
+    Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
+         contains=("host unknown", "unknown host", "domain not found", "no such domain",
+                   "domain does not exist", "unrouteable address", "unroutable", "null mx",
+                   "does not accept mail", "domain is not valid", "invalid domain",
+                   "unknown domain", "no mx record")),
+    # Before "server busy": Exim's "421 <host>: SMTP command timeout -
+    # closing connection" is about the connection, not the server's load.
+    Rule(R.CONNECTION_ERROR, "text: timeout or network failure",
+         contains=("timeout", "timed out", "connection reset", "connection refused",
+                   "lost connection", "connection lost", "dns failure", "dns lookup",
+                   "dns query", "name server", "network is unreachable", "no route to host")),
+    # A busy or unavailable server is transient (DESIGN.md), but "554
+    # Service unavailable" with nothing more is a 5xx that states no cause:
+    # its class decides, unless the text itself says to come back later.
+    Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",
+         contains=_LATER_WORDS, codes=_PERMANENT),
+    Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
+         contains=_BUSY_WORDS, codes=_PERMANENT, transient=False),
+    Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
+    Rule(R.PROTOCOL_ERROR, "text: protocol or syntax error",
+         contains=("too many errors", "syntax error", "bad sequence of commands",
+                   "command unrecognized", "unrecognized command", "command not recognized",
+                   "protocol violation", "protocol error", "improper use of smtp",
+                   "pipelining", "line too long", "too many unauthenticated commands",
+                   "command not implemented", "invalid command", "malformed smtp response",
+                   "malformed response")),
+    Rule(R.RECIPIENT_UNKNOWN, "text: no such recipient",
+         contains=("user unknown", "unknown user", "no such user", "mailbox not found",
+                   "does not exist", "no mailbox", "recipient not found",
+                   "unknown recipient", "invalid recipient", "recipient unknown",
+                   "user not found", "no such recipient", "not a valid mailbox",
+                   "address unknown", "no such mailbox", "mailbox unavailable",
+                   "unknown address", "address not found", "no such account",
+                   "invalid mailbox", "mailbox does not", "recipient rejected",
+                   "not our customer", "user doesn't exist", "account does not exist")),
+    Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
+         contains=("account disabled", "account has been disabled", "mailbox disabled",
+                   "mailbox is disabled", "account is disabled", "account inactive",
+                   "account is inactive", "mailbox is inactive", "inactive account",
+                   "account suspended", "account has been suspended", "deactivated",
+                   "account is not active", "mailbox inactive", "disabled account")),
+    Rule(R.SENDER_REJECTED, "text: sender rejected",
+         contains=("sender address rejected", "sender rejected", "sender verify failed",
+                   "sender domain", "not verified", "sender not allowed", "invalid sender",
+                   "sender is not", "from address", "envelope sender", "sender denied",
+                   "unverified sender", "sender identity")),
+    Rule(R.MESSAGE_TOO_LARGE, "text: message too large",
+         contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
+                   "message length exceeds", "exceeds the maximum size",
+                   "message file too big")),
+    Rule(R.CONTENT_REJECTED, "text: malformed message",
+         contains=("missing from", "invalid from", "rfc 5322", "rfc5322", "rfc 2822",
+                   "rfc2822", "rfc 822", "not rfc compliant", "malformed message",
+                   "message is malformed", "malformed header", "malformed mime",
+                   "multiple from", "duplicate header", "header error", "invalid header",
+                   "illegal header", "bare lf", "8-bit", "8bit", "message-id",
+                   "improper header", "invalid message")),
+    Rule(R.POLICY_REJECTED, "text: rejected by local policy",
+         contains=("policy", "not authorized", "not authorised", "access denied",
+                   "prohibited", "administrative", "blocked", "refused", "denied",
+                   "not allowed", "not permitted", "rejected")),
+)
+
+# Weak rules on codes alone: tried only when no text rule matched.
+_FALLBACK = (
+    # RFC 5321 §4.5.3.1.10: a 552 to RCPT is a "too many recipients" (RFC
+    # 821 style) and should be treated as temporary.
+    Rule(R.TOO_MANY_RECIPIENTS, "552 at RCPT: too many recipients (RFC 5321 §4.5.3.1.10)",
+         codes=(552,), stages=(Stage.RCPT,), transient=True, tier=Tier.FALLBACK),
+    # RFC 5321 §3.1: a 554 greeting means "no service for you".
+    Rule(R.BLOCKLISTED, "554 greeting: no SMTP service here (RFC 5321 §3.1)", codes=(554,),
+         stages=(Stage.CONNECT,), tier=Tier.FALLBACK),
+    Rule(R.SENDER_REJECTED, "553 at MAIL FROM: sender address not allowed", codes=(553,),
+         stages=(Stage.MAIL,), tier=Tier.FALLBACK),
+    Rule(R.RECIPIENT_UNKNOWN, "553 at RCPT: mailbox name not allowed", codes=(553,),
+         stages=(Stage.RCPT,), tier=Tier.FALLBACK),
+    Rule(R.MESSAGE_TOO_LARGE, "552 after the data: exceeded storage allocation",
+         codes=(552,), stages=(Stage.END_OF_DATA,), tier=Tier.FALLBACK),
+    Rule(R.PROTOCOL_ERROR, "500-504: command or syntax not accepted",
+         codes=(500, 501, 502, 503, 504), tier=Tier.FALLBACK),
+    # RFC 3463 x.3.2 "system not accepting network messages" (load,
+    # maintenance; postscreen's "421 4.3.2 All server ports are busy").  A
+    # fallback, because Sendmail sends "421 4.3.2 Too many open connections."
+    # (conncontrol) and "421 4.3.2 Connection rate limit exceeded."
+    # (ratecontrol), and those texts say more than the status.
+    Rule(R.SERVER_BUSY, "4.3.2 system not accepting network messages", status="4.3.2",
+         tier=Tier.FALLBACK),
+    # RFC 5321 §3.8, §4.2.2: 421 "Service not available, closing
+    # transmission channel" with no telling text.
+    Rule(R.SERVER_BUSY, "421 service not available", codes=(421,), tier=Tier.FALLBACK),
+)
+# fmt: on
+
+GENERIC_RULES: tuple[Rule, ...] = (*_STATUS, *_CODE, *_TEXT, *_FALLBACK)

@@ -1,0 +1,439 @@
+"""Provider rules: the tokens and texts big mailbox providers document.
+
+These outrank the code class.  A rule with ``hosts`` applies only when the
+remote host name ends with one of them (as Sisimai's Rhost modules and
+KumoMTA's provider blocks match on MX suffixes); a rule without ``hosts``
+matches a token distinctive enough to be safe anywhere (``[TSS04]``,
+``S3150``, ``frequency limited``).  The tables are aligned by hand
+(``# fmt: off``).
+
+The texts come from each provider's own error reference, cited above its
+block; where a provider documents a reply but not what to do about it, the
+follow-up comes from KumoMTA's shaping rules (``assets/policy-extras`` and
+``assets/community/shaping.toml``).  See
+shared/research/classifier-anchors.md.
+
+Reply.parse takes the leading enhanced status off the text, so a rule keyed
+on a status such as 4.7.650 uses ``status=``, never ``contains=``.
+"""
+
+from __future__ import annotations
+
+from resilient_smtp._classify.rule import Rule, Tier
+from resilient_smtp._classify.taxonomy import Reason as R
+from resilient_smtp._classify.taxonomy import Stage
+
+__all__ = ["PROVIDER_RULES"]
+
+P = Tier.PROVIDER
+
+# MX (and relay) host name suffixes.
+GMAIL = (".google.com", ".googlemail.com", ".gmail.com")
+MICROSOFT = (".outlook.com", ".hotmail.com", ".office365.com", ".live.com", ".msn.com")
+YAHOO = (".yahoodns.net", ".yahoo.com", ".aol.com", ".yahoo.co.jp")
+APPLE = (".icloud.com", ".me.com", ".mac.com", ".apple.com")
+SES = (".amazonaws.com", ".amazonses.com")
+SENDGRID = (".sendgrid.net", ".sendgrid.com")
+MAILGUN = (".mailgun.org", ".mailgun.net")
+ZOHO = (".zoho.com", ".zoho.eu", ".zoho.in", ".zohomail.com")
+GMX = (".gmx.net", ".gmx.com", ".gmx.de", ".web.de")
+COMCAST = (".comcast.net",)
+QQ = (".qq.com",)
+
+# Permanent reply codes a provider uses for blocks and rejections; a rule
+# that must tell a 5xx block from a 4xx deferral of the same text uses them.
+_REJECT = (550, 552, 553, 554)
+_DEFER = (421, 450, 451, 452)
+
+# fmt: off
+# Gmail: Google Workspace Admin Help, "SMTP error reference"
+# (support.google.com/a/answer/3726730).
+_GMAIL = (
+    # "421 4.3.0 Temporary System Problem.  Try again later." (also under
+    # 4.7.0 and 454 4.7.0 "Cannot authenticate due to temporary system
+    # problem"): a system fault, not a rate limit, whatever the status says.
+    Rule(R.SERVER_BUSY, "gmail: temporary system problem",
+         contains=("temporary system problem", "mail server temporarily rejected message"),
+         tier=P),
+    # "450 4.2.1 / 550 5.2.1 The user you are trying to contact is receiving
+    # mail at a rate that prevents additional messages from being delivered."
+    Rule(R.RATE_LIMITED, "gmail: recipient receiving mail too quickly (4.2.1)",
+         contains=("receiving mail at a rate", "receiving mail too quickly"), transient=True,
+         tier=P),
+    # "550 5.7.1 / 5.7.28 Our system has detected an unusual rate of
+    # unsolicited mail originating from your IP address ... has been
+    # blocked" is a block; the 421 4.7.28 of the same words is a deferral.
+    Rule(R.BLOCKLISTED, "gmail: unusual rate of unsolicited mail, blocked (5xx)",
+         contains=("unusual rate of unsolicited mail", "very low reputation"), codes=_REJECT,
+         tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "gmail: unusual rate of unsolicited mail",
+         contains=("unusual rate of unsolicited mail", "very low reputation"), tier=P),
+    # "421 4.7.0 ... this message is suspicious" defers; "550 5.7.1 ... likely
+    # unsolicited mail ... has been blocked" rejects.
+    Rule(R.SPAM_CONTENT, "gmail: message likely unsolicited or suspicious, deferred",
+         contains=("likely unsolicited mail", "likely suspicious due to"), codes=_DEFER,
+         transient=True, tier=P),
+    Rule(R.SPAM_CONTENT, "gmail: message likely unsolicited",
+         contains=("likely unsolicited mail", "likely suspicious due to",
+                   "content presents a potential security issue", "illegal attachment"),
+         tier=P),
+    # Gmail ends many rejections with "To best protect our users from spam
+    # (and phishing), the message has been blocked."; the cause comes first:
+    # "550 5.7.26 The MAIL FROM domain [d] has an SPF record with a hard fail
+    # policy (-all) but it fails to pass SPF checks", "550 5.7.26 This
+    # message does not have authentication information or fails to pass
+    # authentication checks", "550 5.7.1 This message is not RFC 5322
+    # compliant", "550 5.7.1 Messages with multiple addresses in From:
+    # header are not accepted".
+    Rule(R.AUTH_POLICY, "gmail: SPF/DKIM/DMARC checks failed",
+         contains=("fails to pass spf checks", "does not have authentication information",
+                   "fails to pass authentication checks", "unauthenticated email from",
+                   "dmarc policy"),
+         tier=P),
+    Rule(R.CONTENT_REJECTED, "gmail: not RFC 5322 compliant",
+         contains=("not rfc 5322 compliant", "multiple addresses in from: header"), tier=P),
+    # 4.7.27 / 4.7.30 / 4.7.32 "Your email has been rate limited because SPF
+    # / DKIM authentication didn't pass / the From: header isn't aligned";
+    # 4.7.29 "... because this message wasn't sent over a TLS connection".
+    # Gmail's meanings differ from IANA's (x.7.27 null MX, x.7.29 ARC,
+    # x.7.30 REQUIRETLS), so they are keyed on Gmail's words and hosts.
+    Rule(R.TLS_REQUIRED, "gmail: not sent over a TLS connection",
+         contains=("sent over a tls connection", "not sent over tls"), tier=P),
+    Rule(R.AUTH_POLICY, "gmail: SPF/DKIM did not pass or From: not aligned",
+         contains=("authentication didn't pass", "authentication did not pass",
+                   "isn't aligned with either"),
+         tier=P),
+    Rule(R.AUTH_POLICY, "gmail: x.7.27 SPF did not pass", status="x.7.27", hosts=GMAIL),
+    Rule(R.AUTH_POLICY, "gmail: x.7.30 DKIM did not pass", status="x.7.30", hosts=GMAIL),
+    Rule(R.AUTH_POLICY, "gmail: x.7.32 From: not aligned", status="x.7.32", hosts=GMAIL),
+    Rule(R.TLS_REQUIRED, "gmail: x.7.29 not sent over TLS", status="x.7.29", hosts=GMAIL),
+    # "550 5.4.5 Daily user sending limit exceeded", "550 5.4.5 Daily sending
+    # quota exceeded", "550 5.7.1 Daily SMTP relay limit exceeded for
+    # customer", "450 4.2.1 Peak SMTP relay limit exceeded for customer".
+    Rule(R.SENDING_QUOTA, "gmail: daily or peak sending limit",
+         contains=("daily user sending limit", "daily smtp relay limit",
+                   "daily sending quota", "peak smtp relay limit"),
+         tier=P),
+    Rule(R.SENDING_QUOTA, "gmail: 550 5.7.1 email quota exceeded (SMTP relay)",
+         contains=("email quota exceeded",), hosts=GMAIL),
+    # "421 4.7.0 IP not in whitelist for RCPT domain, closing connection",
+    # "550 5.7.1 Invalid credentials for relay": the SMTP relay service is
+    # not set up for this sender.
+    Rule(R.RELAY_DENIED, "gmail: SMTP relay not set up for this sender",
+         contains=("not in whitelist for rcpt domain", "invalid credentials for relay"),
+         tier=P),
+    # "550 5.7.1 The IP you're using to send mail is not authorized to send
+    # email directly to our servers. Please use the SMTP relay at your
+    # service provider instead."
+    Rule(R.BLOCKLISTED, "gmail: IP not authorized to send directly",
+         contains=("not authorized to send email directly to our servers",), tier=P),
+    Rule(R.RATE_LIMITED, "gmail: too many login attempts",
+         contains=("too many login attempts",), tier=P),
+    # "534 5.7.9 Application-specific password required", "534 5.7.14
+    # Please log in with your web browser and then try again."
+    Rule(R.AUTH_CREDENTIALS, "gmail: application-specific password or web login required",
+         contains=("application-specific password required", "please log in with your web"),
+         tier=P),
+    # "550 5.2.1 The email account that you tried to reach is disabled." and
+    # "... is inactive" (the text also arrives without its status).
+    Rule(R.MAILBOX_DISABLED, "gmail: account you tried to reach is disabled",
+         contains=("tried to reach is disabled", "tried to reach is inactive"), tier=P),
+    # "550 5.7.1 Messages missing a valid messageId header are not accepted."
+    Rule(R.CONTENT_REJECTED, "gmail: missing Message-ID header",
+         contains=("valid messageid header",), tier=P),
+    # "454 4.5.0 SMTP protocol violation, no commands allowed to pipeline
+    # after STARTTLS", "454 5.5.1 STARTTLS may not be repeated": protocol
+    # errors that mention STARTTLS, not a demand for TLS.
+    Rule(R.PROTOCOL_ERROR, "gmail: STARTTLS protocol violation",
+         contains=("pipeline after starttls", "starttls may not be repeated"), tier=P),
+)
+
+# Microsoft 365 / Outlook.com: Exchange Online "Email non-delivery reports
+# and SMTP errors" and the pages for 451 4.7.500-699 (ASxxx), 550
+# 5.7.606-649, 5.7.705-750 and 550 5.7.511 (learn.microsoft.com); Outlook.com
+# postmaster error codes (sendersupport.olc.protection.outlook.com/pm).
+_MICROSOFT = (
+    # "550 5.7.1 Unfortunately, messages from [ip] weren't sent. Please
+    # contact your Internet service provider since part of their network is
+    # on our block list (S3150)."
+    Rule(R.BLOCKLISTED, "microsoft: S3150/AS3140 network on block list",
+         regex=r"\b(?:s3150|s3140|as\(?3140\)?)\b", tier=P),
+    # "550 5.7.606-649 Access denied, banned sending IP [ip]" and "550
+    # 5.7.511 Access denied, banned sender[ip]".
+    Rule(R.BLOCKLISTED, "microsoft: 5.7.606-649 / 5.7.511 banned sending IP",
+         contains=("banned sending ip", "banned sender"), tier=P),
+    Rule(R.BLOCKLISTED, "microsoft: 5.7.708 traffic not accepted from this IP",
+         contains=("traffic not accepted from this ip",), tier=P),
+    # "550 5.7.513 Service unavailable, Client host [ip] blocked by <domain>
+    # using Customer Block list".
+    Rule(R.BLOCKLISTED, "microsoft: 5.7.513 customer block list",
+         contains=("customer block list",), tier=P),
+    # "550 5.7.750 Service unavailable. Client blocked from sending from
+    # unregistered domains."
+    Rule(R.POLICY_REJECTED, "microsoft: 5.7.750 unregistered domains",
+         contains=("sending from unregistered domains",), tier=P),
+    # "550 5.7.705 Access denied, tenant has exceeded threshold": the sending
+    # tenant itself is blocked.
+    Rule(R.SENDER_REJECTED, "microsoft: 5.7.70x tenant has exceeded threshold",
+         contains=("tenant has exceeded threshold",), tier=P),
+    # "451 4.7.650 The mail server [ip] has been temporarily rate limited due
+    # to IP reputation."  4.7.651 and 4.7.652 are the same family.
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650 rate limited due to IP reputation",
+         contains=("rate limited due to ip reputation",), tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650 IP reputation deferral",
+         status="4.7.650", tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.651 IP reputation deferral",
+         status="4.7.651", tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.652 IP reputation deferral",
+         status="4.7.652", tier=P),
+    Rule(R.SESSION_LIMIT, "microsoft: 4.7.653 messages per connection", status="4.7.653",
+         tier=P),
+    # Outlook.com "451 4.7.500 Server busy. Please try again later from
+    # [ip]. (S77714)": too fast (KumoMTA slows the default path to 1/min).
+    Rule(R.RATE_LIMITED, "microsoft: 4.7.500 server busy (S77714)",
+         regex=r"\bs77714\b|server busy\. please try again later from", tier=P),
+    # "451 4.7.500-699 Access denied, please try again later. (ASxxx)":
+    # Exchange Online holds back an IP it finds suspicious while it watches
+    # it (KumoMTA suspends the path for an hour).
+    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.500-699 access denied, try again later",
+         contains=("access denied, please try again later",), tier=P),
+    # "... exceed max concurrent connections. IB007" (KumoMTA sets the
+    # connection limit to 1 for Outlook on it).
+    Rule(R.TOO_MANY_CONNECTIONS, "microsoft: IB007 concurrent connections",
+         contains=("ib007", "exceed max concurrent connections"), tier=P),
+    # "5.2.121/5.2.122 ... per hour message receive limit ... exceeded": the
+    # recipient gets too much mail; retry later.
+    Rule(R.RATE_LIMITED, "microsoft: 5.2.121/5.2.122 recipient's hourly receive limit",
+         contains=("message receive limit",), transient=True, tier=P),
+    # "550 5.2.2 Submission quota exceeded" / "STOREDRV.Submission.Exception:
+    # SubmissionQuotaExceededException": our mailbox's sending limit, not a
+    # full mailbox (whatever x.2.2 means elsewhere).
+    Rule(R.SENDING_QUOTA, "microsoft: submission quota exceeded",
+         contains=("submission quota exceeded", "submissionquotaexceeded"), tier=P),
+    # "STOREDRV.Submission.Exception:SendAsDeniedException", "5.7.60 SMTP;
+    # Client does not have permissions to send as this sender".
+    Rule(R.SENDER_REJECTED, "microsoft: SendAsDenied",
+         contains=("sendasdenied", "does not have permissions to send as this sender"),
+         tier=P),
+    # "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP
+    # address lookup" (not IANA's x.1.10 null MX).
+    Rule(R.RECIPIENT_UNKNOWN, "microsoft: RecipientNotFound (5.1.10)",
+         contains=("recipientnotfound", "recipnotfound"), tier=P),
+    Rule(R.EXPIRED, "microsoft: QUEUE.Expired", contains=("queue.expired",), tier=P),
+    # "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is
+    # disabled for the Tenant."
+    Rule(R.AUTH_CREDENTIALS, "microsoft: 5.7.139 SMTP AUTH disabled for the tenant",
+         contains=("smtpclientauthentication is disabled",), tier=P),
+    # "530 5.7.57 Client not authenticated to send mail."
+    Rule(R.RELAY_DENIED, "microsoft: 5.7.57 (status) client not authenticated",
+         status="5.7.57", tier=P),
+    Rule(R.RELAY_DENIED, "microsoft: 5.7.57 client not authenticated",
+         contains=("client was not authenticated",), tier=P),
+    # "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update
+    # your client to support TLS 1.2."
+    Rule(R.TLS_REQUIRED, "microsoft: 4.7.66 TLS 1.0/1.1 not supported",
+         contains=("tls 1.0 and 1.1 are not supported",), tier=P),
+    # "550 5.4.1 Recipient address rejected: Access denied" (directory-based
+    # edge blocking) and "550 5.5.0 Requested action not taken: mailbox
+    # unavailable" (KumoMTA's bounce classifier: InvalidRecipient).
+    Rule(R.RECIPIENT_UNKNOWN, "microsoft: 5.4.1 recipient address rejected: access denied",
+         status="5.4.1", contains=("recipient address rejected",), tier=P),
+    Rule(R.RECIPIENT_UNKNOWN, "microsoft: 550 5.5.0 mailbox unavailable",
+         status="5.5.0", contains=("mailbox unavailable",), tier=P),
+)
+
+# Yahoo / AOL: Yahoo Sender Hub, "SMTP error codes"
+# (senders.yahooinc.com/smtp-error-codes).
+_YAHOO = (
+    # "421 4.7.0 [TSS09] All messages from [ip] will be permanently
+    # deferred; Retrying will NOT succeed." ([TS03] and 553 5.7.2 [TSS11]
+    # say the same): a block, whatever the 421 says.
+    Rule(R.BLOCKLISTED, "yahoo: retrying will NOT succeed",
+         contains=("retrying will not succeed",), transient=False, tier=P),
+    # "553 5.7.1 [BL21] Connections will not be accepted from [ip], because
+    # the ip is in Spamhaus's list".
+    Rule(R.BLOCKLISTED, "yahoo: [BLxx] IP on a block list", regex=r"\[bl\d\d\]", tier=P),
+    # (The regexes are written with a literal such as "[ts" up front, so the
+    # rule index can gate them cheaply.)
+    # "421 4.7.0 [TSS04] Messages from [ip] temporarily deferred due to
+    # unexpected volume or user complaints - 4.16.55.1" (KumoMTA suspends
+    # for 2 hours); [TS01], [TS02], [IPTS04] and [GLxx] are the same kind.
+    Rule(R.REPUTATION_DEFERRAL, "yahoo: [TSxx]/[IPTSxx] temporary deferral",
+         regex=r"\[tss?\d\d\]|\[ipts\d\d\]", tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "yahoo: [GLxx] temporarily deferred",
+         regex=r"\[gl\d\d\]", tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "yahoo: 4.16.5x deferral code",
+         regex=r"\b4\.16\.5\d", tier=P),
+    # "421 Max message per connection reached, closing transmission channel"
+    # (KumoMTA caps deliveries per connection for Yahoo).
+    Rule(R.SESSION_LIMIT, "yahoo: max message per connection reached",
+         contains=("max message per connection",), tier=P),
+    # "451 Message temporarily deferred due to unresolvable RFC.5321 from
+    # domain": the sender's domain does not resolve (yet).
+    Rule(R.SENDER_REJECTED, "yahoo: unresolvable RFC 5321 from domain",
+         contains=("unresolvable rfc.5321 from domain", "unresolvable rfc5321 from domain"),
+         tier=P),
+    # "552 1 Requested mail action aborted, mailbox not found" (a 552 for an
+    # unknown user; KumoMTA's bounce classifier says InvalidRecipient).
+    Rule(R.RECIPIENT_UNKNOWN, "yahoo: 552 mailbox not found / no such account",
+         contains=("mailbox not found", "doesn't have a yahoo", "does not have a yahoo",
+                   "doesn't have an aol"),
+         hosts=YAHOO),
+    Rule(R.RECIPIENT_UNKNOWN, "yahoo: dd ... doesn't have a yahoo.com account",
+         contains=("doesn't have a yahoo.com account",), tier=P),
+    # "554 5.7.9 Message not accepted for policy reasons."
+    Rule(R.POLICY_REJECTED, "yahoo: 5.7.9 not accepted for policy reasons",
+         contains=("not accepted for policy reasons",), tier=P),
+)
+
+# Apple iCloud: "Postmaster information for iCloud Mail"
+# (support.apple.com/102322) and KumoMTA's Apple automation rules.
+_APPLE = (
+    # "554 5.7.1 [CS01] Message rejected due to local policy"; the [HMxx]
+    # codes are rejections when they come with a 5xx.
+    Rule(R.POLICY_REJECTED, "icloud: [CSxx]/[HMxx] rejected due to local policy",
+         regex=r"\[cs\d+\]|\[hm\d+\]", codes=_REJECT, tier=P),
+    Rule(R.POLICY_REJECTED, "icloud: [CSxx] rejected due to local policy",
+         regex=r"\[cs0\d\]", tier=P),
+    # "[BS02] Temporary server error." (KumoMTA suspends 15 minutes)
+    Rule(R.SERVER_BUSY, "icloud: [BSxx] temporary server error", regex=r"\[bs0\d\]", tier=P),
+    # "421 ... [HCM1] ... deferred" (KumoMTA suspends 15 minutes)
+    Rule(R.REPUTATION_DEFERRAL, "icloud: [HCMx]/[HMxx] deferred",
+         regex=r"\[hc?m\d+\]", tier=P),
+    Rule(R.SERVER_BUSY, "icloud: service unavailable, try again later",
+         contains=("service unavailable", "try again later"), hosts=APPLE),
+)
+
+# Amazon SES: "SMTP issues with Amazon SES" / "SMTP response codes returned
+# by Amazon SES" (docs.aws.amazon.com/ses/latest/dg/troubleshoot-smtp.html).
+_SES = (
+    Rule(R.SENDING_QUOTA, "ses: 454 Throttling failure: daily message quota exceeded",
+         contains=("daily message quota exceeded",), tier=P),
+    Rule(R.RATE_LIMITED, "ses: 454 Throttling failure: maximum sending rate exceeded",
+         contains=("maximum sending rate exceeded",), tier=P),
+    Rule(R.SENDER_REJECTED, "ses: 554 Message rejected: email address is not verified",
+         contains=("email address is not verified", "identity is not verified",
+                   "identities failed the check"),
+         tier=P),
+    # "554 Account is paused" / "Sending paused for this account" / "Sending
+    # suspended for this account": a human must act on the account.
+    Rule(R.AUTH_CREDENTIALS, "ses: sending paused or suspended for the account",
+         contains=("sending paused", "sending suspended", "account is suspended",
+                   "account is paused"),
+         hosts=SES),
+    # "554 Access denied: User ... is not authorized to perform
+    # ses:SendRawEmail": the SMTP credentials lack the permission.
+    Rule(R.AUTH_CREDENTIALS, "ses: credentials not authorized to send",
+         contains=("is not authorized to perform",), hosts=SES),
+    Rule(R.MESSAGE_TOO_LARGE, "ses: 552 message length is more than the limit",
+         contains=("message length is more than",), hosts=SES),
+    Rule(R.SERVER_BUSY, "ses: 454 temporary service failure",
+         contains=("temporary service failure",), hosts=SES),
+)
+
+# SendGrid: "SMTP Errors and Troubleshooting" (docs.sendgrid.com /
+# twilio.com/docs/sendgrid).
+_SENDGRID = (
+    # "451 Authentication failed: Maximum credits exceeded"
+    Rule(R.SENDING_QUOTA, "sendgrid: maximum credits exceeded",
+         contains=("maximum credits exceeded",), tier=P),
+    # "550 The from address does not match a verified Sender Identity."
+    Rule(R.SENDER_REJECTED, "sendgrid: from address is not a verified sender identity",
+         contains=("verified sender identity",), tier=P),
+    Rule(R.AUTH_CREDENTIALS, "sendgrid: 550 unauthenticated senders not allowed",
+         contains=("unauthenticated senders not allowed",), hosts=SENDGRID),
+)
+
+# Mailgun: "Sending errors" (documentation.mailgun.com, help.mailgun.com).
+_MAILGUN = (
+    # "421 Domain ... is not allowed to send: Sandbox subdomains are for test
+    # purposes only. Please add your own domain or add the address to
+    # authorized recipients in Account Settings."
+    Rule(R.RELAY_DENIED, "mailgun: sandbox domains are for test purposes",
+         contains=("sandbox subdomains are for test purposes", "free accounts are for test"),
+         tier=P),
+    Rule(R.AUTH_CREDENTIALS, "mailgun: account not activated or disabled",
+         contains=("activate your mailgun account", "account is disabled"), hosts=MAILGUN),
+)
+
+# Zoho Mail: "SMTP error codes and resolution" (zoho.com/mail/help).
+_ZOHO = (
+    # "550 5.4.6 Unusual sending activity detected. Please try after
+    # sometime.": a 5xx rate limit on the sending account.
+    Rule(R.RATE_LIMITED, "zoho: unusual sending activity (a 5xx rate limit)",
+         contains=("unusual sending activity",), transient=True, tier=P),
+    # "554 5.1.8 Email Outgoing Blocked.": the account may not send.
+    Rule(R.SENDER_REJECTED, "zoho: outgoing blocked",
+         contains=("outgoing blocked",), tier=P),
+)
+
+# GMX and web.de: postmaster.gmx.net / postmaster.web.de error messages, and
+# what KumoMTA's community shaping rules do with them.
+_GMX = (
+    # "554-Reject due to policy restrictions": KumoMTA slows GMX to one
+    # message a minute for an hour, then carries on.
+    Rule(R.RATE_LIMITED, "gmx: reject due to policy restrictions",
+         contains=("reject due to policy restrictions",), transient=True, hosts=GMX),
+    # "554-Reject due to policy violations": KumoMTA suspends for an hour.
+    Rule(R.REPUTATION_DEFERRAL, "gmx: reject due to policy violations",
+         contains=("reject due to policy violations",), transient=True, hosts=GMX),
+    # GMX answers "501 Syntax error in parameters or arguments" when it
+    # refuses the sender's configuration.
+    Rule(R.POLICY_REJECTED, "gmx: 501 syntax error (configuration refused)", codes=(501,),
+         hosts=GMX),
+)
+
+# Comcast: Xfinity postmaster "Comcast error codes" (postmaster.comcast.net):
+# eight-character codes such as RL000001 and BL000010; and Cox's AUP codes.
+# The regexes start with a long literal ("rl000") so the rule index can gate
+# them cheaply.
+_COMCAST = (
+    Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl000\d{3}\b", tier=P),
+    Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl000\d{3}\b", tier=P),
+    Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
+)
+
+# QQ Mail (Tencent): "550 Ip frequency limited", "550 Sender frequency
+# limited", "550 Connection frequency limited", "550 Domain frequency
+# limited" and "550 Mail content denied" (service.mail.qq.com help); KumoMTA
+# suspends QQ for an hour on them, then retries: 5xx replies that mean
+# "slow down".
+_QQ = (
+    Rule(R.RATE_LIMITED, "qq: frequency limited (a 5xx rate limit)",
+         contains=("frequency limited",), transient=True, tier=P),
+    Rule(R.SPAM_CONTENT, "qq: mail content denied", contains=("mail content denied",),
+         tier=P),
+    Rule(R.RECIPIENT_UNKNOWN, "qq: mailbox unavailable or access denied",
+         contains=("mailbox unavailable or access denied", "mailbox not found"), hosts=QQ),
+)
+
+# Others from KumoMTA's community shaping rules; Orange's OFRxxx_xxx codes
+# as listed in shared/research/classifier-anchors.md (§4).
+_OTHERS = (
+    Rule(R.TOO_MANY_CONNECTIONS, "orange: trop de connexions / OFR004_104",
+         contains=("trop de connexions", "ofr004_104"), tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "orange: OFR004_105 deferral", contains=("ofr004_105",),
+         tier=P),
+    # "Service refuse. Veuillez essayer plus tard.": KumoMTA suspends an hour.
+    Rule(R.REPUTATION_DEFERRAL, "orange: service refuse", contains=("service refuse",),
+         tier=P),
+    # "451 Internal resource temporarily unavailable" is how Mimecast
+    # answers a first delivery attempt while it greylists
+    # (community.mimecast.com, DOC-1369 "#451").
+    Rule(R.GREYLISTED, "mimecast: internal resource temporarily unavailable (greylisting)",
+         contains=("internal resource temporarily unavailable",), tier=P),
+    Rule(R.SESSION_LIMIT, "netvigator: too many messages for this session",
+         contains=("too many messages for this session",), tier=P),
+)
+
+# Stage-aware provider rules: GMX and Apple refuse the greeting this way.
+_GREETING = (
+    Rule(R.BLOCKLISTED, "554 greeting with an IP block text", codes=(554,),
+         stages=(Stage.CONNECT,), contains=("ip", "blocked", "listed"), hosts=GMX + APPLE),
+)
+
+PROVIDER_RULES: tuple[Rule, ...] = (
+    *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
+    *_COMCAST, *_QQ, *_OTHERS, *_GREETING,
+)
+# fmt: on

@@ -1,0 +1,329 @@
+"""The outbox store for many workers on many machines: PostgreSQL.
+
+Workers claim messages with ``SELECT ... FOR UPDATE SKIP LOCKED``: a
+message row another worker has locked is skipped instead of waited for,
+and the recipients are then claimed with an ``UPDATE`` that re-checks
+they are still free (in READ COMMITTED every statement sees the rows
+committed before it, PostgreSQL's documentation, "Transaction Isolation"),
+so two workers never hold the same recipient.
+
+Built on asyncpg (the ``postgres`` extra): it speaks the protocol natively
+on asyncio, so no call blocks the event loop and no thread is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from ._records import (
+    FINAL_STATES,
+    Claimed,
+    DestinationStatus,
+    NewMessage,
+    OutboxState,
+    OutboxStatus,
+    RecipientUpdate,
+)
+
+__all__ = ["PostgresStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox_messages (
+    id TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_recipients (
+    message TEXT NOT NULL REFERENCES outbox_messages(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL,
+    due DOUBLE PRECISION,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    detail TEXT,
+    destination TEXT,
+    suspended BOOLEAN NOT NULL DEFAULT FALSE,
+    updated DOUBLE PRECISION NOT NULL,
+    claimed_by TEXT,
+    claim_until DOUBLE PRECISION,
+    PRIMARY KEY (message, address)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox_recipients (state, due);
+CREATE INDEX IF NOT EXISTS outbox_updated ON outbox_recipients (state, updated);
+"""
+
+_WAITING = [OutboxState.QUEUED.value, OutboxState.DEFERRED.value]
+_FINAL = [s.value for s in FINAL_STATES]
+_FREE = (
+    "r.state = ANY($1::text[]) AND r.due <= $2 AND (r.claimed_by IS NULL OR r.claim_until < $2)"
+)
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_DROP_EMPTY = (
+    "DELETE FROM outbox_messages m WHERE NOT EXISTS "
+    "(SELECT 1 FROM outbox_recipients r WHERE r.message = m.id)"
+)
+
+
+class PostgresStore:
+    """An outbox :class:`~resilient_smtp.outbox.Store` in PostgreSQL.
+
+    ``dsn`` is a ``postgresql://`` URL (its password never appears in this
+    object's repr).  ``schema`` puts the tables in that schema (created if
+    missing), for several outboxes in one database.  The connection pool
+    opens on first use.
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "public", max_connections: int = 10) -> None:
+        if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("dsn must be a postgresql:// URL")
+        if not _IDENTIFIER.match(schema):
+            raise ValueError(f"schema must be a plain lower-case identifier, not {schema!r}")
+        self._dsn = dsn
+        self.schema = schema
+        self._max = max_connections
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(schema={self.schema!r})"
+
+    async def _db(self) -> Any:
+        async with self._opening:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._max,
+                    server_settings={"search_path": self.schema},
+                )
+                async with pool.acquire() as conn, conn.transaction():
+                    # One creator at a time: CREATE ... IF NOT EXISTS races.
+                    await conn.execute("SELECT pg_advisory_xact_lock(8008135)")
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+                    await conn.execute(_SCHEMA)
+                self._pool = pool
+        return self._pool
+
+    async def add(self, message: NewMessage) -> None:
+        pool = await self._db()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO outbox_messages VALUES ($1, $2, $3, $4, $5, $6)",
+                message.id,
+                message.message_id,
+                message.sender,
+                message.body,
+                message.created,
+                message.expires,
+            )
+            await conn.executemany(
+                "INSERT INTO outbox_recipients (message, address, state, due, updated) "
+                "VALUES ($1, $2, 'queued', $3, $3)",
+                [(message.id, a, message.created) for a in message.recipients],
+            )
+
+    async def claim(self, *, worker: str, now: float, until: float, limit: int) -> list[Claimed]:
+        pool = await self._db()
+        async with pool.acquire() as conn, conn.transaction():
+            messages = await conn.fetch(
+                "SELECT m.id, m.message_id, m.sender, m.body, m.created, m.expires "
+                "FROM outbox_messages m WHERE EXISTS (SELECT 1 FROM outbox_recipients r "
+                f"WHERE r.message = m.id AND {_FREE}) "
+                "ORDER BY m.created LIMIT $3 FOR UPDATE OF m SKIP LOCKED",
+                _WAITING,
+                now,
+                limit,
+            )
+            if not messages:
+                return []
+            rows = await conn.fetch(
+                "UPDATE outbox_recipients r SET claimed_by = $4, claim_until = $5 "
+                f"WHERE r.message = ANY($3::text[]) AND {_FREE} "
+                "RETURNING r.message, r.address, r.attempts",
+                _WAITING,
+                now,
+                [m["id"] for m in messages],
+                worker,
+                until,
+            )
+        attempts: dict[str, dict[str, int]] = {}
+        for r in rows:
+            attempts.setdefault(r["message"], {})[r["address"]] = r["attempts"]
+        return [
+            Claimed(
+                id=m["id"],
+                message_id=m["message_id"],
+                sender=m["sender"],
+                body=bytes(m["body"]),
+                created=m["created"],
+                expires=m["expires"],
+                attempts=attempts[m["id"]],
+            )
+            for m in messages
+            if m["id"] in attempts  # claimed meanwhile by a worker that committed first
+        ]
+
+    async def mark_sending(self, message: str, addresses: Sequence[str], *, now: float) -> None:
+        pool = await self._db()
+        await pool.execute(
+            "UPDATE outbox_recipients SET state = 'sending', updated = $3 "
+            "WHERE message = $1 AND address = ANY($2::text[])",
+            message,
+            list(addresses),
+            now,
+        )
+
+    async def record(
+        self, message: str, updates: Sequence[RecipientUpdate], *, now: float
+    ) -> None:
+        pool = await self._db()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "UPDATE outbox_recipients SET state = $1, due = $2, attempts = $3, reason = $4, "
+                "detail = $5, destination = $6, suspended = $7, updated = $8, "
+                "claimed_by = NULL, claim_until = NULL WHERE message = $9 AND address = $10",
+                [
+                    (
+                        u.state.value,
+                        u.due,
+                        u.attempts,
+                        u.reason,
+                        u.detail,
+                        u.destination,
+                        u.suspended,
+                        now,
+                        message,
+                        u.address,
+                    )
+                    for u in updates
+                ],
+            )
+
+    async def extend(self, *, worker: str, until: float) -> None:
+        pool = await self._db()
+        await pool.execute(
+            "UPDATE outbox_recipients SET claim_until = $2 WHERE claimed_by = $1", worker, until
+        )
+
+    async def release(self, *, worker: str) -> None:
+        pool = await self._db()
+        await pool.execute(
+            "UPDATE outbox_recipients SET claimed_by = NULL, claim_until = NULL "
+            "WHERE claimed_by = $1 AND state = ANY($2::text[])",
+            worker,
+            _WAITING,
+        )
+
+    async def recover(self, *, now: float) -> list[tuple[str, str]]:
+        pool = await self._db()
+        rows = await pool.fetch(
+            "UPDATE outbox_recipients SET state = 'ambiguous', reason = 'worker_lost', "
+            "detail = 'the worker stopped while sending; the server may have the message', "
+            "updated = $1, claimed_by = NULL, claim_until = NULL "
+            "WHERE state = 'sending' AND (claim_until IS NULL OR claim_until < $1) "
+            "RETURNING message, address",
+            now,
+        )
+        return [(r["message"], r["address"]) for r in rows]
+
+    async def prune(self, *, before: float) -> int:
+        pool = await self._db()
+        async with pool.acquire() as conn, conn.transaction():
+            done = await conn.execute(
+                "DELETE FROM outbox_recipients WHERE state = ANY($1::text[]) AND updated < $2",
+                _FINAL,
+                before,
+            )
+            await conn.execute(_DROP_EMPTY)
+        return _count(done)
+
+    async def next_due(self) -> float | None:
+        pool = await self._db()
+        due = await pool.fetchval(
+            "SELECT MIN(due) FROM outbox_recipients WHERE state = ANY($1::text[])", _WAITING
+        )
+        return None if due is None else float(due)
+
+    async def status(self) -> OutboxStatus:
+        pool = await self._db()
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            counts = dict.fromkeys((s.value for s in OutboxState), 0)
+            for r in await conn.fetch(
+                "SELECT state, COUNT(*) AS n FROM outbox_recipients GROUP BY state"
+            ):
+                counts[r["state"]] = r["n"]
+            messages = await conn.fetchval("SELECT COUNT(*) FROM outbox_messages")
+            oldest = await conn.fetchrow(
+                "SELECT m.id, m.created, r.reason FROM outbox_recipients r "
+                "JOIN outbox_messages m ON m.id = r.message WHERE r.state = 'deferred' "
+                "ORDER BY m.created LIMIT 1"
+            )
+            destinations = [
+                DestinationStatus(
+                    destination=r["destination"],
+                    deferred=r["n"],
+                    suspended=r["s"],
+                    last_reason=r["last"],
+                )
+                for r in await conn.fetch(
+                    "SELECT destination, COUNT(*) AS n, "
+                    "COUNT(*) FILTER (WHERE suspended) AS s, "
+                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
+                    " i.destination IS NOT DISTINCT FROM o.destination "
+                    " ORDER BY updated DESC LIMIT 1) AS last "
+                    "FROM outbox_recipients o WHERE state = 'deferred' "
+                    "GROUP BY destination ORDER BY COUNT(*) DESC"
+                )
+            ]
+        return OutboxStatus(
+            counts=counts,
+            messages=messages,
+            oldest_deferred_id=None if oldest is None else oldest["id"],
+            oldest_deferred_created=None if oldest is None else oldest["created"],
+            oldest_deferred_reason=None if oldest is None else oldest["reason"],
+            destinations=tuple(destinations),
+        )
+
+    async def retry(
+        self, *, now: float, states: Sequence[OutboxState], message: str | None = None
+    ) -> int:
+        pool = await self._db()
+        done = await pool.execute(
+            "UPDATE outbox_recipients SET state = 'deferred', due = $1, updated = $1, "
+            "claimed_by = NULL, claim_until = NULL "
+            "WHERE state = ANY($2::text[]) AND ($3::text IS NULL OR message = $3)",
+            now,
+            [s.value for s in states],
+            message,
+        )
+        return _count(done)
+
+    async def purge(self, *, states: Sequence[OutboxState], message: str | None = None) -> int:
+        pool = await self._db()
+        async with pool.acquire() as conn, conn.transaction():
+            done = await conn.execute(
+                "DELETE FROM outbox_recipients "
+                "WHERE state = ANY($1::text[]) AND ($2::text IS NULL OR message = $2)",
+                [s.value for s in states],
+                message,
+            )
+            await conn.execute(_DROP_EMPTY)
+        return _count(done)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def _count(status: str) -> int:
+    """The row count in a command status such as ``"DELETE 3"``."""
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,347 @@
+"""Destination health shared by every worker through Redis.
+
+:class:`RedisHealth` is :class:`~resilient_smtp.DestinationHealth` (same
+rules, same code: it subclasses it) whose suspensions and relay pauses are
+also written to Redis and broadcast to the other workers, which apply them
+to their own breakers at once.  ``admit`` stays synchronous and answers
+from local state, so asking costs no round trip; a background task keeps
+that state in step:
+
+* every suspension, pause and resumption decided here is written to a hash
+  per destination (with its end, on Redis time, and the key's expiry) and
+  published on ``{prefix}:health``, in one script;
+* a worker that starts, or that gets Redis back after losing it, reads the
+  hashes (so it learns suspensions decided while it was away) and writes its
+  own running suspensions (those others missed).
+
+While Redis is unavailable each worker keeps its own breakers, which is what
+:class:`~resilient_smtp.DestinationHealth` alone does.  Failure counts
+(``failure_threshold``) stay per worker; only decisions are shared.
+Every worker half-opens a shared suspension when it ends, so up to one probe
+per worker goes to the destination, not one in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+
+from .._classify.taxonomy import Reason
+from .._clock import Clock, system_clock
+from .._events import Event, Hook, emit
+from .._health import DestinationHealth, _Breaker
+from ._link import _FAILURES, RedisUnavailable, _Link
+from ._lua import HEALTH_SNAPSHOT, HEALTH_WRITE
+
+if TYPE_CHECKING:
+    from .._classify.classifier import Classification
+
+__all__ = ["RedisHealth"]
+
+_SNAPSHOT_STEPS = 1000  # SCAN steps per snapshot at most (500 keys each)
+_LISTEN_POLL = 1.0  # seconds a pub/sub read waits before looking again
+_READY_WAIT = 5.0  # seconds start() waits for the first snapshot at most
+
+
+class RedisHealth(DestinationHealth):
+    """:class:`~resilient_smtp.DestinationHealth` with suspensions shared through Redis.
+
+    ``redis`` is a ``redis://`` URL or a ``redis.asyncio.Redis``; the other
+    parameters are :class:`~resilient_smtp.DestinationHealth`'s.  Sharing
+    starts with the first ``admit``/``record`` inside an event loop, or with
+    ``await health.start()`` (or ``async with``), which also waits for the
+    suspensions already in Redis.  Close it with ``await health.aclose()``.
+    """
+
+    def __init__(
+        self,
+        redis: str | Redis,
+        *,
+        prefix: str = "resilient_smtp",
+        timeout: float = 0.1,
+        retry_base: float = 0.5,
+        retry_cap: float = 5.0,
+        clock: Clock = system_clock,
+        hooks: Iterable[Hook] = (),
+        **rules: Any,
+    ) -> None:
+        super().__init__(clock=clock, hooks=hooks, **rules)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError("prefix must be a non-empty string")
+        self.prefix = prefix
+        self._link = _Link(
+            redis,
+            what="RedisHealth",
+            timeout=timeout,
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+            clock=clock,
+            hooks=self._hooks,
+        )
+        client = self._link.client
+        self._write = client.register_script(HEALTH_WRITE)
+        self._snapshot = client.register_script(HEALTH_SNAPSHOT)
+        self._channel = f"{prefix}:health"
+        self._origin = uuid.uuid4().hex
+        self._applying = False
+        self._listener: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def redis_up(self) -> bool:
+        """Redis answered the last call."""
+        return self._link.up
+
+    # -- the DestinationHealth interface, plus starting the sync -----------------
+
+    def admit(self, key: str) -> Any:
+        self._start_soon()
+        return super().admit(key)
+
+    def record(self, key: str, classification: Classification | None) -> None:
+        self._start_soon()
+        super().record(key, classification)
+
+    async def start(self) -> None:
+        """Start sharing, and wait (at most 5 s) for the suspensions already in Redis."""
+        self._start_soon()
+        assert self._ready is not None
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), _READY_WAIT)
+
+    async def __aenter__(self) -> RedisHealth:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop sharing; wait for the writes in flight; close a client made from a URL."""
+        self._closed = True
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await self._link.aclose()
+
+    # -- the decisions, shared --------------------------------------------------
+
+    def _suspend(
+        self, b: _Breaker, key: str, now: float, reason: Reason, stated: float | None
+    ) -> None:
+        super()._suspend(b, key, now, reason, stated)
+        if not self._applying:
+            self._share("suspend", key, b, now, "suspended")
+
+    def _pause(self, now: float, reason: Reason, stated: float | None) -> None:
+        before = self._relay.until
+        super()._pause(now, reason, stated)
+        if not self._applying and self._relay.until != before:
+            self._share("suspend", None, self._relay, now, "paused")
+
+    def _close(self, b: _Breaker, key: str | None, now: float) -> None:
+        was_suspended = b.since is not None
+        super()._close(b, key, now)
+        if was_suspended and not self._applying:
+            self._share("resume", key, b, now, "healthy")
+
+    def _redis_key(self, key: str | None) -> str:
+        return f"{self.prefix}:health:relay" if key is None else f"{self.prefix}:health:dest:{key}"
+
+    def _share(self, op: str, key: str | None, b: _Breaker, now: float, state: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside an event loop: local only (pushed on the next start)
+            return
+        if self._closed or not self._link.usable():
+            return  # pushed again when Redis is back (see _push_local)
+        ms = 0.0 if b.until is None or op == "resume" else max(0.0, (b.until - now) * 1000)
+        reason = "" if b.reason is None else str(b.reason)
+        message = json.dumps(
+            {
+                "origin": self._origin,
+                "op": op,
+                "key": key,
+                "state": state,
+                "reason": reason,
+                "ms": ms,
+                "suspensions": b.suspensions,
+            }
+        )
+        args = (op, f"{ms:.3f}", reason, b.suspensions, state, self._channel, message)
+        rkey = self._redis_key(key)
+
+        async def write() -> None:
+            with contextlib.suppress(RedisUnavailable):
+                await self._link.call(lambda: self._write(keys=[rkey], args=args))
+
+        task = loop.create_task(write())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    def _apply(
+        self, op: str, key: str | None, state: str, reason: str, ms: float, suspensions: int
+    ) -> None:
+        """Take another worker's decision into our breakers."""
+        now = self._clock.monotonic()
+        self._applying = True
+        try:
+            if key is None:
+                b: _Breaker | None = self._relay
+            else:
+                b = self._keys.get(key)
+            if op == "resume":
+                if b is not None and b.since is not None:
+                    self._close(b, key, now)
+                    if key is not None:
+                        self._keys.pop(key, None)
+                return
+            until = now + ms / 1000.0
+            if b is None:
+                assert key is not None
+                self._sweep(now)
+                b = self._keys[key] = _Breaker()
+            if b.until is not None and b.until >= until:
+                return  # we know of this one (or of a longer one)
+            b.until, b.probing_since = until, None
+            b.reason = Reason(reason) if reason else None
+            b.suspensions = max(b.suspensions, suspensions)
+            if b.since is None:
+                b.since = now
+            b.failures, b.last_failure = 0, now
+            what = "relay" if key is None else key
+            emit(
+                Event(
+                    "paused" if key is None else "suspended",
+                    f"{what}: {state} for {ms / 1000:g} s by another worker after {reason}",
+                    {
+                        "destination": key,
+                        "reason": reason,
+                        "seconds": ms / 1000.0,
+                        "until": until,
+                        "suspensions": b.suspensions,
+                        "shared": True,
+                    },
+                ),
+                self._hooks,
+            )
+        finally:
+            self._applying = False
+
+    # -- the background sync --------------------------------------------------------
+
+    def _start_soon(self) -> None:
+        if self._listener is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._ready = asyncio.Event()
+        self._listener = loop.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """Follow the channel until closed; reconnect after the link's back-off."""
+        link = self._link
+        while not self._closed:
+            pubsub = link.client.pubsub()
+            try:
+                await link.call(lambda p=pubsub: p.subscribe(self._channel))  # type: ignore[misc]
+                await self._load()
+                await self._push_local()
+                assert self._ready is not None
+                self._ready.set()
+                while not self._closed:
+                    try:
+                        msg = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=_LISTEN_POLL
+                        )
+                    except _FAILURES as exc:
+                        link.failed(exc)
+                        break
+                    if msg is not None and msg.get("type") == "message":
+                        self._on_message(msg["data"])
+            except RedisUnavailable:
+                pass
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    await asyncio.wait_for(pubsub.aclose(), link.timeout)  # type: ignore[no-untyped-call]
+            if self._closed:
+                return
+            assert self._ready is not None
+            self._ready.set()  # start() waits for Redis only once
+            await self._clock.sleep(max(0.01, link.retry_at - self._clock.monotonic()))
+
+    def _on_message(self, data: bytes | str) -> None:
+        try:
+            m = json.loads(data)
+            if m.get("origin") == self._origin:
+                return
+            if m.get("op") not in ("suspend", "resume") or not isinstance(
+                m.get("key"), (str, type(None))
+            ):
+                return
+            self._apply(
+                str(m["op"]),
+                m["key"],
+                str(m["state"]),
+                str(m["reason"]),
+                float(m["ms"]),
+                int(m["suspensions"]),
+            )
+        except (ValueError, KeyError, TypeError):  # not ours, or from another version
+            return
+
+    async def _load(self) -> None:
+        """Apply every running suspension stored in Redis."""
+        cursor: bytes | str | int = 0
+        pattern = f"{self.prefix}:health:*"
+        relay_key = self._redis_key(None).encode()
+        dest = f"{self.prefix}:health:dest:".encode()
+        for _ in range(_SNAPSHOT_STEPS):
+            step = await self._link.call(
+                lambda c=cursor: self._snapshot(keys=[], args=[c, pattern])  # type: ignore[misc]
+            )
+            cursor, rest = step[0], step[1:]
+            for i in range(0, len(rest), 5):
+                rkey, state, reason, suspensions, left = rest[i : i + 5]
+                rkey = rkey if isinstance(rkey, bytes) else str(rkey).encode()
+                key = None if rkey == relay_key else rkey[len(dest) :].decode()
+                if key is not None and not rkey.startswith(dest):
+                    continue
+                self._apply(
+                    "suspend", key, _text(state), _text(reason), float(left), int(suspensions)
+                )
+            if int(cursor) == 0:
+                return
+
+    async def _push_local(self) -> None:
+        """Write our running suspensions (decided while Redis was away)."""
+        now = self._clock.monotonic()
+        if self._relay.open_now(now):
+            self._share("suspend", None, self._relay, now, "paused")
+        for key, b in list(self._keys.items()):
+            if b.open_now(now):
+                self._share("suspend", key, b, now, "suspended")
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisHealth(keys={len(self._keys)}, prefix={self.prefix!r}, "
+            f"redis={'up' if self._link.up else 'down'})"
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
