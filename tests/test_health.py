@@ -177,8 +177,17 @@ def test_an_answer_that_is_not_about_health_closes_a_half_open_breaker() -> None
     assert health.status("mx.example").state == "healthy"
 
 
-@pytest.mark.parametrize("failure", [QUOTA, BAD_LOGIN])
-def test_quota_and_credentials_pause_the_whole_relay(failure: object) -> None:
+def test_bad_credentials_are_a_configuration_error_not_a_pause() -> None:
+    # The reactions table: wrong credentials are for a human to fix, and
+    # each result says so; a pause would hide the cause behind "paused".
+    health = _health(FakeClock())
+    health.record("smtp.relay.example", BAD_LOGIN)
+    assert health.admit("smtp.relay.example").allowed
+    assert health.status("any.other.example").state == "healthy"
+
+
+@pytest.mark.parametrize("failure", [QUOTA])
+def test_quota_pauses_the_whole_relay(failure: object) -> None:
     clock = FakeClock()
     events: list[Event] = []
     health = _health(clock, events, pause_base=300.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typing as _typing
 
 from ._classify.classifier import Classification, Classifier, classify, default_classifier
+from ._classify.reactions import REACTIONS, Reaction, Reactions
 from ._classify.reply import Reply
 from ._classify.rule import Rule, Tier
 from ._classify.taxonomy import Action, Reason, Scope, Stage
@@ -25,7 +26,7 @@ from ._retry.policy import RetryDecision, RetryPolicy, RetryState
 from ._transport.connection import AiosmtplibTransport, Connection, Transport
 from ._transport.pool import PoolLimits
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Action",
     "AdaptiveLimiter",
     "Admission",
@@ -44,7 +45,10 @@ __all__ = [
     "Limiter",
     "Mailer",
     "PoolLimits",
+    "REACTIONS",
     "RateLimiter",
+    "Reaction",
+    "Reactions",
     "Reason",
     "RecipientResult",
     "Reply",

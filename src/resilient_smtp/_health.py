@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ._classify.reactions import REACTIONS, Reactions
 from ._classify.taxonomy import Reason
 from ._clock import Clock, system_clock
 from ._events import Event, Hook, emit
@@ -48,9 +49,6 @@ __all__ = ["Admission", "DestinationHealth", "HealthState", "HealthStatus"]
 
 HealthState = Literal["healthy", "suspended", "half_open", "paused"]
 
-_AT_ONCE = frozenset({Reason.REPUTATION_DEFERRAL, Reason.BLOCKLISTED})
-_COUNTED = frozenset({Reason.SERVER_BUSY, Reason.CONNECTION_ERROR})
-_RELAY = frozenset({Reason.SENDING_QUOTA, Reason.AUTH_CREDENTIALS})
 
 # Stale entries dropped per call at most (amortised O(1), no long stalls).
 _SWEEP_BATCH = 64
@@ -154,7 +152,13 @@ class DestinationHealth:
         probe_timeout: float = 60.0,
         clock: Clock = system_clock,
         hooks: Iterable[Hook] = (),
+        reactions: Reactions = REACTIONS,
     ) -> None:
+        # Which reasons count, suspend at once or pause the relay: the
+        # ``health`` column of the reactions table.
+        self._at_once = reactions.reasons(health="suspend")
+        self._counted = reactions.reasons(health="count")
+        self._relay_reasons = reactions.reasons(health="pause_relay")
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
             raise TypeError("failure_threshold must be an int")
         if failure_threshold < 1:
@@ -233,11 +237,11 @@ class DestinationHealth:
         now = self._clock.monotonic()
         reason = None if classification is None else classification.reason
         stated = None if classification is None else classification.retry_after
-        if reason in _RELAY:
+        if reason in self._relay_reasons:
             assert reason is not None
             self._pause(now, reason, stated)
             return
-        if reason in _COUNTED or reason in _AT_ONCE:
+        if reason in self._counted or reason in self._at_once:
             assert reason is not None
             self._failure(key, now, reason, stated)
             return
@@ -260,7 +264,7 @@ class DestinationHealth:
             self._keys.move_to_end(key)
         if entry.open_now(now):
             return  # an attempt that was in flight when we suspended
-        if reason in _AT_ONCE or entry.half_open(now):
+        if reason in self._at_once or entry.half_open(now):
             self._suspend(entry, key, now, reason, stated)
             return
         entry.failures = self._recent_failures(entry, now) + 1
@@ -274,7 +278,7 @@ class DestinationHealth:
     def _suspend(
         self, b: _Breaker, key: str, now: float, reason: Reason, stated: float | None
     ) -> None:
-        base = self.severe_base if reason in _AT_ONCE else self.suspend_base
+        base = self.severe_base if reason in self._at_once else self.suspend_base
         seconds = self._period(base, self.suspend_cap, b.suspensions, stated)
         failures = self._recent_failures(b, now)
         b.suspensions += 1

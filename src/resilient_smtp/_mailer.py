@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from ._classify.classifier import Classification, Classifier, default_classifier
+from ._classify.reactions import REACTIONS, Reactions
 from ._classify.reply import Reply
 from ._classify.taxonomy import Reason, Scope
 from ._clock import Clock, _Waits, system_clock
@@ -91,7 +92,9 @@ class Mailer:
 
     ``retry``, ``limiter``, ``health``, ``classifier``, ``clock`` and
     ``transport`` all have defaults (the adaptive limiter is on) and can be
-    swapped, for example in tests.  ``resend_ambiguous=True`` resends to
+    swapped, for example in tests.  ``reactions`` is the table of what each
+    reply does (:data:`~resilient_smtp.REACTIONS`, docs/reactions.md); it
+    configures the parts the Mailer builds itself.  ``resend_ambiguous=True`` resends to
     recipients whose connection broke after the end of the data (they may
     get the message twice); by default they end ``ambiguous``.
 
@@ -119,6 +122,7 @@ class Mailer:
         pool: PoolLimits | None = None,
         resend_ambiguous: bool = False,
         hooks: Iterable[Hook] = (),
+        reactions: Reactions = REACTIONS,
     ) -> None:
         self.mx: MXResolver | None = None
         self.mx_port = port or 25
@@ -148,16 +152,25 @@ class Mailer:
         self.hooks = tuple(hooks)
         # One set of hooks sees every decision: the policy's retries, the
         # limiter's rate changes, health's suspensions and the sends.
-        retry = retry or RetryPolicy()
+        self.reactions = reactions
+        retry = retry or RetryPolicy(
+            min_waits=reactions.floors(),
+            growing=reactions.reasons(floor_grows=True),
+            reconnect_at_once=reactions.reasons(reconnect_at_once=True),
+        )
         self.retry = retry.replace(hooks=(*retry.hooks, *self.hooks)) if self.hooks else retry
         if limiter is None:
             from ._limits.adaptive import AdaptiveLimiter
 
-            limiter = AdaptiveLimiter(clock=self.clock, hooks=self.hooks)
+            limiter = AdaptiveLimiter(
+                clock=self.clock, hooks=self.hooks, pushback=reactions.reasons(rate="cut")
+            )
         self.limiter = limiter
-        self.health = health or DestinationHealth(clock=self.clock, hooks=self.hooks)
+        self.health = health or DestinationHealth(
+            clock=self.clock, hooks=self.hooks, reactions=reactions
+        )
         self.classifier = classifier or default_classifier
-        self.pool = Pool(transport, pool, clock=self.clock)
+        self.pool = Pool(transport, pool, clock=self.clock, reactions=reactions)
         self.resend_ambiguous = resend_ambiguous
 
     def __repr__(self) -> str:

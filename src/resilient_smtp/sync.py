@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 
 from . import _mailer
 from ._classify.classifier import Classifier
+from ._classify.reactions import REACTIONS, Reactions
 from ._clock import Clock
 from ._events import Hook, logger
 from ._health import DestinationHealth
@@ -245,6 +246,7 @@ class Mailer:
         pool: PoolLimits | None = None,
         resend_ambiguous: bool = False,
         hooks: Iterable[Hook] = (),
+        reactions: Reactions = REACTIONS,
     ) -> None:
         hooks = tuple(hooks)
 
@@ -268,6 +270,7 @@ class Mailer:
                 pool=pool,
                 resend_ambiguous=resend_ambiguous,
                 hooks=hooks,
+                reactions=reactions,
             )
 
         # Built here, in the caller's thread, so bad arguments raise here.

@@ -46,6 +46,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
@@ -117,15 +118,9 @@ class AdaptiveLimiter:
     Emits a ``"rate_changed"`` event on every cut.
     """
 
-    DEFAULT_PUSHBACK: frozenset[Reason] = frozenset(
-        {
-            Reason.RATE_LIMITED,
-            Reason.TOO_MANY_CONNECTIONS,
-            Reason.SESSION_LIMIT,
-            Reason.REPUTATION_DEFERRAL,
-        }
-    )
-    """The reasons that cut the rate."""
+    DEFAULT_PUSHBACK: frozenset[Reason] = REACTIONS.reasons(rate="cut")
+    """The reasons that cut the rate: the ``rate="cut"`` rows of
+    :data:`~resilient_smtp.REACTIONS`."""
 
     __slots__ = (
         "_clock",

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 
 __all__ = ["RetryBudget"]
@@ -34,9 +35,8 @@ _SUCCESS_REFILL = 1.0
 # A timeout or a dropped connection costs what botocore charges for a
 # timeout.  A session limit ("too many messages on this connection", an idle
 # 421) is the server's housekeeping, not a sign of trouble: it costs nothing.
-_DEFAULT_COSTS: Mapping[Reason, float] = MappingProxyType(
-    {Reason.CONNECTION_ERROR: 10.0, Reason.SESSION_LIMIT: 0.0}
-)
+# (The ``retry_cost`` column of the reactions table.)
+_DEFAULT_COSTS: Mapping[Reason, float] = REACTIONS.costs()
 
 
 def _amount(name: str, value: float, *, allow_inf: bool = False) -> float:

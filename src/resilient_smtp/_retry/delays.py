@@ -13,11 +13,11 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Literal
 
 import backoff
 
+from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 
 __all__ = [
@@ -43,31 +43,16 @@ _JITTERS: frozenset[str] = frozenset({"full", "equal", "decorrelated", "none"})
 # default cap on a server-stated wait and on a growing per-reason floor.
 _LONGEST_WAIT = 4000.0
 
-DEFAULT_MIN_WAITS: Mapping[Reason, float] = MappingProxyType(
-    {
-        # Postfix's minimal_backoff_time and postgrey's --delay are both 300 s;
-        # a greylister rejects any retry sooner than its delay.
-        Reason.GREYLISTED: 300.0,
-        # The server said "slow down": an instant retry is the tight loop that
-        # makes throttling worse.  Our judgement, not a standard.
-        Reason.RATE_LIMITED: 10.0,
-        Reason.TOO_MANY_CONNECTIONS: 5.0,
-        # Reputation deferrals (Gmail 4.7.28, Yahoo TSS04) last tens of
-        # minutes to hours; KumoMTA's shipped rules throttle for 90 min to 2 h.
-        # The floor doubles each time it recurs (see RetryPolicy.growing).
-        Reason.REPUTATION_DEFERRAL: 900.0,
-        # Sending quotas reset by the hour or the day; poll hourly.
-        Reason.SENDING_QUOTA: 3600.0,
-        # RFC 5321 §4.5.4.1: a retry interval SHOULD be at least 30 minutes.
-        Reason.MAILBOX_FULL: 1800.0,
-    }
-)
+# The floors and their sources are the ``retry_floor`` column of the
+# reactions table (greylisting 300 s, rate limits 10 s, reputation 900 s
+# growing, quotas 3600 s, a full mailbox 1800 s).
+DEFAULT_MIN_WAITS: Mapping[Reason, float] = REACTIONS.floors()
 """Per-reason minimum waits used when a policy does not name its own."""
 
-_GROWING: frozenset[Reason] = frozenset({Reason.REPUTATION_DEFERRAL})
+_GROWING: frozenset[Reason] = REACTIONS.reasons(floor_grows=True)
 # A session limit (too many messages on one connection) and a dropped
 # connection are cured by a new connection: the first is free of waiting.
-_RECONNECT_AT_ONCE: frozenset[Reason] = frozenset({Reason.SESSION_LIMIT, Reason.CONNECTION_ERROR})
+_RECONNECT_AT_ONCE: frozenset[Reason] = REACTIONS.reasons(reconnect_at_once=True)
 
 
 # -- pure delay functions ---------------------------------------------------

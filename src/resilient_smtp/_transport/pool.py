@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .._classify.classifier import Classification
-from .._classify.taxonomy import Reason
+from .._classify.reactions import REACTIONS, Reactions
 from .._clock import Clock, system_clock
 from .connection import Connection, Transport
 
@@ -121,9 +121,12 @@ class Pool:
         limits: PoolLimits | None = None,
         *,
         clock: Clock = system_clock,
+        reactions: Reactions = REACTIONS,
     ) -> None:
         self.transport = transport
         self.limits = limits or PoolLimits()
+        # The reasons that shrink the window: the ``concurrency`` column.
+        self._shrink = reactions.reasons(concurrency="reduce")
         self._clock = clock
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._closed = False
@@ -203,7 +206,7 @@ class Pool:
         if classification is None:
             slot.window = min(float(self.limits.max_connections), slot.window + 1 / slot.window)
             slot._wake()
-        elif classification.reason is Reason.TOO_MANY_CONNECTIONS:
+        elif classification.reason in self._shrink:
             slot.window = max(1.0, slot.window - 1.0)
 
     def window(self, host: str, port: int) -> int:
