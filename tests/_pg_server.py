@@ -41,7 +41,9 @@ def pg_url() -> str:
                 timeout=300,
                 check=False,
             )
-            url = done.stdout.strip() if done.returncode == 0 else None
+            # The script exports nothing (and says why on stderr) when the
+            # machine has no PostgreSQL and it may not install one.
+            url = (done.stdout.strip() or None) if done.returncode == 0 else None
             if url is None:
                 _found.append(None)
                 message = f"no PostgreSQL server: {done.stderr.strip()[-500:]}"
