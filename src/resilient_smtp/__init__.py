@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typing as _typing
 
+from ._bulk import BulkProgress, BulkSend, BulkSummary, RichProgress, Sent
 from ._classify.classifier import Classification, Classifier, classify, default_classifier
 from ._classify.reactions import REACTIONS, Reaction, Reactions
 from ._classify.reply import Reply
@@ -31,6 +32,9 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "AdaptiveLimiter",
     "Admission",
     "AiosmtplibTransport",
+    "BulkProgress",
+    "BulkSend",
+    "BulkSummary",
     "Classification",
     "Classifier",
     "Clock",
@@ -57,11 +61,13 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "RetryDecision",
     "RetryPolicy",
     "RetryState",
+    "RichProgress",
     "Rule",
     "SMTPFailure",
     "Scope",
     "SendFailed",
     "SendResult",
+    "Sent",
     "Stage",
     "State",
     "SystemClock",

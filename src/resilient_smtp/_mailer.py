@@ -21,6 +21,7 @@ from email.message import Message
 from types import TracebackType
 from typing import Any
 
+from ._bulk import BulkProgress, BulkSend, MessageLike
 from ._classify.classifier import Classification, Classifier, default_classifier
 from ._classify.reactions import REACTIONS, Reactions
 from ._classify.reply import Reply
@@ -248,6 +249,20 @@ class Mailer:
                 ambiguous=len(result.ambiguous),
             )
         return result
+
+    def send_many(
+        self,
+        messages: Iterable[MessageLike],
+        *,
+        concurrency: int = 16,
+        progress: BulkProgress | bool = False,
+    ) -> BulkSend:
+        """Send every message, at most ``concurrency`` at a time; iterate the
+        returned :class:`BulkSend` (``async for sent in ...``) for each
+        message's result as it finishes, or ``await ....wait()`` for the
+        summary.  ``progress=True`` draws a bar (the ``progress`` extra).
+        See :mod:`resilient_smtp._bulk`."""
+        return BulkSend(self, messages, concurrency=concurrency, progress=progress)
 
     async def _deliver_mx(
         self,

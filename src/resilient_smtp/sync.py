@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from . import _mailer
+from ._bulk import BulkProgress, MessageLike, SyncBulkSend
 from ._classify.classifier import Classifier
 from ._classify.reactions import REACTIONS, Reactions
 from ._clock import Clock
@@ -335,6 +336,24 @@ class Mailer:
             recipients = list(recipients)  # a generator must be read in this thread
         loop, mailer = self._opened()
         return _background.run(loop, mailer.send(message, sender=sender, recipients=recipients))
+
+    def send_many(
+        self,
+        messages: Iterable[MessageLike],
+        *,
+        concurrency: int = 16,
+        progress: BulkProgress | bool = False,
+    ) -> SyncBulkSend:
+        """As :meth:`resilient_smtp.Mailer.send_many`: iterate the result for
+        each message's outcome as it finishes, or call ``.wait()``.  The
+        messages are read here, in the calling thread, first."""
+        _refuse_inside_loop(
+            "resilient_smtp.sync.Mailer.send_many", "resilient_smtp.Mailer.send_many"
+        )
+        messages = list(messages)
+        loop, mailer = self._opened()
+        bulk = mailer.send_many(messages, concurrency=concurrency, progress=progress)
+        return SyncBulkSend(bulk, lambda work: _background.run(loop, work))
 
     def close(self) -> None:
         """Close the pooled connections (QUIT).  Idempotent."""
