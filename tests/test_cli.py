@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,7 +124,6 @@ def test_classify_non_ascii_json_stays_readable(capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["classify"], 'give at least one reply, or "-"'),
         ([], "give a command, one of: check, classify, demo, outbox, worker"),
         (["classify", "--stage", "nope", "421 x"], "invalid choice: 'nope'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -157,9 +158,9 @@ def test_python_dash_m_runs_the_command_line() -> None:
     assert (record["reason"], record["transient"]) == ("expired", False)
 
 
-def test_python_dash_m_usage_error() -> None:
+def test_python_dash_m_usage_error_names_the_module() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "resilient_smtp", "classify"],
+        [sys.executable, "-m", "resilient_smtp", "classify", "--stage", "nope", "421 x"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -167,4 +168,64 @@ def test_python_dash_m_usage_error() -> None:
     )
     assert done.returncode == 2
     assert done.stdout == ""
-    assert "error:" in done.stderr
+    assert "python -m resilient_smtp classify: error:" in done.stderr
+
+
+def test_the_entry_point_names_itself_resilient_smtp(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The installed script calls main() with no arguments: its default prog.
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: resilient-smtp ")
+    assert "resilient-smtp: error: argument COMMAND: invalid choice" in err
+    script = Path(sys.executable).parent / "resilient-smtp"
+    if script.exists():  # installed (pip install -e .): the real script too
+        done = subprocess.run(
+            [str(script), "frobnicate"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 2
+        assert done.stderr.startswith("usage: resilient-smtp ")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out == f"resilient-smtp {importlib.metadata.version('resilient-smtp')}\n"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_classify_without_a_reply_at_a_terminal_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal("421 4.7.0 typed but never read\n"))
+    assert main(["classify"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "give at least one reply, or pipe replies in" in err
+
+
+def test_classify_without_a_reply_reads_a_pipe(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("421 4.7.0 Try again later\n"))
+    assert main(["classify", "--json"]) == 0
+    [record] = _json_lines(capsys.readouterr().out)
+    assert record["reason"] == "rate_limited"
+
+
+def test_echo_into_python_dash_m_classify() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "resilient_smtp", "classify"],
+        input="550 5.1.1 User unknown\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("recipient_unknown: permanent")

@@ -8,7 +8,10 @@ command is adding one ``_add_<name>`` function to ``_COMMANDS``.
 
     $ python -m resilient_smtp classify "421 4.7.0 Try again later"
     $ python -m resilient_smtp classify --json --host mx.qq.com "550 Ip frequency limited"
-    $ tail -f mail.log | cut -d: -f4- | python -m resilient_smtp classify --json -
+    $ tail -f mail.log | cut -d: -f4- | python -m resilient_smtp classify --json
+
+The ``resilient-smtp`` script installed with the package runs the same
+:func:`main`; usage and errors name the program as it was started.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ def _add_classify(commands: Any) -> None:
         "replies",
         nargs="*",
         metavar="REPLY",
-        help='a reply such as "421 4.7.0 Try again later"; "-" reads replies from stdin, '
-        "one a line (the lines of a multi-line 421-... reply are joined)",
+        help='a reply such as "421 4.7.0 Try again later"; "-", or no REPLY with stdin '
+        "not a terminal, reads replies from stdin, one a line (the lines of a multi-line "
+        "421-... reply are joined)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object a line")
     p.add_argument("--host", help="the remote server's name (provider rules match on it)")
@@ -63,9 +67,14 @@ def _add_classify(commands: Any) -> None:
 
 
 def _classify_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if not args.replies:
-        raise _UsageError('give at least one reply, or "-" to read replies from stdin')
-    for reply in _inputs(args.replies, sys.stdin):
+    replies = args.replies
+    if not replies:
+        # `echo "421 ..." | resilient-smtp classify` reads the pipe, as
+        # filters do; at a terminal, waiting for typed input would look hung.
+        if sys.stdin is None or sys.stdin.isatty():
+            raise _UsageError('give at least one reply, or pipe replies in (or "-" for stdin)')
+        replies = ["-"]
+    for reply in _inputs(replies, sys.stdin):
         c = classify(reply, host=args.host, stage=args.stage)
         out.write(_as_json(reply, c) if args.json else _as_text(c))
         out.write("\n")
@@ -144,6 +153,13 @@ def _add_demo(commands: Any) -> None:
     p.add_argument(
         "--rate", type=float, default=40.0, help="the server's limit, messages/s (default 40)"
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="only run the difficult server, on 127.0.0.1:PORT, until Ctrl-C: "
+        "aim your own code at it",
+    )
+    p.add_argument("--port", type=int, default=2525, help="the port for --serve (default 2525)")
     p.set_defaults(handler=_demo_command)
 
 
@@ -156,6 +172,15 @@ def _demo_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise _UsageError("--messages must be between 1 and 100000")
     if not 0 < args.rate <= 10_000:
         raise _UsageError("--rate must be above 0 and at most 10000")
+    if args.serve:
+        from resilient_smtp._cli.demo import serve_demo
+
+        if not 0 < args.port < 65536:
+            raise _UsageError("--port must be between 1 and 65535")
+        try:
+            return asyncio.run(serve_demo(args.port, args.rate, out=out))
+        except KeyboardInterrupt:  # Ctrl-C is how it stops; serve_demo has said so
+            return 0
     return asyncio.run(run_demo(args.messages, args.rate, out=out))
 
 
@@ -298,21 +323,35 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
 )
 
 
-def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("resilient-smtp")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
+def _parser(prog: str = "resilient-smtp") -> tuple[argparse.ArgumentParser, list[str]]:
     """The parser, and the names of its commands."""
     parser = argparse.ArgumentParser(
-        prog="python -m resilient_smtp",
+        prog=prog,
         description="Send email over SMTP and keep sending when servers push back.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(commands)
     return parser, sorted(commands.choices)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 2 bad usage)."""
-    parser, names = _parser()
+def main(argv: Sequence[str] | None = None, *, prog: str = "resilient-smtp") -> int:
+    """Run the command line; return the exit status (0 ok, 2 bad usage).
+
+    ``prog`` is the name usage and errors give the program: the installed
+    script's (``resilient-smtp``, the default, as the entry point calls
+    ``main()``), or ``python -m resilient_smtp`` when run as a module."""
+    parser, names = _parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage or the help
@@ -333,4 +372,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m resilient_smtp"))

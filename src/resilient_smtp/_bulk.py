@@ -170,7 +170,7 @@ class RichProgress:
 
     def finish(self, summary: BulkSummary) -> None:
         self._progress.stop()
-        self.console.print(str(summary))
+        self.console.print(str(summary), soft_wrap=True)
 
 
 _DONE = object()

@@ -12,10 +12,16 @@ An embedded SMTP server on 127.0.0.1 pushes back the way real ones do:
 - once, it drops the connection after the end of the data.
 
 A few hundred messages go through a :class:`Mailer` with its defaults (only
-``tls="none"``, since the server is on loopback), with live progress; the
-run ends with a table: the final states, the retries by reason, and the rate
-achieved against the server's limit.  No configuration, no network beyond
-loopback, well under a minute.
+``tls="none"``, since the server is on loopback) and
+:meth:`Mailer.send_many`; the demo prints the few lines it runs first.  The
+progress display says what the sends are waiting for and the live rate
+against the server's limit; the run ends with a table that explains each
+number: the final states, the deferred recipients and their ``retry_in``,
+the retries by reason, and where the time went.  No configuration, no
+network beyond loopback, well under a minute.
+
+``--serve`` (:func:`serve_demo`) keeps the same server running on a fixed
+port (127.0.0.1:2525) so you can aim your own code at it.
 """
 
 from __future__ import annotations
@@ -23,16 +29,19 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, TextIO
 
+from .._bulk import BulkSummary, RichProgress, Sent
 from .._events import Event
 from .._mailer import Mailer
-from .._result import SendResult, State
+from .._result import RecipientResult, SendResult, State
 
-__all__ = ["DemoServer", "run_demo"]
+__all__ = ["SERVE_PORT", "DemoServer", "run_demo", "serve_demo"]
+
+SERVE_PORT = 2525
 
 UNKNOWN = "nobody@demo.test"
 GREYLISTED_DOMAIN = "greylist.demo.test"
@@ -68,7 +77,14 @@ class DemoServer:
             return True
         return False
 
-    async def start(self) -> tuple[asyncio.AbstractServer, int]:
+    def describe(self) -> str:
+        return (
+            f"at most {self.rate:g} messages/s (421 over that), greylisting "
+            f"{GREYLISTED_DOMAIN}, a 421 at every third greeting, {UNKNOWN} unknown, "
+            "one connection dropped after the data"
+        )
+
+    async def start(self, port: int = 0) -> tuple[asyncio.AbstractServer, int]:
         try:
             from aiosmtpd.smtp import SMTP
         except ImportError:  # pragma: no cover - depends on the install
@@ -125,7 +141,7 @@ class DemoServer:
 
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: Difficult(Handler(), hostname="difficult.demo.test"), "127.0.0.1", 0
+            lambda: Difficult(Handler(), hostname="difficult.demo.test"), "127.0.0.1", port
         )
         return server, server.sockets[0].getsockname()[1]
 
@@ -149,117 +165,229 @@ def _messages(count: int) -> list[EmailMessage]:
     return out
 
 
-class _Progress:
-    def __init__(self, total: int, out: TextIO) -> None:
-        self.total = total
-        self.out = out
-        self.states: Counter[State] = Counter()
-        self.tty = out.isatty()
-        self._shown = -1
+CODE = """\
+    async with Mailer("127.0.0.1", {port}, tls="none",  # loopback: no TLS on offer
+                      hooks=[watch]) as mailer:       # events feed the line under the bar
+        async for sent in mailer.send_many(messages, concurrency={concurrency},
+                                           progress=RichProgress()):
+            results.append(sent.result)
+"""
 
-    def add(self, result: SendResult) -> None:
-        for r in result:
-            self.states[r.state] += 1
-        done = sum(self.states.values())
-        if self.tty:
-            self.draw(done)
-        elif done * 4 // self.total != self._shown:  # a line at each quarter
-            self._shown = done * 4 // self.total
-            self.draw(done)
-            self.out.write("\n")
+# What each final state means for the user, beside its count.
+MEANING = {
+    State.DELIVERED: "the server took the message (250 after the data)",
+    State.REJECTED: "permanent: do not retry; fix the address or the setting",
+    State.DEFERRED: "still transient when the retry policy stopped: requeue after retry_in",
+    State.AMBIGUOUS: "the connection broke after the data: it may have arrived, so not resent",
+}
 
-    def draw(self, done: int) -> None:
-        width = 30
-        filled = width * done // self.total
-        counts = "  ".join(f"{s.value} {self.states[s]}" for s in State)
-        self.out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}  {counts}")
-        self.out.flush()
+
+class _Watch:
+    """The hook and the note under the bar: what the sends are waiting for
+    (from the policy's "retry" events) and the live delivery rate."""
+
+    WINDOW = 2.0  # seconds of deliveries the live rate is measured over
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.retries: Counter[str] = Counter()
+        self.waits: list[tuple[float, str, float]] = []  # (until, reason, delay)
+        self.delivered: deque[float] = deque()
+        self.first_try: list[float] = []  # when each first-try delivery finished
+        self.started = time.monotonic()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "retry":
+            reason = str(event.data.get("reason"))
+            self.retries[reason] += 1
+            delay = float(event.data.get("delay") or 0.0)
+            if delay > 0:
+                self.waits.append((time.monotonic() + delay, reason, delay))
+
+    def sent(self, sent: Sent) -> None:
+        now = time.monotonic()
+        if sent.result is None:
+            return
+        for r in sent.result:
+            if r.state is State.DELIVERED:
+                self.delivered.append(now)
+                if r.attempts == 1:
+                    self.first_try.append(now - self.started)
+
+    def note(self) -> str:
+        now = time.monotonic()
+        while self.delivered and self.delivered[0] < now - self.WINDOW:
+            self.delivered.popleft()
+        span = min(self.WINDOW, max(now - self.started, 1e-3))
+        rate = len(self.delivered) / span
+        text = f"{rate:.0f}/s now, the server allows {self.limit:g}/s"
+        self.waits = [w for w in self.waits if w[0] > now]
+        if self.waits:
+            until, reason, _ = max(self.waits)
+            text += (
+                f"; {len(self.waits)} waiting (up to {until - now:.0f} s): "
+                f"server said {reason.replace('_', ' ')}"
+            )
+        return text
+
+
+class _DemoProgress:
+    """send_many's rich bar, with :class:`_Watch`'s note under it."""
+
+    def __init__(self, bar: RichProgress, watch: _Watch) -> None:
+        self.bar = bar
+        self.watch = watch
+
+    def start(self, total: int | None) -> None:
+        self.bar.start(total)
+
+    def update(self, sent: Sent, summary: BulkSummary) -> None:
+        self.watch.sent(sent)
+        self.bar.note(self.watch.note())
+        self.bar.update(sent, summary)
+
+    def finish(self, summary: BulkSummary) -> None:
+        self.bar.note("")
+        self.bar.finish(summary)
 
 
 async def run_demo(
     count: int = 300, rate: float = 40.0, concurrency: int = 20, out: TextIO = sys.stdout
 ) -> int:
     """Run the demo; returns 0 when every message has a final state."""
+    from rich.console import Console
+
     rules = DemoServer(rate=rate)
     server, port = await rules.start()
-    retries: Counter[str] = Counter()
-
-    def hook(event: Event) -> None:
-        if event.kind == "retry":
-            retries[str(event.data.get("reason"))] += 1
-
+    watch = _Watch(rate)
     out.write(
-        f"A difficult SMTP server is listening on 127.0.0.1:{port}: at most {rate:g} messages/s "
-        f"(421 over that), greylisting {GREYLISTED_DOMAIN}, a 421 at every third greeting, "
-        f"an unknown recipient, one connection dropped after the data.\n"
-        f"Sending {count} messages through Mailer(...) with its defaults.\n\n"
+        f"A difficult SMTP server is listening on 127.0.0.1:{port}: {rules.describe()}.\n\n"
+        f"Sending {count} messages with the Mailer's defaults (retry policy, adaptive "
+        "limiter, destination health, a pool of 4 connections).  The code:\n\n"
+        + CODE.format(port=port, concurrency=concurrency)
+        + "\n"
     )
-    progress = _Progress(count, out)
-    gate = asyncio.Semaphore(concurrency)
+    out.flush()
+    bar = RichProgress(Console(file=out), description="sending")
+    display = _DemoProgress(bar, watch)
     results: list[SendResult] = []
-    first_try: list[float] = []  # when each message delivered at its first try was done
-    started = time.monotonic()
-    async with Mailer("127.0.0.1", port, tls="none", hooks=[hook]) as mailer:
 
-        async def one(msg: EmailMessage) -> None:
-            async with gate:
-                result = await mailer.send(msg)
-            results.append(result)
-            if result.ok and result.attempts == 1:
-                first_try.append(time.monotonic() - started)
-            progress.add(result)
+    async def tick() -> None:
+        # The note changes while nothing finishes (every send waiting).
+        while True:
+            await asyncio.sleep(0.25)
+            bar.note(watch.note())
 
-        await asyncio.gather(*(one(m) for m in _messages(count)))
-    elapsed = time.monotonic() - started
-    server.close()
-    await server.wait_closed()
-    if progress.tty:
-        out.write("\n")
-    steady = len(first_try) / max(first_try) if first_try else 0.0
-    _report(out, results, retries, rules, elapsed, steady, count)
+    ticker = asyncio.ensure_future(tick())
+    try:
+        async with Mailer("127.0.0.1", port, tls="none", hooks=[watch]) as mailer:
+            sends = mailer.send_many(_messages(count), concurrency=concurrency, progress=display)
+            async with sends:
+                async for sent in sends:
+                    assert sent.result is not None  # the demo's messages are all valid
+                    results.append(sent.result)
+            summary = sends.summary
+    finally:
+        ticker.cancel()
+        server.close()
+        await server.wait_closed()
+    _report(out, results, watch, rules, summary, count)
     return 0 if sum(len(r) for r in results) == count else 1
 
 
 def _report(
     out: TextIO,
     results: list[SendResult],
-    retries: Counter[str],
+    watch: _Watch,
     rules: DemoServer,
-    elapsed: float,
-    steady: float,
+    summary: BulkSummary,
     count: int,
 ) -> None:
-    states: Counter[State] = Counter(r.state for res in results for r in res)
+    recipients = [r for res in results for r in res]
+    states: Counter[State] = Counter(r.state for r in recipients)
     why: dict[State, Counter[str]] = {s: Counter() for s in State}
-    for res in results:
-        for r in res:
-            if r.state is not State.DELIVERED and r.reason:
-                why[r.state][r.reason] += 1
-    delivered = states[State.DELIVERED]
+    for r in recipients:
+        if r.state is not State.DELIVERED and r.reason:
+            why[r.state][r.reason] += 1
     out.write("\nFinal state of every recipient\n")
     for s in State:
         detail = ", ".join(f"{k} {v}" for k, v in why[s].most_common())
-        out.write(f"  {s.value:<10} {states[s]:>5}  {detail}\n")
+        detail = f"{detail}: " if detail else ""
+        out.write(f"  {s.value:<10} {states[s]:>5}  {detail}{MEANING[s]}\n")
     out.write(f"  {'total':<10} {sum(states.values()):>5}  (sent {count})\n")
-    out.write("\nRetries by reason\n")
-    for reason, n in retries.most_common() or [("none", 0)]:
+    _deferred(out, [r for r in recipients if r.state is State.DEFERRED])
+
+    out.write("\nRetries by reason (each a new transaction after a back-off)\n")
+    for reason, n in watch.retries.most_common() or [("none", 0)]:
         out.write(f"  {reason:<22} {n:>5}\n")
-    attempts = sum(res.attempts for res in results)
-    achieved = delivered / elapsed if elapsed else 0.0
     out.write("\nThe server's view\n")
-    out.write(f"  throttled with 421     {rules.throttled:>5}\n")
-    out.write(f"  busy 421 at greeting   {rules.busy:>5}\n")
-    out.write(f"  greylisted             {rules.greylisted:>5}\n")
-    out.write(f"  dropped after the data {rules.dropped:>5}\n")
-    out.write(f"\nRate (the server's limit is {rules.rate:g}/s)\n")
+    out.write(f"  throttled with 421     {rules.throttled:>5}  over its {rules.rate:g}/s\n")
+    out.write(f"  busy 421 at greeting   {rules.busy:>5}  every third connection\n")
+    out.write(f"  greylisted             {rules.greylisted:>5}  first try of each\n")
+    out.write(f"  dropped after the data {rules.dropped:>5}  the ambiguous one\n")
+
+    elapsed = summary.elapsed
+    first = watch.first_try
+    sending = max(first) if first else 0.0
+    pace = len(first) / sending if sending else 0.0
+    attempts = sum(res.attempts for res in results)
+    out.write(f"\nWhere the time went (the server allows {rules.rate:g} messages/s)\n")
     out.write(
-        f"  while sending: {steady:.1f}/s ({steady / rules.rate:.0%} of the limit), "
-        f"{attempts / max(1, len(results)):.2f} transactions per message\n"
-        f"  overall:       {delivered} delivered in {elapsed:.1f} s ({achieved:.1f}/s), "
-        "including the retries' waits (10 s at least after a rate limit)\n"
+        f"  {sending:5.1f} s  sending: {len(first)} messages delivered at their first try, "
+        f"{pace:.1f}/s, {pace / rules.rate:.0%} of the server's limit\n"
+        f"  {elapsed - sending:5.1f} s  waiting out back-offs the server asked for: after a "
+        "rate-limit 421 a message waits at least 10 s (RetryPolicy.min_waits) before its "
+        "retry\n"
+        f"  {elapsed:5.1f} s  in all; {attempts / max(1, len(results)):.2f} transactions "
+        "per message\n"
     )
+
+
+def _deferred(out: TextIO, deferred: list[RecipientResult], show: int = 8) -> None:
+    if not deferred:
+        return
     out.write(
-        "\nDeferred recipients carry retry_in (greylisting asks for minutes: "
-        "requeue them); the ambiguous one may have been delivered, so it was not "
-        "sent twice.\n"
+        "\nDeferred recipients: retry_in is how many seconds from now a retry is "
+        "worth it (the server's own wait, or the policy's floor for the reason); "
+        "put them back in your queue for then, or use the outbox\n"
     )
+    for r in deferred[:show]:
+        retry_in = "?" if r.retry_in is None else f"{r.retry_in:.0f} s"
+        out.write(f"  {r.address:<32} {r.reason or '':<16} retry_in {retry_in}\n")
+    if len(deferred) > show:
+        out.write(f"  ... and {len(deferred) - show} more\n")
+
+
+async def serve_demo(
+    port: int = SERVE_PORT,
+    rate: float = 40.0,
+    out: TextIO = sys.stdout,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Keep the difficult server running on 127.0.0.1:``port`` until
+    ``stop`` is set (or the task is cancelled: Ctrl-C)."""
+    rules = DemoServer(rate=rate)
+    try:
+        server, port = await rules.start(port)
+    except OSError as exc:
+        out.write(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}\n")
+        return 1
+    out.write(
+        f"A difficult SMTP server is listening on 127.0.0.1:{port}: {rules.describe()}.\n"
+        "Aim your code at it, for example:\n\n"
+        f'    Mailer("127.0.0.1", {port}, tls="none")\n\n'
+        "Ctrl-C stops it.\n"
+    )
+    out.flush()
+    try:
+        await (stop or asyncio.Event()).wait()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        server.close()
+        await server.wait_closed()
+        out.write(
+            f"\nstopped; it accepted {rules.accepted} recipient(s) on {rules.connections} "
+            f"connection(s), throttled {rules.throttled}, greylisted {rules.greylisted}\n"
+        )
+    return 0
