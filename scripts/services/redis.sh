@@ -24,7 +24,8 @@ if [ "${service_action:-start}" = stop ]; then
   return 0 2>/dev/null || exit 0
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
+_rs_bin=$(command -v redis-server 2>/dev/null || true)
+if [ -z "$_rs_bin" ] || [ ! -x "$_rs_bin" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing redis-server"
     apt-get update -qq
@@ -32,7 +33,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
     # Debian may start its own instance on 6379; ours runs on its own port.
   else
     echo "redis-server not found: the Redis tests will be skipped (as root: apt-get install redis-server)" >&2
-    unset _rs_port
+    unset _rs_port _rs_bin
     return 0 2>/dev/null || exit 0
   fi
 fi
@@ -57,4 +58,4 @@ fi
 echo "redis-server answering on 127.0.0.1:$_rs_port"
 services_running+=("Redis on 127.0.0.1:$_rs_port")
 export RESILIENT_SMTP_REDIS_URL="redis://127.0.0.1:$_rs_port/0"
-unset _rs_port _rs_ok
+unset _rs_port _rs_ok _rs_bin
