@@ -174,6 +174,23 @@ class Mailer:
         self.pool = Pool(transport, pool, clock=self.clock, reactions=reactions)
         self.resend_ambiguous = resend_ambiguous
 
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Mailer:
+        """A Mailer for the relay a mail URL names, such as
+        ``Mailer.from_url(os.environ["EMAIL_URL"])`` with
+        ``submission://user:pass@smtp.example.com:587`` (dj-email-url and
+        django-environ schemes; see :mod:`resilient_smtp._url`).  Other
+        keywords go to the constructor; giving one the URL sets too is a
+        :class:`TypeError`.  A bad URL raises :class:`ValueError` (the
+        password never quoted)."""
+        from ._url import parse_url
+
+        settings = parse_url(url).kwargs()
+        both = sorted(settings.keys() & kwargs.keys())
+        if both:
+            raise TypeError(f"from_url(): {', '.join(both)} given in the URL and as a keyword")
+        return cls(**settings, **kwargs)
+
     def __repr__(self) -> str:
         where = ", ".join(f"{h}:{p}" for h, p in self.relays) or f"MX:{self.mx_port}"
         return f"Mailer([{where}], transport={self.transport!r})"

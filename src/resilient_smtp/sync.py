@@ -282,6 +282,17 @@ class Mailer:
         self._closed = False
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Mailer:
+        """As :meth:`resilient_smtp.Mailer.from_url`."""
+        from ._url import parse_url
+
+        settings = parse_url(url).kwargs()
+        both = sorted(settings.keys() & kwargs.keys())
+        if both:
+            raise TypeError(f"from_url(): {', '.join(both)} given in the URL and as a keyword")
+        return cls(**settings, **kwargs)
+
     @property
     def async_mailer(self) -> _mailer.Mailer:
         """The :class:`resilient_smtp.Mailer` behind this one (its limiter,
