@@ -35,7 +35,13 @@ from ._limits.limiter import Limiter
 from ._mx import MXResolver, dns_resolver, mx_order, resolution_failure
 from ._result import RecipientResult, SendResult, State
 from ._retry.policy import RetryPolicy, RetryState
-from ._transport.connection import AiosmtplibTransport, TLSMode, Transport, dot_stuff
+from ._transport.connection import (
+    AiosmtplibTransport,
+    TLSMode,
+    TokenProvider,
+    Transport,
+    dot_stuff,
+)
 from ._transport.pool import Lease, Pool, PoolLimits
 from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
 
@@ -89,7 +95,9 @@ class Mailer:
     25, preference order, needs the ``mx`` extra: dnspython); ``mx=`` also
     takes an async resolver ``domain -> [(preference, host)]``.  ``tls`` is
     ``"starttls"`` (default: required, with certificate verification),
-    ``"implicit"`` (port 465) or ``"none"``.
+    ``"implicit"`` (port 465) or ``"none"``.  ``oauth_token`` instead of
+    ``password`` logs in with XOAUTH2: a callable (sync or async) returning
+    a fresh access token, called at each new connection.
 
     ``retry``, ``limiter``, ``health``, ``classifier``, ``clock`` and
     ``transport`` all have defaults (the adaptive limiter is on) and can be
@@ -124,6 +132,7 @@ class Mailer:
         resend_ambiguous: bool = False,
         hooks: Iterable[Hook] = (),
         reactions: Reactions = REACTIONS,
+        oauth_token: TokenProvider | None = None,
     ) -> None:
         self.mx: MXResolver | None = None
         self.mx_port = port or 25
@@ -148,6 +157,7 @@ class Mailer:
                 tls_context=tls_context,
                 timeout=timeout,
                 local_hostname=local_hostname,
+                oauth_token=oauth_token,
             )
         self.transport = transport
         self.hooks = tuple(hooks)

@@ -50,7 +50,7 @@ from ._limits.limiter import Limiter
 from ._mx import MXResolver
 from ._result import SendResult
 from ._retry.policy import RetryPolicy
-from ._transport.connection import TLSMode, Transport
+from ._transport.connection import TLSMode, TokenProvider, Transport
 from ._transport.pool import PoolLimits
 
 __all__ = ["Mailer", "shutdown"]
@@ -248,6 +248,7 @@ class Mailer:
         resend_ambiguous: bool = False,
         hooks: Iterable[Hook] = (),
         reactions: Reactions = REACTIONS,
+        oauth_token: TokenProvider | None = None,
     ) -> None:
         hooks = tuple(hooks)
 
@@ -272,6 +273,7 @@ class Mailer:
                 resend_ambiguous=resend_ambiguous,
                 hooks=hooks,
                 reactions=reactions,
+                oauth_token=oauth_token,
             )
 
         # Built here, in the caller's thread, so bad arguments raise here.
