@@ -1,24 +1,25 @@
 """Send a few hundred messages with bounded concurrency and a progress bar.
 
-Run it with ``python examples/bulk_send.py``.  It starts a scripted SMTP
+Run it with ``python examples/bulk_send.py`` (the bar needs the ``progress``
+extra: ``pip install 'resilient-smtp[progress]'``).  It starts a scripted SMTP
 server on 127.0.0.1 that throttles the first few transactions with
 ``421 4.7.0 Try again later, closing connection``, greylists three
 recipients (``450 4.2.0 Greylisted``) and does not know one
 (``550 5.1.1 User unknown``).
 
 One Mailer is shared by every send: its pool, limiter and destination health
-only work when they see all the traffic to a destination.  A fixed number of
-workers take messages from a queue, so at most ``CONCURRENCY`` sends are in
-flight; the Mailer's pool caps the connections on top of that (4 per
-destination by default).  At the end, the deferred recipients are listed with
-the time after which a retry is worth it, for a queue to pick them up again.
-It finishes in a few seconds.
+only work when they see all the traffic to a destination.
+``Mailer.send_many`` keeps at most ``CONCURRENCY`` sends in flight (the
+Mailer's pool caps the connections on top of that: 4 per destination by
+default), hands back each message's result as it finishes and draws the
+bar.  At the end, the deferred recipients are listed with the time after
+which a retry is worth it, for a queue to pick them up again.  It finishes
+in a few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import Counter
 from email.message import EmailMessage
 
@@ -63,34 +64,6 @@ def messages() -> list[EmailMessage]:
     return out
 
 
-class Progress:
-    """A plain-text progress bar: redrawn in place on a terminal, one line per
-    tenth otherwise (so logs and CI output stay readable)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.states: Counter[State] = Counter()
-        self.tty = sys.stdout.isatty()
-        self.shown = -1
-
-    def add(self, result: SendResult) -> None:
-        self.done += 1
-        self.states.update(r.state for r in result)
-        tenth = self.done * 10 // self.total
-        if self.tty or tenth != self.shown:
-            self.shown = tenth
-            width = 30
-            bar = "#" * (width * self.done // self.total)
-            counts = " ".join(f"{s.value}={self.states[s]}" for s in State)
-            end = "" if self.tty else "\n"
-            print(f"\r[{bar:<{width}}] {self.done:>3}/{self.total} {counts}", end=end, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            print()
-
-
 async def main() -> int:
     async with ScriptedSMTPServer() as server:
         for address in THROTTLED:
@@ -100,11 +73,7 @@ async def main() -> int:
             server.on("rcpt", GREYLIST, recipient=address, times=None)
         print(f"sending {COUNT} messages to 127.0.0.1:{server.port}, {CONCURRENCY} at a time")
 
-        queue: asyncio.Queue[EmailMessage] = asyncio.Queue()
-        for message in messages():
-            queue.put_nowait(message)
         results: list[SendResult] = []
-        progress = Progress(COUNT)
         retries: Counter[str] = Counter()
 
         def count_retries(event: Event) -> None:
@@ -114,17 +83,10 @@ async def main() -> int:
 
         mailer = Mailer("127.0.0.1", server.port, tls="none", retry=POLICY, hooks=[count_retries])
         async with mailer:
-
-            async def worker() -> None:
-                # Bounded: each worker stops when the queue is empty.
-                while not queue.empty():
-                    message = queue.get_nowait()
-                    result = await mailer.send(message)
-                    results.append(result)
-                    progress.add(result)
-
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        progress.close()
+            sends = mailer.send_many(messages(), concurrency=CONCURRENCY, progress=True)
+            async for sent in sends:  # each message as it gets its final state
+                assert sent.result is not None  # (None: a message that cannot be sent)
+                results.append(sent.result)
 
     states = Counter(r.state for result in results for r in result)
     print(", ".join(f"{s.value} {states[s]}" for s in State))
