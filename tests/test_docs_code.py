@@ -125,3 +125,11 @@ def test_the_readme_example_is_the_type_checked_one() -> None:
     example = checked.split("# --- the README's example ---\n", 1)[1]
     readme = [b.code for b in python_blocks(ROOT / "README.md")]
     assert example in readme, "README.md's first example and tests/_readme_example.py differ"
+
+
+def test_troubleshooting_explains_every_reason() -> None:
+    from resilient_smtp import Reason
+
+    page = (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    missing = [r.value for r in Reason if f"| `{r.value}` |" not in page]
+    assert missing == [], f"docs/troubleshooting.md lacks a row for {missing}"
