@@ -193,13 +193,9 @@ class Mailer:
         keywords go to the constructor; giving one the URL sets too is a
         :class:`TypeError`.  A bad URL raises :class:`ValueError` (the
         password never quoted)."""
-        from ._url import parse_url
+        from ._url import mailer_arguments
 
-        settings = parse_url(url).kwargs()
-        both = sorted(settings.keys() & kwargs.keys())
-        if both:
-            raise TypeError(f"from_url(): {', '.join(both)} given in the URL and as a keyword")
-        return cls(**settings, **kwargs)
+        return cls(**mailer_arguments(url, kwargs))
 
     def __repr__(self) -> str:
         where = ", ".join(f"{h}:{p}" for h, p in self.relays) or f"MX:{self.mx_port}"

@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ._transport.connection import TLSMode
 
-__all__ = ["MailURL", "parse_url"]
+__all__ = ["MailURL", "mailer_arguments", "parse_url"]
 
 # scheme -> (TLS mode, default port).
 SCHEMES: dict[str, tuple[TLSMode, int]] = {
@@ -216,3 +216,13 @@ def parse_url(url: str) -> MailURL:
             # byte there never works.
             raise ValueError(f"{shown}: ssl=true needs the port (usually smtp://...:465)")
     return MailURL(host, port, tls, username, password, timeout, local_hostname)
+
+
+def mailer_arguments(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The Mailer's arguments for ``Mailer.from_url(url, **kwargs)`` (async
+    and sync alike): the URL's settings plus the keywords, none given twice."""
+    settings = parse_url(url).kwargs()
+    both = sorted(settings.keys() & kwargs.keys())
+    if both:
+        raise TypeError(f"from_url(): {', '.join(both)} given in the URL and as a keyword")
+    return {**settings, **kwargs}

@@ -287,13 +287,9 @@ class Mailer:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Mailer:
         """As :meth:`resilient_smtp.Mailer.from_url`."""
-        from ._url import parse_url
+        from ._url import mailer_arguments
 
-        settings = parse_url(url).kwargs()
-        both = sorted(settings.keys() & kwargs.keys())
-        if both:
-            raise TypeError(f"from_url(): {', '.join(both)} given in the URL and as a keyword")
-        return cls(**settings, **kwargs)
+        return cls(**mailer_arguments(url, kwargs))
 
     @property
     def async_mailer(self) -> _mailer.Mailer:
