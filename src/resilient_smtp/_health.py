@@ -177,6 +177,11 @@ class DestinationHealth:
         self._relay = _Breaker()
 
     @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock
+
+    @property
     def keys_held(self) -> int:
         """Destinations it holds state for right now."""
         return len(self._keys)

@@ -1,0 +1,133 @@
+"""One deadline for one send, and the one place that enforces it.
+
+``RetryPolicy(deadline=...)`` bounds the whole send: the limiter's permit
+wait, the connect, every command, the message and the waits between tries.
+:meth:`Deadline.run` runs one attempt (permit wait plus session) in a task
+and stops it when the deadline passes, whatever the server does: a server
+that trickles each reply just inside the per-command timeout cannot stretch
+a send past its deadline.  The waits between tries are cut short by
+:meth:`RetryState.decide`, which never starts a wait that would pass it.
+
+Which clock measures what: a wait on the injected clock (the permit) is
+raced against that clock, so a ``FakeClock`` test sees its deadline in fake
+time; the network is bounded in real time (the event loop's clock), because
+a fake clock jumps whenever the loop is idle, which it is while a real
+socket waits.  On the system clock the two are the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ._clock import Clock, SystemClock
+from ._retry.policy import RetryState
+
+__all__ = ["GRACE", "Deadline", "DeadlineReached"]
+
+T = TypeVar("T")
+
+GRACE = 1.0
+"""Real seconds a stopped attempt gets to unwind (close its connection)
+before the send returns without it; the rest of its clean-up finishes in
+the background and :meth:`Mailer.close` waits for it."""
+
+
+class DeadlineReached(Exception):
+    """The send's deadline passed during an attempt.
+
+    ``in_session`` is false when it passed while waiting for the limiter's
+    permit (nothing was sent), true once the permit was taken.
+    """
+
+    def __init__(self, in_session: bool) -> None:
+        super().__init__("the send's deadline passed")
+        self.in_session = in_session
+
+
+class Deadline:
+    """The deadline of one send, read from its :class:`RetryState`."""
+
+    __slots__ = ("_clock", "_orphans", "_state")
+
+    def __init__(self, state: RetryState, clock: Clock, orphans: set[asyncio.Task[Any]]) -> None:
+        self._state = state
+        self._clock = clock
+        self._orphans = orphans
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left, or ``None`` for a send without a deadline."""
+        return self._state.remaining
+
+    async def run(self, attempt: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
+        """Await ``attempt(permitted)`` within the deadline.
+
+        ``attempt`` calls ``permitted()`` once it holds the limiter's permit.
+        Raises :class:`DeadlineReached` when the deadline passes first; the
+        attempt is then cancelled, and given :data:`GRACE` to unwind.
+        """
+        remaining = self.remaining
+        if remaining is None:
+            return await attempt(_nothing)
+        if remaining <= 0:
+            raise DeadlineReached(in_session=False)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + remaining
+        in_session = False
+        timer: asyncio.Task[None] | None = None
+
+        def permitted() -> None:
+            nonlocal in_session
+            in_session = True
+            if timer is not None:
+                timer.cancel()
+
+        task = loop.create_task(_call(attempt, permitted))
+        try:
+            if not isinstance(self._clock, SystemClock):
+                await asyncio.sleep(0)  # an uncontended permit is granted in this turn
+                if not in_session and not task.done():
+                    timer = loop.create_task(self._clock.sleep(remaining))
+            while not task.done():
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                waiting: set[asyncio.Future[Any]] = {task}
+                if timer is not None and not timer.done():
+                    waiting.add(timer)
+                await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if timer is not None and timer.done() and not timer.cancelled():
+                    break  # the permit wait outlasted the deadline on the clock
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait({task}, timeout=GRACE)
+        if not task.done():
+            self._orphans.add(task)
+            task.add_done_callback(self._forget)
+        elif not task.cancelled() and task.exception() is None:
+            return task.result()  # it finished as it was stopped: keep its outcome
+        raise DeadlineReached(in_session=in_session)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _call(
+    attempt: Callable[[Callable[[], None]], Awaitable[T]], permitted: Callable[[], None]
+) -> T:
+    return await attempt(permitted)
