@@ -73,6 +73,8 @@ class Deadline:
             return await attempt(_nothing)
         if remaining <= 0:
             raise DeadlineReached(in_session=False)
+        if isinstance(self._clock, SystemClock):
+            return await self._inline(attempt, remaining)
         loop = asyncio.get_running_loop()
         end = loop.time() + remaining
         in_session = False
@@ -86,10 +88,9 @@ class Deadline:
 
         task = loop.create_task(_call(attempt, permitted))
         try:
-            if not isinstance(self._clock, SystemClock):
-                await asyncio.sleep(0)  # an uncontended permit is granted in this turn
-                if not in_session and not task.done():
-                    timer = loop.create_task(self._clock.sleep(remaining))
+            await asyncio.sleep(0)  # an uncontended permit is granted in this turn
+            if not in_session and not task.done():
+                timer = loop.create_task(self._clock.sleep(remaining))
             while not task.done():
                 left = end - loop.time()
                 if left <= 0:
@@ -101,7 +102,11 @@ class Deadline:
                 if timer is not None and timer.done() and not timer.cancelled():
                     break  # the permit wait outlasted the deadline on the clock
         except asyncio.CancelledError:
+            # The send itself was cancelled: stop the attempt and let it
+            # return its connection and permit before the cancellation
+            # goes on (within the grace; after it, in the background).
             task.cancel()
+            await self._unwind(task)
             raise
         finally:
             if timer is not None:
@@ -109,13 +114,60 @@ class Deadline:
         if task.done():
             return task.result()
         task.cancel()
-        await asyncio.wait({task}, timeout=GRACE)
-        if not task.done():
-            self._orphans.add(task)
-            task.add_done_callback(self._forget)
-        elif not task.cancelled() and task.exception() is None:
+        await self._unwind(task)
+        if task.done() and not task.cancelled() and task.exception() is None:
             return task.result()  # it finished as it was stopped: keep its outcome
         raise DeadlineReached(in_session=in_session)
+
+    async def _inline(
+        self, attempt: Callable[[Callable[[], None]], Awaitable[T]], remaining: float
+    ) -> T:
+        """The system clock's way: the attempt runs in the caller's task (no
+        task per attempt on the hot path) and a timer cancels it at the
+        deadline, and once more :data:`GRACE` later if it is still unwinding
+        (a QUIT to a server that trickles).  Our own cancellations are taken
+        back, so the caller sees :class:`DeadlineReached`, and a cancellation
+        from outside still propagates."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        in_session = False
+        cancels = 0
+        handle: asyncio.TimerHandle
+
+        def permitted() -> None:
+            nonlocal in_session
+            in_session = True
+
+        def expire() -> None:
+            nonlocal cancels, handle
+            cancels += 1
+            task.cancel()
+            if cancels == 1:
+                handle = loop.call_later(GRACE, expire)
+
+        handle = loop.call_later(remaining, expire)
+        try:
+            result = await attempt(permitted)
+        except asyncio.CancelledError:
+            if cancels == 0 or _uncancel(task, cancels):
+                raise  # (also) cancelled from outside
+            raise DeadlineReached(in_session=in_session) from None
+        finally:
+            handle.cancel()
+        if cancels and _uncancel(task, cancels):
+            raise asyncio.CancelledError  # the attempt swallowed ours; not theirs
+        return result
+
+    async def _unwind(self, task: asyncio.Task[Any]) -> None:
+        """Give a cancelled attempt :data:`GRACE` to finish; keep it for
+        :meth:`Mailer.close` if it needs longer."""
+        try:
+            await asyncio.wait({task}, timeout=GRACE)
+        finally:
+            if not task.done():
+                self._orphans.add(task)
+                task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._orphans.discard(task)
@@ -131,3 +183,16 @@ async def _call(
     attempt: Callable[[Callable[[], None]], Awaitable[T]], permitted: Callable[[], None]
 ) -> T:
     return await attempt(permitted)
+
+
+def _uncancel(task: asyncio.Task[Any], times: int) -> bool:
+    """Take back ``times`` cancellations of ours; true when a cancellation
+    from elsewhere is still pending (Python 3.11+ counts them; 3.10 cannot
+    tell, and treats them all as ours)."""
+    uncancel = getattr(task, "uncancel", None)
+    cancelling = getattr(task, "cancelling", None)
+    if uncancel is None or cancelling is None:
+        return False
+    for _ in range(times):
+        uncancel()
+    return bool(cancelling())
