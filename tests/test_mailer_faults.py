@@ -208,9 +208,10 @@ async def test_no_starttls_on_the_first_relay_moves_to_the_second() -> None:
 
 
 @asynccontextmanager
-async def trickling_server(delay: float) -> AsyncIterator[int]:
+async def trickling_server(delay: float, dot_delay: float | None = None) -> AsyncIterator[int]:
     """An SMTP server that answers every line correctly, each after
-    ``delay`` seconds: never slow enough for a per-command timeout."""
+    ``delay`` seconds (the end of the data after ``dot_delay``, if given):
+    never slow enough for a per-command timeout."""
     handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -228,6 +229,8 @@ async def trickling_server(delay: float) -> AsyncIterator[int]:
                         continue
                     in_data = False
                     reply = b"250 2.0.0 queued"
+                    if dot_delay is not None:
+                        await asyncio.sleep(dot_delay - delay)
                 else:
                     verb = line[:4].upper()
                     reply = {b"DATA": b"354 go ahead", b"QUIT": b"221 bye"}.get(verb, b"250 ok")
@@ -276,6 +279,29 @@ async def test_a_trickling_server_cannot_stretch_a_send_past_its_deadline() -> N
     # Bounded by the deadline plus the grace for unwinding, not by
     # 2.4 s (one transaction) or 5 x 2.4 s (the attempts).
     assert took < deadline + GRACE + 0.5, took
+
+
+async def test_a_deadline_after_the_final_dot_leaves_the_recipient_ambiguous() -> None:
+    async with (
+        trickling_server(0.0, dot_delay=0.9) as port,
+        Mailer(
+            "127.0.0.1", port, tls="none", timeout=1.0, retry=RetryPolicy(deadline=0.5)
+        ) as mailer,
+    ):
+        result = await mailer.send(make_message("a@example.com"))
+    # The message may have arrived: not resent, not called deferred.
+    assert result.ambiguous == ("a@example.com",)
+
+
+async def test_a_caller_timeout_inside_the_deadline_still_raises() -> None:
+    async with (
+        trickling_server(0.3) as port,
+        Mailer(
+            "127.0.0.1", port, tls="none", timeout=1.0, retry=RetryPolicy(deadline=30.0)
+        ) as mailer,
+    ):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(mailer.send(make_message("a@example.com")), 0.5)
 
 
 async def test_the_deadline_bounds_the_permit_wait_on_a_fake_clock() -> None:
