@@ -444,3 +444,22 @@ async def test_a_paced_rate_limit_skips_the_floor(took: bool | None, floor: floa
     assert result["a@example.com"].classification.reason is Reason.RATE_LIMITED
     # Only the retry's wait is slept on the clock: the floor, or nothing.
     assert [s for s in clock.sleeps if s > 0] == ([floor] if floor else [])
+
+
+# -- the pure rules behind a recipient's fate -----------------------------------
+
+
+def test_the_rules_of_a_recipients_fate() -> None:
+    from resilient_smtp import REACTIONS, Stage, classify
+    from resilient_smtp._delivery import never_permanent, settles_recipient
+
+    unknown = classify("550 5.1.1 <x@example.com>: Recipient address rejected", stage="rcpt")
+    assert settles_recipient(unknown, REACTIONS)
+    greeting = classify("554 5.3.2 Service currently unavailable", stage=Stage.CONNECT)
+    assert not greeting.transient and not settles_recipient(greeting, REACTIONS)
+    no_tls = classify("530 5.7.0 Must issue a STARTTLS command first", stage="mail")
+    assert no_tls.reason is Reason.TLS_REQUIRED  # a configuration error: held
+    assert not settles_recipient(no_tls, REACTIONS)
+    c421 = classify(POSTFIX_421, stage="rcpt")
+    assert never_permanent(c421).transient
+    assert never_permanent(unknown) is unknown

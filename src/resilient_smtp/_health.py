@@ -137,6 +137,8 @@ class DestinationHealth:
     Ask :meth:`admit` before sending, tell :meth:`record` what happened
     (``None`` for a delivered message).  See the module docstring for the
     rules; the defaults follow Postfix's dead-destination handling.
+    Which reasons count, suspend at once or pause the relay is the
+    ``health`` column of ``reactions`` (:data:`~resilient_smtp.REACTIONS`).
     """
 
     def __init__(

@@ -315,12 +315,13 @@ class Mailer:
         deadline = Deadline(d.retry, self.clock, self._orphans)
         chosen: tuple[Destination, Admission] | None = None
         while d.pending:
-            dest, admission = chosen or self._choose(d)
+            pick = chosen or self._choose(d)
+            assert pick is not None  # there is always a destination to name
+            dest, admission = pick
             chosen = None
             if not admission.allowed:
                 wait = admission.retry_in
-                remaining = deadline.remaining
-                if remaining is None or wait < remaining:
+                if deadline.allows(wait):
                     self._emit("wait", f"{dest} suspended; waiting {wait:.1f} s", delay=wait)
                     await self.clock.sleep(wait)
                     continue
@@ -358,7 +359,8 @@ class Mailer:
                 or c.scope in (Scope.CONNECTION, Scope.DESTINATION)
             ):
                 d.failed.add(dest)  # the next attempt prefers another relay or MX
-            if dest in d.failed and (refused or reaction.relay == "next" or not c.transient):
+            moves_on = refused or reaction.relay == "next" or not c.transient
+            if dest in d.failed and moves_on and deadline.allows(0.0):
                 # Postfix tries the next MX host after a refused session
                 # (smtp_skip_5xx_greeting) or a recoverable failure, at once.
                 chosen = self._choose(d, untried_only=True)
@@ -379,7 +381,9 @@ class Mailer:
             break
         return d.results(), d.transactions
 
-    def _choose(self, d: Delivery, *, untried_only: bool = False) -> Any:
+    def _choose(
+        self, d: Delivery, *, untried_only: bool = False
+    ) -> tuple[Destination, Admission] | None:
         """The first destination health admits, preferring ones that have
         not failed in this send (Postfix tries the next MX after a
         recoverable failure); else the one whose suspension ends first,
