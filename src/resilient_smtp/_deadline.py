@@ -8,11 +8,12 @@ that trickles each reply just inside the per-command timeout cannot stretch
 a send past its deadline.  The waits between tries are cut short by
 :meth:`RetryState.decide`, which never starts a wait that would pass it.
 
-Which clock measures what: a wait on the injected clock (the permit) is
-raced against that clock, so a ``FakeClock`` test sees its deadline in fake
-time; the network is bounded in real time (the event loop's clock), because
-a fake clock jumps whenever the loop is idle, which it is while a real
-socket waits.  On the system clock the two are the same clock.
+Which clock measures what: on the system clock (the event loop's time)
+everything is bounded.  Another clock (a ``FakeClock`` in tests) bounds the
+permit wait only, in its own time; the network is left to the transport's
+per-command timeout, because a fake clock jumps whenever the event loop is
+idle, which it is while a real socket waits, and its seconds are not the
+network's.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class Deadline:
             raise DeadlineReached(in_session=False)
         if isinstance(self._clock, SystemClock):
             return await self._inline(attempt, remaining)
+        # Another clock (a FakeClock): it measures the permit wait only.
         loop = asyncio.get_running_loop()
-        end = loop.time() + remaining
         in_session = False
         timer: asyncio.Task[None] | None = None
 
@@ -102,13 +103,10 @@ class Deadline:
             if not in_session and not task.done():
                 timer = loop.create_task(self._clock.sleep(remaining))
             while not task.done():
-                left = end - loop.time()
-                if left <= 0:
-                    break
                 waiting: set[asyncio.Future[Any]] = {task}
                 if timer is not None and not timer.done():
                     waiting.add(timer)
-                await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if timer is not None and timer.done() and not timer.cancelled():
                     break  # the permit wait outlasted the deadline on the clock
         except asyncio.CancelledError:
