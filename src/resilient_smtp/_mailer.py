@@ -7,6 +7,10 @@ to the first relay that destination health admits, under the limiter; its
 replies feed the limiter and health; the retry policy decides whether the
 recipients still pending are tried again, and after how long.  A recipient
 the server accepted is never sent the message again.
+
+The per-send bookkeeping is a :class:`~._delivery.Delivery` (a record per
+recipient), the send's deadline is enforced by :class:`~._deadline.Deadline`
+alone, and what each reply does comes from the reactions table.
 """
 
 from __future__ import annotations
