@@ -463,3 +463,56 @@ def test_the_rules_of_a_recipients_fate() -> None:
     c421 = classify(POSTFIX_421, stage="rcpt")
     assert never_permanent(c421).transient
     assert never_permanent(unknown) is unknown
+
+
+# -- AUTH refused ------------------------------------------------------------------
+
+
+class _RefusingAuth:
+    """Refuses AUTH on ``port`` as aiosmtplib reports it; connects for real
+    elsewhere."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.inner = AiosmtplibTransport(tls="none", timeout=5.0)
+
+    async def connect(self, host: str, port: int) -> Connection:
+        if port == self.port:
+            import aiosmtplib
+
+            raise aiosmtplib.SMTPAuthenticationError(
+                535, "5.7.8 Error: authentication failed: authentication failure"
+            )
+        return await self.inner.connect(host, port)
+
+
+async def test_refused_auth_moves_to_the_second_relay() -> None:
+    events: list[Event] = []
+    async with ScriptedSMTPServer() as second:
+        relays = [("127.0.0.1", 1), ("127.0.0.1", second.port)]
+        async with Mailer(
+            relays,
+            transport=_RefusingAuth(1),
+            clock=FakeClock(),
+            retry=policy(),
+            hooks=[events.append],
+        ) as mailer:
+            result = await mailer.send(make_message("a@example.com"))
+    assert result.ok
+    assert second.delivered_to == ["a@example.com"]
+    assert "configuration_error" in [e.kind for e in events]
+
+
+async def test_refused_auth_alone_defers_and_does_not_pause_the_relay() -> None:
+    clock = FakeClock()
+    async with Mailer(
+        "127.0.0.1", 1, transport=_RefusingAuth(1), clock=clock, retry=policy()
+    ) as mailer:
+        result = await mailer.send(make_message("a@example.com"))
+        assert mailer.health.status("127.0.0.1:1").state == "healthy"
+    rec = result["a@example.com"]
+    assert rec.state is State.DEFERRED
+    assert rec.classification is not None
+    assert rec.classification.reason is Reason.AUTH_CREDENTIALS
+    assert "535" in (rec.explanation or "")
+    assert len(result.configuration_errors) == 1
