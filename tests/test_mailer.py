@@ -297,9 +297,13 @@ async def test_starttls_required_by_default_refuses_plaintext_server(
     async with Mailer("127.0.0.1", server.port, clock=FakeClock()) as mailer:
         result = await mailer.send(make_message("a@example.com"))
     rec = result["a@example.com"]
-    assert rec.state is State.REJECTED
+    # A configuration problem of the destination, not a verdict on the
+    # recipient: deferred, and loud in the result.
+    assert rec.state is State.DEFERRED
     assert rec.classification is not None
     assert rec.classification.reason is Reason.TLS_REQUIRED
+    assert len(result.configuration_errors) == 1
+    assert "STARTTLS" in result.configuration_errors[0]
     assert server.commands.count("MAIL") == 0
 
 
@@ -317,15 +321,18 @@ async def test_failover_to_the_second_relay_while_the_first_is_suspended() -> No
         clock = FakeClock()
         relays = [("127.0.0.1", first.port), ("127.0.0.1", second.port)]
         async with Mailer(relays, tls="none", clock=clock, retry=fast_policy()) as mailer:
-            blocked = await mailer.send(make_message("a@example.com"))
-            assert blocked.rejected == ("a@example.com",)
+            # A refused session is not a refused recipient: the second
+            # relay takes it at once (Postfix's smtp_skip_5xx_greeting).
+            moved = await mailer.send(make_message("a@example.com"))
+            assert moved.delivered == ("a@example.com",)
+            assert moved["a@example.com"].destination == f"127.0.0.1:{second.port}"
             status = mailer.health.status(f"127.0.0.1:{first.port}")
             assert status.state == "suspended"
             result = await mailer.send(make_message("b@example.com"))
         assert result.delivered == ("b@example.com",)
         assert result["b@example.com"].destination == f"127.0.0.1:{second.port}"
         assert first.connections == 1
-        assert [m.recipients for m in second.messages] == [("b@example.com",)]
+        assert [m.recipients for m in second.messages] == [("a@example.com",), ("b@example.com",)]
 
 
 async def test_messages_per_connection_are_capped(server: ScriptedSMTPServer) -> None:

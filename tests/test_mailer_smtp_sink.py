@@ -90,7 +90,8 @@ CASES = {
         ("-q", "CONNECT"), State.DEFERRED, Reason.CONNECTION_ERROR, None, 3, 0
     ),
     "greeting-450": Case(("-r", "CONNECT"), State.DEFERRED, Reason.UNCLASSIFIED, 450, 3, 0),
-    "greeting-500": Case(("-f", "CONNECT"), State.REJECTED, Reason.PROTOCOL_ERROR, 500, 1, 0),
+    # A refused greeting refuses the session, not the recipients: deferred.
+    "greeting-500": Case(("-f", "CONNECT"), State.DEFERRED, Reason.PROTOCOL_ERROR, 500, 1, 0),
     # EHLO: a 5xx falls back on HELO (RFC 5321 §4.1.1.1) and delivers.
     "ehlo-421-close": Case(("-Q", "EHLO,HELO"), State.DEFERRED, Reason.SERVER_BUSY, 421, 3, 0),
     "ehlo-silent-close": Case(

@@ -111,10 +111,13 @@ async def test_mailer_verifies_the_certificate_by_default(tls_server: TLSServer)
     async with Mailer("127.0.0.1", tls_server.port, clock=FakeClock()) as mailer:
         result = await mailer.send(message())
     r = result["a@example.com"]
-    assert r.state is State.REJECTED
+    # A certificate that does not verify is a setting to fix, not a verdict
+    # on the recipient: deferred, and named in the result.
+    assert r.state is State.DEFERRED
     assert r.classification is not None
     assert r.classification.reason is Reason.TLS_REQUIRED
     assert "certificate" in r.classification.explanation
+    assert result.configuration_errors and "certificate" in result.configuration_errors[0]
     assert tls_server.sink.received == []
 
 

@@ -137,6 +137,8 @@ class DestinationHealth:
     Ask :meth:`admit` before sending, tell :meth:`record` what happened
     (``None`` for a delivered message).  See the module docstring for the
     rules; the defaults follow Postfix's dead-destination handling.
+    Which reasons count, suspend at once or pause the relay is the
+    ``health`` column of ``reactions`` (:data:`~resilient_smtp.REACTIONS`).
     """
 
     def __init__(
@@ -175,6 +177,11 @@ class DestinationHealth:
         self._hooks = tuple(hooks)
         self._keys: collections.OrderedDict[str, _Breaker] = collections.OrderedDict()
         self._relay = _Breaker()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock
 
     @property
     def keys_held(self) -> int:

@@ -7,34 +7,40 @@ to the first relay that destination health admits, under the limiter; its
 replies feed the limiter and health; the retry policy decides whether the
 recipients still pending are tried again, and after how long.  A recipient
 the server accepted is never sent the message again.
+
+The per-send bookkeeping is a :class:`~._delivery.Delivery` (a record per
+recipient), the send's deadline is enforced by :class:`~._deadline.Deadline`
+alone, and what each reply does comes from the reactions table.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import ssl
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterable, Sequence
 from email.message import Message
 from types import TracebackType
 from typing import Any
 
 from ._bulk import BulkProgress, BulkSend, MessageLike
 from ._classify.classifier import Classification, Classifier, default_classifier
-from ._classify.reactions import REACTIONS, Reactions
+from ._classify.reactions import REACTIONS, SESSION_STAGES, Reactions
 from ._classify.reply import Reply
-from ._classify.taxonomy import Reason, Scope
-from ._clock import Clock, _Waits, system_clock
+from ._classify.taxonomy import Reason, Scope, Stage
+from ._clock import Clock, SystemClock, system_clock
+from ._deadline import Deadline, DeadlineReached
+from ._delivery import Delivery, never_permanent, settles_recipient
+from ._destination import Destination, parse_destination
 from ._envelope import Envelope, build_envelope, render_message
 from ._errors import InvalidMessageError
 from ._events import Event, Hook, emit, logger
-from ._health import DestinationHealth
+from ._health import Admission, DestinationHealth
 from ._limits.limiter import Limiter
 from ._mx import MXResolver, dns_resolver, mx_order, resolution_failure
-from ._result import RecipientResult, SendResult, State
-from ._retry.policy import RetryPolicy, RetryState
+from ._result import RecipientResult, SendResult, State, failure_text
+from ._retry.policy import RetryPolicy
 from ._transport.connection import (
     AiosmtplibTransport,
     TLSMode,
@@ -47,42 +53,16 @@ from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_tran
 
 __all__ = ["Mailer"]
 
-_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
+# The relay parser, under the name __main__ imports.
+_parse_relay = parse_destination
 
-
-def _parse_relay(relay: str | tuple[str, int], default_port: int) -> tuple[str, int]:
-    if isinstance(relay, tuple):
-        host, port = relay
-    else:
-        host, port, text = relay, default_port, ""
-        if relay.startswith("["):  # [::1]:25
-            host, _, rest = relay[1:].partition("]")
-            text = rest[1:] if rest.startswith(":") else ""
-        elif relay.count(":") == 1:
-            host, _, text = relay.partition(":")
-        if text:
-            if not text.isdigit():
-                raise ValueError(f"bad port in relay {relay!r}")
-            port = int(text)
-    if not host or not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"bad relay {relay!r}: give 'host', 'host:port' or (host, port)")
-    return host, port
-
-
-def _suspended(admission: Any, key: str) -> Classification:
-    """A classification for a destination that health does not admit."""
-    reason = admission.reason or Reason.SERVER_BUSY
-    return Classification.without_reply(
-        reason,
-        transient=True,
-        scope=Scope.DESTINATION,
-        retry_after=admission.retry_in,
-        reply=Reply(None, None, f"{key} is suspended"),
-        explanation=(
-            f"{key} is suspended after {reason.value}; nothing was sent "
-            f"(retry in {admission.retry_in:.0f} s)"
-        ),
-    )
+# Recipients refused for a reason that is not about them (a refused session,
+# a configuration error) with no host left are deferred this long: Postfix's
+# minimal_backoff_time.
+_HELD_RETRY_IN = 300.0
+# Destinations whose current failure streak this Mailer remembers (for the
+# one WARNING per streak and the cause behind a suspension); oldest dropped.
+_FAILING_KEPT = 4096
 
 
 class Mailer:
@@ -95,9 +75,12 @@ class Mailer:
     25, preference order, needs the ``mx`` extra: dnspython); ``mx=`` also
     takes an async resolver ``domain -> [(preference, host)]``.  ``tls`` is
     ``"starttls"`` (default: required, with certificate verification),
-    ``"implicit"`` (port 465) or ``"none"``.  ``oauth_token`` instead of
-    ``password`` logs in with XOAUTH2: a callable (sync or async) returning
-    a fresh access token, called at each new connection.
+    ``"implicit"`` (port 465 unless given) or ``"none"``.  ``oauth_token``
+    instead of ``password`` logs in with XOAUTH2: a callable (sync or async)
+    returning a fresh access token, called at each new connection.  A
+    ``limiter`` or ``health`` object built on another clock than the
+    Mailer's (say, the system clock under a ``FakeClock`` test) is refused
+    with a ``ValueError``: build it with ``clock=`` the Mailer's clock.
 
     ``retry``, ``limiter``, ``health``, ``classifier``, ``clock`` and
     ``transport`` all have defaults (the adaptive limiter is on) and can be
@@ -139,16 +122,23 @@ class Mailer:
         if mx:
             if host is not None:
                 raise ValueError("give relay hosts or mx=..., not both")
+            if mx is True:
+                _require_dnspython()
             self.mx = dns_resolver if mx is True else mx
-            self.relays: tuple[tuple[str, int], ...] = ()
+            self.relays: tuple[Destination, ...] = ()
         else:
             if host is None:
                 raise ValueError("give a relay host (or mx=True for direct MX delivery)")
             relays = [host] if isinstance(host, (str, tuple)) else list(host)
             if not relays:
                 raise ValueError("give at least one relay host")
-            self.relays = tuple(_parse_relay(r, port or 587) for r in relays)
+            # The port follows the TLS mode: 465 for TLS from the first
+            # byte (RFC 8314 §3.3), 587 for submission with STARTTLS.
+            default_port = port or (465 if tls == "implicit" else 587)
+            self.relays = tuple(parse_destination(r, default_port) for r in relays)
         self.clock = clock or system_clock
+        for name, part in (("limiter", limiter), ("health", health)):
+            _check_clock(name, part, self.clock)
         if transport is None:
             transport = AiosmtplibTransport(
                 tls=tls,
@@ -183,6 +173,10 @@ class Mailer:
         self.classifier = classifier or default_classifier
         self.pool = Pool(transport, pool, clock=self.clock, reactions=reactions)
         self.resend_ambiguous = resend_ambiguous
+        self._orphans: set[asyncio.Task[Any]] = set()
+        """Attempts stopped at a deadline that are still closing their connection."""
+        self._failing: dict[str, Classification] = {}
+        """Destinations failing now (since their last success), with the first failure."""
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Mailer:
@@ -216,6 +210,8 @@ class Mailer:
         """Close the pooled connections (politely, with QUIT), and the limiter
         and health objects that hold resources of their own (``aclose()``,
         as the Redis-shared ones do)."""
+        if self._orphans:  # attempts stopped at a deadline, still unwinding
+            await asyncio.gather(*self._orphans, return_exceptions=True)
         await self.pool.close()
         for part in (self.limiter, self.health):
             aclose = getattr(part, "aclose", None)
@@ -257,10 +253,12 @@ class Mailer:
             final, transactions = await self._deliver(message, envelope, self.relays, bodies, hook)
         else:
             final, transactions = await self._deliver_mx(message, envelope, bodies, hook)
+        results = tuple(final[a] for a in envelope.recipients)
         result = SendResult(
-            tuple(final[a] for a in envelope.recipients),
+            results,
             attempts=transactions,
             elapsed=self.clock.monotonic() - started,
+            configuration_errors=self._configuration_errors(results),
         )
         if self._wants_events():  # building the summary costs; skip it unheard
             self._emit(
@@ -287,6 +285,19 @@ class Mailer:
         See :mod:`resilient_smtp._bulk`."""
         return BulkSend(self, messages, concurrency=concurrency, progress=progress)
 
+    def _configuration_errors(self, results: Iterable[RecipientResult]) -> tuple[str, ...]:
+        """The distinct configuration errors behind the undelivered ones."""
+        seen: dict[str, None] = {}
+        for r in results:
+            c = r.classification
+            if (
+                r.state is not State.DELIVERED
+                and c is not None
+                and self.reactions.for_reply(c.reason, c.stage).configuration
+            ):
+                seen[f"{r.destination}: {failure_text(c)}"] = None
+        return tuple(seen)
+
     async def _deliver_mx(
         self,
         message: Message | bytes | str,
@@ -306,12 +317,13 @@ class Mailer:
                 hosts = mx_order(domain, await self.mx(domain))
             except Exception as exc:  # DNS trouble must not crash a send
                 c = resolution_failure(domain, exc)
+                self._first_failure(domain, c)
                 state = State.DEFERRED if c.transient else State.REJECTED
                 retry_in = 300.0 if c.transient else None
                 return {a: RecipientResult(a, state, c, 0, retry_in, domain) for a in rcpts}, 0
-            relays = tuple((h, self.mx_port) for h in hosts)
+            destinations = tuple(Destination(h, self.mx_port) for h in hosts)
             return await self._deliver(
-                message, Envelope(envelope.sender, tuple(rcpts)), relays, bodies, hook
+                message, Envelope(envelope.sender, tuple(rcpts)), destinations, bodies, hook
             )
 
         final: dict[str, RecipientResult] = {}
@@ -325,167 +337,243 @@ class Mailer:
         self,
         message: Message | bytes | str,
         envelope: Envelope,
-        relays: Sequence[tuple[str, int]],
+        destinations: Sequence[Destination],
         bodies: dict[bool, bytes],
         hook: BeforeEndOfData | None = None,
     ) -> tuple[dict[str, RecipientResult], int]:
-        """Deliver to ``envelope``'s recipients through ``relays`` until each
-        has a final state; returns the states and the transactions run."""
-        state = self.retry.start(self.clock)
-        pending = list(envelope.recipients)
-        last: dict[str, Classification] = {}
-        tries = dict.fromkeys(pending, 0)
-        final: dict[str, RecipientResult] = {}
-        where: dict[str, str] = {}
-        failed: set[tuple[str, int]] = set()
-        transactions = 0
+        """Deliver to ``envelope``'s recipients through ``destinations``
+        until each has a final state; returns the states and the
+        transactions run.
 
-        while pending:
-            relay, admission = self._choose(relays, failed)
-            key = f"{relay[0]}:{relay[1]}"
+        After each transaction: a refused session (greeting, EHLO,
+        STARTTLS, AUTH) or a reply whose reaction says ``relay="next"``
+        moves to the next destination at once; a permanent refusal that is
+        not about the recipients, with no destination left, defers them
+        with its cause; anything else transient goes to the retry policy.
+        """
+        d = Delivery(
+            envelope.recipients, destinations, self.retry.start(self.clock), self.reactions
+        )
+        deadline = Deadline(d.retry, self.clock, self._orphans)
+        chosen: tuple[Destination, Admission] | None = None
+        while d.pending:
+            pick = chosen or self._choose(d)
+            assert pick is not None  # there is always a destination to name
+            dest, admission = pick
+            chosen = None
             if not admission.allowed:
-                c = _suspended(admission, key)
                 wait = admission.retry_in
-                remaining = state.remaining
-                if remaining is None or wait < remaining:
-                    self._emit("wait", f"{key} suspended; waiting {wait:.1f} s", delay=wait)
+                if deadline.allows(wait):
+                    self._emit("wait", f"{dest} suspended; waiting {wait:.1f} s", delay=wait)
                     await self.clock.sleep(wait)
                     continue
-                for a in pending:
-                    last[a] = c
-                self._defer(pending, last, tries, final, where, key, wait)
+                d.note_all(self._suspended(admission, dest))
+                d.defer(wait, dest)
                 break
 
-            out = await self._attempt(message, envelope, relay, key, pending, bodies, state, hook)
-            transactions += 1
-            if not out.stale:
-                for a in pending:
-                    if a not in out.split:
-                        tries[a] += 1
-                        where[a] = key
-            self._feedback(relay, key, out)
-            for a in out.delivered:
-                final[a] = RecipientResult(
-                    a, State.DELIVERED, last.get(a), tries[a], destination=key
-                )
-            for a, c in out.rejected.items():
-                final[a] = RecipientResult(a, State.REJECTED, c, tries[a], destination=key)
-            for a, c in out.ambiguous.items():
-                final[a] = RecipientResult(a, State.AMBIGUOUS, c, tries[a], destination=key)
-            last.update(out.pending)
-            pending = [a for a in pending if a not in final]
+            batch = d.pending
+            out = await self._attempt(message, envelope, dest, batch, deadline, bodies, hook)
+            took = self._feedback(dest, out)
+            left = d.apply(out, dest, batch)
             if out.delivered:
-                state.record_success()
-            if not pending:
+                d.retry.record_success()
+            if not d.pending:
                 break
-            if out.stale and not out.pending.keys() - set(pending):
+            if out.stale and set(left) <= set(batch):
                 # A pooled connection the server had closed while idle: not
                 # a failure of this send; go again on a fresh connection.
-                self._emit("reconnect", f"{key}: idle connection was closed; reconnecting")
+                self._emit("reconnect", f"{dest}: idle connection was closed; reconnecting")
                 continue
-            if not out.pending:
+            if not left:
                 continue  # only a split remainder is left: send it at once
-            c = out.failure or next(iter(out.pending.values()))
-            if c.scope in (Scope.CONNECTION, Scope.DESTINATION):
-                failed.add(relay)  # the next attempt prefers another relay or MX
-            decision = state.decide(c, destination=key)
+            c = out.failure
+            if c is None or (not c.transient and settles_recipient(c, self.reactions)):
+                c = d.records[left[0]].last
+                assert c is not None
+            c = never_permanent(c)
+            reaction = self.reactions.for_reply(c.reason, c.stage)
+            refused = c.stage in SESSION_STAGES
+            if reaction.configuration:
+                self._configuration_error(dest, c)
+            if (
+                refused
+                or reaction.relay == "next"
+                or c.scope in (Scope.CONNECTION, Scope.DESTINATION)
+            ):
+                d.failed.add(dest)  # the next attempt prefers another relay or MX
+            moves_on = refused or reaction.relay == "next" or not c.transient
+            if dest in d.failed and moves_on and deadline.allows(0.0):
+                # Postfix tries the next MX host after a refused session
+                # (smtp_skip_5xx_greeting) or a recoverable failure, at once.
+                chosen = self._choose(d, untried_only=True)
+                if chosen is not None:
+                    self._emit("next_host", f"{dest}: {c.reason}; trying {chosen[0]}")
+                    continue
+            if not c.transient:
+                # Refused for a reason that is not about the recipients and
+                # nowhere else to go: they wait, with the cause stated.
+                d.defer(_HELD_RETRY_IN, dest)
+                break
+            paced = took is True and reaction.paced
+            decision = d.retry.decide(c, destination=dest.key, paced=paced)
             if decision.retry:  # the policy has emitted the "retry" event
                 await self.clock.sleep(decision.delay)
                 continue
-            self._defer(pending, last, tries, final, where, key, decision.retry_in)
+            d.defer(decision.retry_in, dest)
             break
-        return final, transactions
+        return d.results(), d.transactions
 
     def _choose(
-        self, relays: Sequence[tuple[str, int]], failed: set[tuple[str, int]]
-    ) -> tuple[tuple[str, int], Any]:
-        """The first relay health admits, preferring ones that have not failed
-        in this send (Postfix tries the next MX after a recoverable failure);
-        else the relay whose suspension ends first, with its refusal."""
-        fallback: Any = None
-        first: Any = None
-        for relay in relays:
-            admission = self.health.admit(f"{relay[0]}:{relay[1]}")
+        self, d: Delivery, *, untried_only: bool = False
+    ) -> tuple[Destination, Admission] | None:
+        """The first destination health admits, preferring ones that have
+        not failed in this send (Postfix tries the next MX after a
+        recoverable failure); else the one whose suspension ends first,
+        with its refusal.  ``untried_only``: an admitted destination that
+        has not failed in this send, or ``None``."""
+        fallback: tuple[Destination, Admission] | None = None
+        first: tuple[Destination, Admission] | None = None
+        for dest in d.untried() if untried_only else d.destinations:
+            admission = self.health.admit(dest.key)
             if admission.allowed:
-                if relay not in failed:
-                    return relay, admission
-                fallback = fallback or (relay, admission)
+                if dest not in d.failed:
+                    return dest, admission
+                fallback = fallback or (dest, admission)
             elif first is None or admission.retry_in < first[1].retry_in:
-                first = (relay, admission)
-        return fallback or first  # type: ignore[no-any-return]
+                first = (dest, admission)
+        if untried_only:
+            return None
+        return fallback or first
 
-    def _defer(
-        self,
-        pending: list[str],
-        last: dict[str, Classification],
-        tries: dict[str, int],
-        final: dict[str, RecipientResult],
-        where: dict[str, str],
-        key: str,
-        retry_in: float | None,
-    ) -> None:
-        for a in pending:
-            c = last[a]
-            if c.transient:
-                final[a] = RecipientResult(
-                    a, State.DEFERRED, c, tries[a], retry_in, where.get(a, key)
-                )
-            else:
-                final[a] = RecipientResult(a, State.REJECTED, c, tries[a], None, where.get(a, key))
+    def _suspended(self, admission: Admission, dest: Destination) -> Classification:
+        """A classification for a destination that health does not admit,
+        naming the failure that suspended it when this Mailer saw it."""
+        reason = admission.reason or Reason.SERVER_BUSY
+        cause = self._failing.get(dest.key)
+        after = reason.value if cause is None else f"{reason.value}: {failure_text(cause)}"
+        return Classification.without_reply(
+            reason,
+            transient=True,
+            scope=Scope.DESTINATION,
+            retry_after=admission.retry_in,
+            reply=Reply(None, None, f"{dest} is suspended"),
+            explanation=(
+                f"{dest} is suspended after {after}; nothing was sent "
+                f"(retry in {admission.retry_in:.0f} s)"
+            ),
+        )
 
-    def _feedback(self, relay: tuple[str, int], key: str, out: Outcome) -> None:
+    def _feedback(self, dest: Destination, out: Outcome) -> bool | None:
         """Tell the limiter (once per permit, as the adaptive limiter counts
         them), health and the pool how the attempt went.  ``None`` means the
-        destination answered normally, even if some recipients were refused."""
+        destination answered normally, even if some recipients were refused.
+        Returns what the limiter said: ``True`` when it took the pushback."""
         if not out.permitted:
-            return
+            return None
         c = out.failure
-        self.limiter.feedback(key, c)
+        took = self.limiter.feedback(dest.key, c)
         if out.stale:
-            return  # an idle connection the server had closed says nothing new
-        self.health.record(key, c)
-        self.pool.feedback(*relay, c)
+            return took  # an idle connection the server had closed says nothing new
+        self.health.record(dest.key, c)
+        self.pool.feedback(dest.host, dest.port, c)
+        if c is None:
+            self._failing.pop(dest.key, None)
+        else:
+            self._first_failure(dest.key, c)
+        return took
+
+    def _first_failure(self, key: str, c: Classification) -> None:
+        """Log a destination's first failure (since its last success) at
+        WARNING, with the underlying error; later ones are in the events."""
+        if key in self._failing:
+            return
+        if len(self._failing) >= _FAILING_KEPT:
+            self._failing.pop(next(iter(self._failing)))
+        self._failing[key] = c
+        logger.warning("%s: %s (%s)", key, failure_text(c), c.reason.value)
+
+    def _configuration_error(self, dest: Destination, c: Classification) -> None:
+        """A setting a human must fix (TLS, credentials, relay access): a
+        WARNING and a ``configuration_error`` event, never a silent bounce."""
+        text = failure_text(c)
+        logger.warning("configuration error at %s: %s", dest, text)
+        self._emit(
+            "configuration_error",
+            f"{dest}: {text}",
+            destination=dest.key,
+            reason=c.reason.value,
+            explanation=c.explanation,
+        )
 
     async def _attempt(
         self,
         message: Message | bytes | str,
         envelope: Envelope,
-        relay: tuple[str, int],
-        key: str,
-        pending: list[str],
+        dest: Destination,
+        batch: list[str],
+        deadline: Deadline,
         bodies: dict[bool, bytes],
-        state: RetryState,
         hook: BeforeEndOfData | None = None,
     ) -> Outcome:
-        """One transaction to ``relay`` for the ``pending`` recipients."""
-        host, port = relay
-        permit = self.limiter.acquire(key)
+        """One transaction to ``dest`` for ``batch``, under a limiter permit,
+        within the send's deadline."""
+        dot_sent: list[str] = []
+
+        async def before_dot(accepted: list[str]) -> None:
+            if hook is not None:
+                await hook(accepted)
+            dot_sent[:] = accepted  # from here on, a stop leaves them ambiguous
+
+        async def attempt(permitted: Callable[[], None]) -> Outcome:
+            async with self.limiter.acquire(dest.key):
+                permitted()
+                return await self._session(message, envelope, dest, batch, bodies, before_dot)
+
         try:
-            await self._take(permit, state)
-        except _DeadlineReached:
-            out = Outcome(permitted=False)
-            out.settle(pending, _deadline_classification(key))
+            return await deadline.run(attempt)
+        except DeadlineReached as stop:
+            c = _deadline_classification(dest, stop.in_session)
+            out = Outcome(permitted=stop.in_session)
+            if stop.in_session:
+                out.note(c)
+            unsure = [] if self.resend_ambiguous else dot_sent
+            out.ambiguous.update(dict.fromkeys(unsure, c))
+            out.settle([a for a in batch if a not in unsure], c)
             return out
+
+    async def _session(
+        self,
+        message: Message | bytes | str,
+        envelope: Envelope,
+        dest: Destination,
+        batch: list[str],
+        bodies: dict[bool, bytes],
+        hook: BeforeEndOfData,
+    ) -> Outcome:
+        """A pooled connection to ``dest`` and one transaction on it."""
         connected = False
         try:
-            async with self.pool.connection(host, port) as lease:
+            async with self.pool.connection(dest.host, dest.port) as lease:
                 connected = True
-                out = await self._transact(lease, message, envelope, host, pending, bodies, hook)
+                out = await self._transact(
+                    lease, message, envelope, dest.host, batch, bodies, hook
+                )
                 if out.broken:
                     lease.discard()
                 return out
         except NO_REPLY as exc:
             if connected:
                 raise
-            # Connecting failed: no session at all.
+            # No session at all: connecting, the greeting, EHLO, STARTTLS
+            # or AUTH failed.
+            c = self.classifier.classify(exc, host=dest.host)
+            if c.stage is None:
+                c = dataclasses.replace(c, stage=Stage.CONNECT)
             out = Outcome()
-            c = self.classifier.classify(exc, host=host)
             out.note(c)
             out.broken = True
-            out.settle(pending, c)
+            out.settle(batch, c)
             return out
-        finally:
-            await permit.__aexit__(None, None, None)
 
     async def _transact(
         self,
@@ -526,55 +614,48 @@ class Mailer:
             before_end_of_data=hook,
         )
 
-    async def _take(self, permit: AbstractAsyncContextManager[None], state: RetryState) -> None:
-        """Take a limiter permit, within the send's deadline.
 
-        Only the permit wait is raced against the deadline on the clock; a
-        connect is bounded by the transport's timeout.  (Racing I/O against
-        a fake clock would let the fake clock jump while a real socket is
-        busy.)  A waiter cancelled at the deadline holds no permit: the
-        Limiter protocol promises that.
-        """
-        remaining = state.remaining
-        # Under testing.no_waits() every clock sleep, the deadline timer's
-        # too, ends at once: the race would always be lost, so skip it.
-        if remaining is None or _Waits.skip:
-            await permit.__aenter__()
-        elif self.clock is system_clock and _timeout is not None:
-            # The system clock is the loop's clock: a timeout handle on the
-            # loop costs no task and no extra turn of the loop.
-            try:
-                async with _timeout(remaining):
-                    await permit.__aenter__()
-            except TimeoutError:
-                raise _DeadlineReached from None
-        else:
-            task = asyncio.ensure_future(permit.__aenter__())
-            await asyncio.sleep(0)  # an uncontended permit is granted in this turn
-            if not task.done():
-                timer = asyncio.ensure_future(self.clock.sleep(remaining))
-                try:
-                    await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    timer.cancel()
-                    if not task.done():
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-                if task.cancelled():
-                    raise _DeadlineReached
-            task.result()
-
-
-class _DeadlineReached(Exception):
-    """The send's deadline passed while waiting for a permit or a connection."""
-
-
-def _deadline_classification(key: str) -> Classification:
+def _deadline_classification(dest: Destination, in_session: bool) -> Classification:
+    if not in_session:
+        return Classification.without_reply(
+            Reason.RATE_LIMITED,
+            transient=True,
+            session_over=False,
+            reply=Reply(None, None, f"deadline reached waiting for {dest}"),
+            explanation=f"the send's deadline passed while waiting for a permit for {dest}",
+        )
     return Classification.without_reply(
-        Reason.RATE_LIMITED,
+        Reason.CONNECTION_ERROR,
         transient=True,
-        session_over=False,
-        reply=Reply(None, None, f"deadline reached waiting for {key}"),
-        explanation=f"the send's deadline passed while waiting for a permit for {key}",
+        reply=Reply(None, None, f"deadline reached during the session with {dest}"),
+        explanation=(
+            f"the send's deadline passed during the session with {dest}; the connection was closed"
+        ),
+    )
+
+
+def _require_dnspython() -> None:
+    """``mx=True`` resolves with dnspython: missing, it fails here, not as
+    a deferral of every recipient on every send."""
+    try:
+        import dns.asyncresolver  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "mx=True needs dnspython: pip install 'resilient-smtp[mx]', "
+            "or pass your own resolver as mx=..."
+        ) from None
+
+
+def _check_clock(name: str, part: object, clock: Clock) -> None:
+    """A limiter or health object must run on the Mailer's clock: on a
+    ``FakeClock`` Mailer, a part on the system clock would wait in real
+    time (and a deadline measured on one clock would not bound the other)."""
+    theirs = getattr(part, "clock", None)  # the built-in ones expose it
+    if theirs is None or theirs is clock:
+        return
+    if isinstance(theirs, SystemClock) and isinstance(clock, SystemClock):
+        return
+    raise ValueError(
+        f"the {name} runs on {theirs!r} but the Mailer on {clock!r}: "
+        f"build the {name} with clock= the Mailer's clock"
     )

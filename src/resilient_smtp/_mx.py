@@ -71,6 +71,6 @@ def resolution_failure(domain: str, exc: BaseException) -> Classification:
         scope=Scope.DESTINATION,
         reply=Reply(None, None, str(exc)[:200]),
         explanation=(
-            f"the MX look-up for {domain} failed ({type(exc).__name__}): try again later"
+            f"the MX look-up for {domain} failed ({type(exc).__name__}: {exc}): try again later"
         ),
     )

@@ -20,7 +20,7 @@ from ._classify.classifier import Classification
 from ._classify.taxonomy import _StrEnum
 from ._errors import ResilientSMTPError
 
-__all__ = ["RecipientResult", "SendFailed", "SendResult", "State"]
+__all__ = ["RecipientResult", "SendFailed", "SendResult", "State", "failure_text"]
 
 
 class State(_StrEnum):
@@ -54,6 +54,12 @@ class RecipientResult:
         """The classification's reason, for logs and tables."""
         return None if self.classification is None else self.classification.reason.value
 
+    @property
+    def explanation(self) -> str | None:
+        """Why, with the underlying error or the server's words kept
+        (``[Errno 111] Connect call failed``, a certificate error)."""
+        return None if self.classification is None else failure_text(self.classification)
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
@@ -63,6 +69,10 @@ class SendResult:
     recipients: tuple[RecipientResult, ...]
     attempts: int = 0
     elapsed: float = 0.0
+    configuration_errors: tuple[str, ...] = ()
+    """Settings a human must fix that kept recipients from delivery (TLS
+    the destination cannot do, refused credentials, relay access), one line
+    each; those recipients are deferred, not rejected."""
 
     def __getitem__(self, address: str) -> RecipientResult:
         for r in self.recipients:
@@ -113,7 +123,22 @@ class SendResult:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.value}={len(self._in(s))}" for s in State if self._in(s))
-        return f"SendResult({counts}, attempts={self.attempts})"
+        config = f", configuration_errors={len(self.configuration_errors)}"
+        return f"SendResult({counts}, attempts={self.attempts}" + (
+            config + ")" if self.configuration_errors else ")"
+        )
+
+
+def failure_text(c: Classification) -> str:
+    """The explanation with the underlying error or reply, so the cause
+    (``[Errno 111] Connect call failed``, a certificate error, the
+    server's words) is never lost."""
+    text = c.reply.text
+    if c.reply.code is not None:
+        text = f"{c.reply.code} {text}"
+    if not text or text in c.explanation:
+        return c.explanation
+    return f"{c.explanation} ({text})"
 
 
 class SendFailed(ResilientSMTPError):
@@ -123,6 +148,6 @@ class SendFailed(ResilientSMTPError):
         parts = []
         for r in result.recipients:
             if r.state is not State.DELIVERED:
-                parts.append(f"{r.address}: {r.state.value} ({r.reason})")
+                parts.append(f"{r.address}: {r.state.value} ({r.reason}: {r.explanation})")
         super().__init__("not delivered to " + "; ".join(parts))
         self.result = result

@@ -187,6 +187,11 @@ class AdaptiveLimiter:
     def feedback(self, key: str, classification: Classification | None) -> None:
         self._keys.feedback(key, classification)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock
+
     def rate(self, key: str) -> float:
         """The current rate for ``key`` (``initial_rate`` for a key it does not know)."""
         state = self._keys.get(key)

@@ -112,6 +112,11 @@ class RateLimiter:
         """Permits that may go at once after a rest."""
         return self._burst
 
+    @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock
+
     def acquire(self, key: str = "") -> AbstractAsyncContextManager[None]:
         return self._permit
 

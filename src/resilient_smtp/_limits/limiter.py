@@ -48,8 +48,12 @@ class Limiter(Protocol):
         """A context manager holding one permit for ``key`` while inside."""
         ...
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        """Hear how an attempt to ``key`` went (``None`` = delivered)."""
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        """Hear how an attempt to ``key`` went (``None`` = delivered).
+
+        Return ``True`` when this limiter took the pushback and will pace
+        the retry itself (the Mailer then skips the per-reason floor for
+        reasons whose reaction is ``paced``); ``None`` otherwise."""
         ...
 
 

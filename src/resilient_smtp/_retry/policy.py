@@ -146,7 +146,11 @@ class RetryState:
         return tuple(self._decisions)
 
     def decide(
-        self, classification: Classification, *, destination: str | None = None
+        self,
+        classification: Classification,
+        *,
+        destination: str | None = None,
+        paced: bool = False,
     ) -> RetryDecision:
         """Record one failed attempt and decide whether to retry.
 
@@ -162,6 +166,10 @@ class RetryState:
         Args:
             classification: What the failure meant (from :func:`classify`).
             destination: The host or domain, for the event only.
+            paced: The limiter took this pushback and paces the retry
+                itself (``Limiter.feedback`` returned ``True`` for a reason
+                whose reaction is ``paced``): no floor and no back-off, only
+                a wait the server stated.
         """
         if not isinstance(classification, Classification):
             raise TypeError(
@@ -186,6 +194,7 @@ class RetryState:
             occurrence=occurrence,
             retry_after=classification.retry_after,
             previous=self._previous,
+            paced=paced,
         )
         deadline, budget = policy.deadline, policy.budget
         kind, why = "give_up", ""
@@ -419,14 +428,19 @@ class RetryPolicy:
         occurrence: int = 1,
         retry_after: float | None = None,
         previous: float | None = None,
+        paced: bool = False,
     ) -> float:
         """The wait before retry number ``retry`` after a ``reason`` failure.
 
         ``occurrence`` counts how often ``reason`` has come up in this send
         (1 the first time); ``retry_after`` is the server's stated wait;
-        ``previous`` the send's last wait.  Pure apart from the jitter draw.
+        ``previous`` the send's last wait.  ``paced``: the limiter paces
+        the retry, so only the stated wait counts (the limiter's queue is
+        the wait).  Pure apart from the jitter draw.
         """
         stated = stated_wait(retry_after, cap=self.retry_after_cap)
+        if paced:
+            return stated
         # The per-reason floors are our guess at how long a server wants us
         # to stay away; when the server says so itself ("greylisted, come
         # back in 60 seconds"), its word replaces the guess.

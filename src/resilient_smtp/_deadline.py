@@ -1,0 +1,206 @@
+"""One deadline for one send, and the one place that enforces it.
+
+``RetryPolicy(deadline=...)`` bounds the whole send: the limiter's permit
+wait, the connect, every command, the message and the waits between tries.
+:meth:`Deadline.run` runs one attempt (permit wait plus session) in a task
+and stops it when the deadline passes, whatever the server does: a server
+that trickles each reply just inside the per-command timeout cannot stretch
+a send past its deadline.  The waits between tries are cut short by
+:meth:`RetryState.decide`, which never starts a wait that would pass it.
+
+Which clock measures what: on the system clock (the event loop's time)
+everything is bounded.  Another clock (a ``FakeClock`` in tests) bounds the
+permit wait only, in its own time; the network is left to the transport's
+per-command timeout, because a fake clock jumps whenever the event loop is
+idle, which it is while a real socket waits, and its seconds are not the
+network's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ._clock import Clock, SystemClock, _Waits
+from ._retry.policy import RetryState
+
+__all__ = ["GRACE", "Deadline", "DeadlineReached"]
+
+T = TypeVar("T")
+
+GRACE = 1.0
+"""Real seconds a stopped attempt gets to unwind (close its connection)
+before the send returns without it; the rest of its clean-up finishes in
+the background and :meth:`Mailer.close` waits for it."""
+
+
+class DeadlineReached(Exception):
+    """The send's deadline passed during an attempt.
+
+    ``in_session`` is false when it passed while waiting for the limiter's
+    permit (nothing was sent), true once the permit was taken.
+    """
+
+    def __init__(self, in_session: bool) -> None:
+        super().__init__("the send's deadline passed")
+        self.in_session = in_session
+
+
+class Deadline:
+    """The deadline of one send, read from its :class:`RetryState`."""
+
+    __slots__ = ("_clock", "_orphans", "_state")
+
+    def __init__(self, state: RetryState, clock: Clock, orphans: set[asyncio.Task[Any]]) -> None:
+        self._state = state
+        self._clock = clock
+        self._orphans = orphans
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left, or ``None`` for a send without a deadline."""
+        return self._state.remaining
+
+    def allows(self, wait: float) -> bool:
+        """Whether a wait of ``wait`` seconds (0: another attempt now) ends
+        before the deadline.  (The retry policy's waits are checked by
+        :meth:`RetryState.decide`, on the same state.)"""
+        remaining = self.remaining
+        return remaining is None or wait < remaining
+
+    async def run(self, attempt: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
+        """Await ``attempt(permitted)`` within the deadline.
+
+        ``attempt`` calls ``permitted()`` once it holds the limiter's permit.
+        Raises :class:`DeadlineReached` when the deadline passes first; the
+        attempt is then cancelled, and given :data:`GRACE` to unwind.
+        """
+        remaining = self.remaining
+        if remaining is None or (_Waits.skip and isinstance(self._clock, SystemClock)):
+            # Under testing.no_waits() the system clock's time is virtual:
+            # every sleep (any send's) moves it at once, while the network
+            # takes real time, so the two cannot be compared.
+            return await attempt(_nothing)
+        if remaining <= 0:
+            raise DeadlineReached(in_session=False)
+        if isinstance(self._clock, SystemClock):
+            return await self._inline(attempt, remaining)
+        # Another clock (a FakeClock): it measures the permit wait only.
+        loop = asyncio.get_running_loop()
+        in_session = False
+        timer: asyncio.Task[None] | None = None
+
+        def permitted() -> None:
+            nonlocal in_session
+            in_session = True
+            if timer is not None:
+                timer.cancel()
+
+        task = loop.create_task(_call(attempt, permitted))
+        try:
+            await asyncio.sleep(0)  # an uncontended permit is granted in this turn
+            if not in_session and not task.done():
+                timer = loop.create_task(self._clock.sleep(remaining))
+            while not task.done():
+                waiting: set[asyncio.Future[Any]] = {task}
+                if timer is not None and not timer.done():
+                    waiting.add(timer)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if timer is not None and timer.done() and not timer.cancelled():
+                    break  # the permit wait outlasted the deadline on the clock
+        except asyncio.CancelledError:
+            # The send itself was cancelled: stop the attempt and let it
+            # return its connection and permit before the cancellation
+            # goes on (within the grace; after it, in the background).
+            task.cancel()
+            await self._unwind(task)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await self._unwind(task)
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()  # it finished as it was stopped: keep its outcome
+        raise DeadlineReached(in_session=in_session)
+
+    async def _inline(
+        self, attempt: Callable[[Callable[[], None]], Awaitable[T]], remaining: float
+    ) -> T:
+        """The system clock's way: the attempt runs in the caller's task (no
+        task per attempt on the hot path) and a timer cancels it at the
+        deadline, and once more :data:`GRACE` later if it is still unwinding
+        (a QUIT to a server that trickles).  Our own cancellations are taken
+        back, so the caller sees :class:`DeadlineReached`, and a cancellation
+        from outside still propagates."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        in_session = False
+        cancels = 0
+        handle: asyncio.TimerHandle
+
+        def permitted() -> None:
+            nonlocal in_session
+            in_session = True
+
+        def expire() -> None:
+            nonlocal cancels, handle
+            cancels += 1
+            task.cancel()
+            if cancels == 1:
+                handle = loop.call_later(GRACE, expire)
+
+        handle = loop.call_later(remaining, expire)
+        try:
+            result = await attempt(permitted)
+        except asyncio.CancelledError:
+            if cancels == 0 or _uncancel(task, cancels):
+                raise  # (also) cancelled from outside
+            raise DeadlineReached(in_session=in_session) from None
+        finally:
+            handle.cancel()
+        if cancels and _uncancel(task, cancels):
+            raise asyncio.CancelledError  # the attempt swallowed ours; not theirs
+        return result
+
+    async def _unwind(self, task: asyncio.Task[Any]) -> None:
+        """Give a cancelled attempt :data:`GRACE` to finish; keep it for
+        :meth:`Mailer.close` if it needs longer."""
+        try:
+            await asyncio.wait({task}, timeout=GRACE)
+        finally:
+            if not task.done():
+                self._orphans.add(task)
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _call(
+    attempt: Callable[[Callable[[], None]], Awaitable[T]], permitted: Callable[[], None]
+) -> T:
+    return await attempt(permitted)
+
+
+def _uncancel(task: asyncio.Task[Any], times: int) -> bool:
+    """Take back ``times`` cancellations of ours; true when a cancellation
+    from elsewhere is still pending (Python 3.11+ counts them; 3.10 cannot
+    tell, and treats them all as ours)."""
+    uncancel = getattr(task, "uncancel", None)
+    cancelling = getattr(task, "cancelling", None)
+    if uncancel is None or cancelling is None:
+        return False
+    for _ in range(times):
+        uncancel()
+    return bool(cancelling())
