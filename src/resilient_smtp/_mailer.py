@@ -26,7 +26,7 @@ from ._classify.reactions import REACTIONS, Reactions
 from ._classify.reply import Reply
 from ._classify.taxonomy import Reason, Scope
 from ._clock import Clock, _Waits, system_clock
-from ._envelope import Envelope, build_envelope, render_message
+from ._envelope import Envelope, build_envelope, check_mx_envelope, render_message, wire_batch
 from ._errors import InvalidMessageError
 from ._events import Event, Hook, emit, logger
 from ._health import DestinationHealth
@@ -226,8 +226,13 @@ class Mailer:
         ambiguous.  An exception it raises aborts the send.
         """
         envelope = build_envelope(message, sender=sender, recipients=recipients)
+        if self.mx is not None:
+            check_mx_envelope(envelope)
+        # Rendered now, before any traffic, so a message that cannot be
+        # rendered is refused here rather than after connecting.
+        utf8 = envelope.needs_smtputf8
+        bodies: dict[bool, bytes] = {utf8: dot_stuff(render_message(message, smtputf8=utf8))}
         started = self.clock.monotonic()
-        bodies: dict[bool, bytes] = {}
         hook = before_end_of_data
         if self.mx is None:
             final, transactions = await self._deliver(message, envelope, self.relays, bodies, hook)
@@ -278,7 +283,17 @@ class Mailer:
 
         final: dict[str, RecipientResult] = {}
         transactions = 0
-        for part, n in await asyncio.gather(*(one(d, r) for d, r in by_domain.items())):
+        tasks = [asyncio.ensure_future(one(d, r)) for d, r in by_domain.items()]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            # No orphan deliveries: a caller who sees the error and sends
+            # again must not race a send still running for another domain.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for part, n in parts:
             final.update(part)
             transactions += n
         return final, transactions
@@ -460,13 +475,22 @@ class Mailer:
         hook: BeforeEndOfData | None,
     ) -> Outcome:
         conn = lease.connection
-        smtputf8 = envelope.needs_smtputf8
-        if smtputf8 and not conn.supports("smtputf8"):
-            raise InvalidMessageError(
-                f"non-ASCII addresses need SMTPUTF8 (RFC 6531), which {host} does not offer"
-            )
+        # What only this server reveals (no SMTPUTF8 for a non-ASCII local
+        # part) is those recipients' result, not an exception; IDN domains
+        # travel IDNA-encoded (see _envelope.wire_batch).
+        wire = wire_batch(envelope.sender, pending, conn.supports("smtputf8"), host)
+        if not wire.batch:
+            out = Outcome()
+            out.rejected.update(wire.refused)
+            return out
+        smtputf8 = wire.smtputf8
         if smtputf8 not in bodies:
-            bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
+            try:
+                bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
+            except InvalidMessageError as exc:
+                out = Outcome()
+                out.rejected.update(wire.refuse_all(pending, str(exc)))
+                return out
         body = bodies[smtputf8]
         options = []
         if conn.supports("size"):
@@ -475,18 +499,19 @@ class Mailer:
             options.append("SMTPUTF8")
         if conn.supports("8bitmime") and not body.isascii():
             options.append("BODY=8BITMIME")
-        return await run_transaction(
+        out = await run_transaction(
             conn,
-            sender=envelope.sender,
-            batch=list(pending),
+            sender=wire.sender,
+            batch=wire.batch,
             body=body,
             options=options,
             classify=self.classifier.classify,
             host=host,
             reused=lease.reused,
             resend_ambiguous=self.resend_ambiguous,
-            before_end_of_data=hook,
+            before_end_of_data=wire.hook(hook),
         )
+        return wire.restore(out)
 
     async def _take(self, permit: AbstractAsyncContextManager[None], state: RetryState) -> None:
         """Take a limiter permit, within the send's deadline.
