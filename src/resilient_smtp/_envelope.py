@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Envelope",
-    "build_envelope",
     "WireBatch",
+    "build_envelope",
     "check_address",
     "check_message",
     "check_mx_envelope",
@@ -72,7 +72,8 @@ _QUOTED = r'"(?:[^"\\\r\n\x00]|\\[^\r\n\x00])*"'
 _LOCAL = rf"(?:{_DOT_ATOM}|{_QUOTED})"
 # RFC 5321 §4.1.2 domain: letters, digits, hyphens (and underscores, which
 # real host names carry), or non-ASCII for an IDN; or an address literal.
-_LABEL = r"[A-Za-z0-9_\u0080-\U0010ffff](?:[A-Za-z0-9_\-\u0080-\U0010ffff]*[A-Za-z0-9_\u0080-\U0010ffff])?"
+_LETDIG = r"[A-Za-z0-9_\u0080-\U0010ffff]"
+_LABEL = rf"{_LETDIG}(?:[A-Za-z0-9_\-\u0080-\U0010ffff]*{_LETDIG})?"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[^\[\]\\\s\x00]+\])"
 # A bare local part ("django") is refused, unlike Django (its ticket
 # #15042): RFC 5321 §4.1.2 wants a domain in every path but <Postmaster>,
@@ -176,7 +177,9 @@ def parse_mailbox(value: object, what: str = "address") -> str:
         raise _refuse(what, value, "contains CR, LF or NUL")
     m = _MAILBOX.fullmatch(value.strip(" \t"))
     if m is None:
-        raise _refuse(what, value, "is not a valid address ('local@domain' or 'Name <local@domain>')")
+        raise _refuse(
+            what, value, "is not a valid address ('local@domain' or 'Name <local@domain>')"
+        )
     return check_address(m.group("bare") or m.group("angle"), what)
 
 
@@ -330,7 +333,9 @@ def build_envelope(
     if isinstance(recipients, str):
         recipients = [recipients]
     if not isinstance(message, Message) and (sender is None or recipients is None):
-        raise InvalidMessageError("a raw (bytes/str) message needs explicit sender= and recipients=")
+        raise InvalidMessageError(
+            "a raw (bytes/str) message needs explicit sender= and recipients="
+        )
     if sender is None:
         assert isinstance(message, Message)
         found = _header_addresses(message, "Sender") or _header_addresses(message, "From")
@@ -400,7 +405,9 @@ class WireBatch:
         return dict.fromkeys(addresses, c)
 
 
-def wire_batch(sender: str, pending: Iterable[str], smtputf8_offered: bool, host: str) -> WireBatch:
+def wire_batch(
+    sender: str, pending: Iterable[str], smtputf8_offered: bool, host: str
+) -> WireBatch:
     """The addresses of one transaction on a server that does (or does not)
     offer SMTPUTF8.  Domains travel IDNA-encoded (an A-label is the same
     domain to every server, and Django's headers carry A-labels too); a
