@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import smtplib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._classify.classifier import Classification
+    from ._result import SendResult
 
-__all__ = ["InvalidMessageError", "ResilientSMTPError", "SMTPFailure"]
+__all__ = ["InvalidMessageError", "ResilientSMTPError", "SMTPFailure", "SendFailed"]
 
 
 class ResilientSMTPError(Exception):
@@ -25,3 +27,37 @@ class SMTPFailure(ResilientSMTPError):
     def __init__(self, message: str, classification: Classification) -> None:
         super().__init__(message)
         self.classification = classification
+
+
+class SendFailed(ResilientSMTPError, smtplib.SMTPException):
+    """Not every recipient was delivered; ``result`` has each one's state.
+
+    Also an :class:`smtplib.SMTPException` (as aiosmtplib's errors are also
+    ``ConnectionError`` where that fits): Django documents that
+    ``send_mail()`` raises ``SMTPException``, and code written for smtplib
+    or Django's SMTP backend catches exactly that.  ``recipients`` maps each
+    recipient not delivered to ``(code, text)`` of its last reply, like
+    ``smtplib.SMTPRecipientsRefused.recipients``.
+    """
+
+    def __init__(self, result: SendResult) -> None:
+        parts = [
+            f"{r.address}: {r.state.value} ({r.reason})"
+            for r in result.recipients
+            if r.state.value != "delivered"
+        ]
+        super().__init__("not delivered to " + "; ".join(parts))
+        self.result = result
+
+    @property
+    def recipients(self) -> dict[str, tuple[int | None, str]]:
+        out: dict[str, tuple[int | None, str]] = {}
+        for r in self.result.recipients:
+            if r.state.value != "delivered":
+                c = r.classification
+                out[r.address] = (None, "") if c is None else (c.reply.code, c.reply.text)
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError pickles its args (the text); rebuild from the result.
+        return (type(self), (self.result,))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ._classify.classifier import Classification
 from ._classify.taxonomy import _StrEnum
-from ._errors import ResilientSMTPError
+from ._errors import SendFailed
 
 __all__ = ["RecipientResult", "SendFailed", "SendResult", "State"]
 
@@ -114,15 +114,3 @@ class SendResult:
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.value}={len(self._in(s))}" for s in State if self._in(s))
         return f"SendResult({counts}, attempts={self.attempts})"
-
-
-class SendFailed(ResilientSMTPError):
-    """Not every recipient was delivered; ``result`` has the details."""
-
-    def __init__(self, result: SendResult) -> None:
-        parts = []
-        for r in result.recipients:
-            if r.state is not State.DELIVERED:
-                parts.append(f"{r.address}: {r.state.value} ({r.reason})")
-        super().__init__("not delivered to " + "; ".join(parts))
-        self.result = result
