@@ -25,6 +25,7 @@ from ._retry.budget import RetryBudget
 from ._retry.policy import RetryDecision, RetryPolicy, RetryState
 from ._transport.connection import AiosmtplibTransport, Connection, Transport
 from ._transport.pool import PoolLimits
+from ._verify import RelayCheck, VerifyReport, VerifyStep
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Action",
@@ -51,6 +52,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Reactions",
     "Reason",
     "RecipientResult",
+    "RelayCheck",
     "Reply",
     "ResilientSMTPError",
     "RetryBudget",
@@ -67,6 +69,8 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "SystemClock",
     "Tier",
     "Transport",
+    "VerifyReport",
+    "VerifyStep",
     "all_of",
     "classify",
     "default_classifier",

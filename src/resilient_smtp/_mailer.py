@@ -37,6 +37,7 @@ from ._retry.policy import RetryPolicy, RetryState
 from ._transport.connection import AiosmtplibTransport, TLSMode, Transport, dot_stuff
 from ._transport.pool import Lease, Pool, PoolLimits
 from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
+from ._verify import VerifyReport, verify_relays
 
 __all__ = ["Mailer"]
 
@@ -197,6 +198,25 @@ class Mailer:
             aclose = getattr(part, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    async def verify(self, *, domains: Iterable[str] = ()) -> VerifyReport:
+        """Connect to each relay as a send would (connect, EHLO or HELO,
+        STARTTLS, AUTH, through the Mailer's own transport), then QUIT.
+
+        Never raises for a server's answer: each relay's steps, what EHLO
+        offered and the classified failure are in the :class:`VerifyReport`
+        (``report.ok``, ``report.error``).  For MX delivery, give the
+        ``domains`` whose MX hosts to check.  Limiter, health and pool are
+        left alone: a check is not traffic.
+        """
+        return await verify_relays(
+            self.transport,
+            self.classifier,
+            self.relays,
+            mx=self.mx,
+            mx_port=self.mx_port,
+            domains=domains,
+        )
 
     def _wants_events(self) -> bool:
         return bool(self.hooks) or logger.isEnabledFor(logging.INFO)

@@ -51,6 +51,7 @@ from ._result import SendResult
 from ._retry.policy import RetryPolicy
 from ._transport.connection import TLSMode, Transport
 from ._transport.pool import PoolLimits
+from ._verify import VerifyReport
 
 __all__ = ["Mailer", "shutdown"]
 
@@ -335,6 +336,15 @@ class Mailer:
             recipients = list(recipients)  # a generator must be read in this thread
         loop, mailer = self._opened()
         return _background.run(loop, mailer.send(message, sender=sender, recipients=recipients))
+
+    def verify(self, *, domains: Iterable[str] = ()) -> VerifyReport:
+        """As :meth:`resilient_smtp.Mailer.verify`: connect, EHLO, STARTTLS
+        and AUTH to each relay, blocking until done; never raises for a
+        server's answer (see ``report.ok`` and ``report.error``)."""
+        _refuse_inside_loop("resilient_smtp.sync.Mailer.verify", "resilient_smtp.Mailer.verify")
+        domains = list(domains)
+        loop, mailer = self._opened()
+        return _background.run(loop, mailer.verify(domains=domains))
 
     def close(self) -> None:
         """Close the pooled connections (QUIT).  Idempotent."""

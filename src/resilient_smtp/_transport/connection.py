@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Sequence
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, Protocol, TypeVar
 
 import aiosmtplib
 
@@ -35,6 +35,13 @@ __all__ = [
 ]
 
 TLSMode = Literal["starttls", "implicit", "none"]
+
+StepHook = Callable[[str, "aiosmtplib.SMTPResponse | None"], None]
+"""Told ``(stage, None)`` as each connect step starts and ``(stage, reply)``
+when it succeeded: how :meth:`Mailer.verify` reports the steps of the very
+path the Mailer connects by."""
+
+_R = TypeVar("_R")
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
@@ -245,7 +252,20 @@ class AiosmtplibTransport:
         auth = f", username={self.username!r}, password='***'" if self.username else ""
         return f"AiosmtplibTransport(tls={self.tls!r}{auth}, timeout={self.timeout})"
 
-    async def connect(self, host: str, port: int) -> Connection:
+    async def connect(
+        self, host: str, port: int, *, on_step: StepHook | None = None
+    ) -> Connection:
+        def begin(stage: str) -> None:
+            if on_step is not None:
+                on_step(stage, None)
+
+        async def step(stage: str, call: Awaitable[_R]) -> _R:
+            begin(stage)
+            reply = await call
+            if on_step is not None:
+                on_step(stage, reply if isinstance(reply, aiosmtplib.SMTPResponse) else None)
+            return reply
+
         smtp = aiosmtplib.SMTP(
             hostname=host,
             port=port,
@@ -257,26 +277,28 @@ class AiosmtplibTransport:
             local_hostname=self.local_hostname,
         )
         try:
-            await smtp.connect()
+            await step("connect", smtp.connect())
             try:
-                await smtp.ehlo()
+                await step("ehlo", smtp.ehlo())
             except aiosmtplib.SMTPHeloError as exc:
                 # RFC 5321 §4.1.1.1: a server that refuses EHLO with a 5xx
                 # (other than a closing 421) may still speak plain HELO.
                 if exc.code == 421 or exc.code < 500:
                     raise
-                await smtp.helo()
+                await step("helo", smtp.helo())
             if self.tls == "starttls":
+                begin("starttls")
                 if not smtp.supports_extension("starttls"):
                     raise aiosmtplib.SMTPNotSupported(
                         f"{host} does not offer STARTTLS and tls='starttls' requires it"
                     )
-                await smtp.starttls(tls_context=self.tls_context)
-                await smtp.ehlo()
+                await step("starttls", smtp.starttls(tls_context=self.tls_context))
+                await step("ehlo", smtp.ehlo())
             if self.username is not None and self._password is not None:
+                begin("auth")
                 if not smtp.supports_extension("auth"):
                     raise aiosmtplib.SMTPNotSupported(f"{host} does not offer AUTH")
-                await smtp.login(self.username, self._password)
+                await step("auth", smtp.login(self.username, self._password))
         except BaseException:
             smtp.close()
             raise
