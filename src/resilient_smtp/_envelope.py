@@ -106,13 +106,9 @@ class Envelope:
 
     @property
     def needs_smtputf8(self) -> bool:
-        """Whether any address must travel as UTF-8 (RFC 6531 SMTPUTF8): a
-        non-ASCII local part.  A non-ASCII domain alone can be IDNA-encoded."""
-        return not all(_local(a).isascii() for a in (self.sender, *self.recipients))
-
-    @property
-    def has_idn(self) -> bool:
-        """Whether any domain is non-ASCII (IDNA-encoded without SMTPUTF8)."""
+        """Whether any address is non-ASCII, so SMTPUTF8 (RFC 6531) is
+        wanted: a non-ASCII local part requires it; a non-ASCII domain can
+        also go IDNA-encoded to a server without it (see :func:`wire_batch`)."""
         return not all(a.isascii() for a in (self.sender, *self.recipients))
 
 
@@ -413,11 +409,16 @@ def wire_batch(
     domain to every server, and Django's headers carry A-labels too); a
     non-ASCII local part needs SMTPUTF8 (RFC 6531 §3.4): without it, the
     recipients that have one (or all, if the sender has one) are refused
-    with a reason while the others go on."""
+    with a reason while the others go on.  The message is rendered for
+    SMTPUTF8 whenever it is used."""
     pending = list(pending)
     needs = [a for a in (sender, *pending) if not _local(a).isascii()]
     refused: dict[str, Classification] = {}
-    smtputf8 = bool(needs)
+    # SMTPUTF8 whenever the server offers it and an address is non-ASCII:
+    # a message built with such addresses has them in its headers, and
+    # only SMTPUTF8 lets those travel as UTF-8 (RFC 6532).
+    idn = not (sender.isascii() and all(a.isascii() for a in pending))
+    smtputf8 = bool(needs) or (idn and smtputf8_offered)
     if needs and not smtputf8_offered:
         smtputf8 = False
         hit = pending if needs[0] is sender else [a for a in pending if a in needs]
