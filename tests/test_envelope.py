@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.headerregistry
 import email.policy
 import re
 from collections.abc import Iterator
@@ -227,6 +228,53 @@ def test_what_we_accept_the_stdlib_strict_parser_reads_the_same(value: str) -> N
     theirs = stdlib_addr_specs(value)
     assume(theirs is not None or "(" in value)  # we refuse comments, it keeps them
     assert theirs == ours
+
+
+_GARBAGE = st.text(st.sampled_from('ab.@<>" ,:;\\()[]xyz'), min_size=1, max_size=24).filter(
+    lambda v: "@" in v
+)
+
+
+def stdlib_addr_spec(value: str) -> str | None:
+    """The stdlib's strict reading of a bare addr-spec, or None."""
+    try:
+        return email.headerregistry.Address(addr_spec=value).addr_spec
+    except Exception:
+        return None
+
+
+@EXAMPLES
+@given(value=_GARBAGE, kind=st.sampled_from(KINDS))
+def test_an_address_that_does_not_parse_exactly_is_refused_before_any_traffic(
+    server: ScriptedSMTPServer, mailer: sync.Mailer, value: str, kind: str
+) -> None:
+    """For every input type: what the standard library's strict parser
+    finds invalid is refused before any traffic; what is accepted has the
+    addresses that parser reads, character for character."""
+    raw = kind in ("bytes", "str")
+    if raw:
+        theirs = stdlib_addr_spec(value)
+        expected = None if theirs is None else [theirs]
+    else:
+        expected = stdlib_addr_specs(value)
+    try:
+        message = build(kind, to="a@example.com" if raw else value)
+    except Exception:  # EmailMessage's parser raises ValueError, and worse
+        assert kind == "email"
+        return  # refused by EmailMessage itself, before any of our code
+    try:
+        envelope = build_envelope(
+            message, sender=SENDER if raw else None, recipients=[value] if raw else None
+        )
+    except InvalidMessageError:
+        before = traffic(server)
+        with pytest.raises(InvalidMessageError):
+            send(mailer, kind, message, to=value)
+        assert traffic(server) == before
+        return
+    assert expected is not None, f"accepted {value!r}, which the stdlib finds invalid"
+    assert list(envelope.recipients) == list(dict.fromkeys(expected))
+    assert all(a in value for a in envelope.recipients)
 
 
 # -- header injection ---------------------------------------------------------

@@ -29,6 +29,7 @@ SMTPUTF8 (as Django's SMTP backend does).
 from __future__ import annotations
 
 import copy
+import email.errors
 import email.generator
 import email.policy
 import io
@@ -94,6 +95,9 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+")
 _RAW_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _FOLD = re.compile(r"(?:\r\n|\n|\r)[ \t]+")
 _HIDDEN = ("bcc", "resent-bcc")
+# Defects the stdlib notes that are not repairs: obsolete but valid syntax,
+# and UTF-8 local parts (RFC 6532, sent with SMTPUTF8).
+_HARMLESS = (email.errors.ObsoleteHeaderDefect, email.errors.NonASCIILocalPartDefect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,15 @@ def _header_addresses(message: Message, *names: str) -> list[str]:
     values: list[str] = []
     for name in names:
         for v in message.get_all(name, []):
+            # An EmailMessage header has been parsed already, and str() of
+            # it is the parser's repair ("\\@a" reads '"\\"@a'): its
+            # defects say whether the original parsed as it stands.
+            for defect in getattr(v, "defects", ()):
+                if not isinstance(defect, _HARMLESS):
+                    raise InvalidMessageError(
+                        f"Invalid address: the {name} header {str(v)!r} is not a valid "
+                        f"address as given ({defect})"
+                    )
             values.extend(parse_address_list(str(v), f"the {name} header"))
     return values
 
