@@ -122,7 +122,10 @@ async def check_relay(
     except NO_REPLY as exc:
         stage = steps.current or ("connect" if not steps.done else steps.done[-1].stage)
         c = classifier.classify(exc, host=host, stage=_stage(stage))
-        text = str(exc) or type(exc).__name__
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            text = f"{exc.code} {exc.message}"  # the server's own words
+        else:
+            text = str(exc) or type(exc).__name__
         rows = (*steps.done, VerifyStep(stage=stage, ok=False, detail=text))
         return RelayCheck(
             host=host,
