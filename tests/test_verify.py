@@ -66,6 +66,7 @@ async def test_a_refused_greeting_fails_at_connect(reply: str, reason: Reason) -
         server.on("connect", reply)
         report = await m.verify()
     assert stages(report) == [("connect", False)]
+    assert report.relays[0].steps[0].detail == reply  # the server's own words
     assert report.classification is not None
     assert report.classification.reason is reason
 

@@ -27,7 +27,7 @@ from ..._result import RecipientResult, SendResult
 from ..._retry.policy import RetryPolicy
 from ..._transport.connection import TLSMode
 from ..._transport.pool import PoolLimits
-from ..._verify import RelayCheck
+from ..._verify import RelayCheck, VerifyReport
 
 __all__ = ["EmailBackend", "OpenConnection", "SendStatus", "mailer_arguments"]
 
@@ -192,7 +192,8 @@ class OpenConnection:
 
     mailer: sync.Mailer
     timeout: float | None
-    report: Any
+    report: VerifyReport | None
+    """``None`` when the check was skipped (see :meth:`EmailBackend.open`)."""
 
 
 def _as_smtplib_error(relay: RelayCheck) -> BaseException:
