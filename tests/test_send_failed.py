@@ -9,7 +9,14 @@ import smtplib
 import pytest
 
 import resilient_smtp
-from resilient_smtp import RecipientResult, ResilientSMTPError, SendFailed, SendResult, State
+from resilient_smtp import (
+    RecipientResult,
+    ResilientSMTPError,
+    RetryPolicy,
+    SendFailed,
+    SendResult,
+    State,
+)
 from resilient_smtp import classify as classify_reply
 
 
@@ -58,3 +65,39 @@ def test_the_public_name_is_the_one_class() -> None:
     from resilient_smtp._result import SendFailed as FromResult
 
     assert resilient_smtp.SendFailed is FromErrors is FromResult
+
+
+async def test_on_exception_never_resends_a_partly_delivered_message() -> None:
+    """SendFailed is an OSError, which RetryPolicy.on_exception catches by
+    default: its classification must stop a retry that would send the
+    message again to the recipients who already have it."""
+    calls = 0
+
+    @RetryPolicy(max_attempts=5, base=0.001, cap=0.001).on_exception()
+    async def send() -> None:
+        nonlocal calls
+        calls += 1
+        failed_result().raise_for_failures()
+
+    with pytest.raises(SendFailed):
+        await send()
+    assert calls == 1
+    partly = SendResult(
+        (
+            RecipientResult("a@example.com", State.DELIVERED, None, 1),
+            RecipientResult("c@example.com", State.DEFERRED, classify_reply("451 4.7.1 later"), 1),
+        )
+    )
+    c = SendFailed(partly).classification
+    assert c is not None
+    assert not c.transient
+    assert "duplicate" in c.explanation
+
+
+def test_only_deferred_recipients_make_a_transient_verdict() -> None:
+    deferred = SendResult(
+        (RecipientResult("c@example.com", State.DEFERRED, classify_reply("451 4.7.1 later"), 1),)
+    )
+    c = SendFailed(deferred).classification
+    assert c is not None
+    assert c.transient

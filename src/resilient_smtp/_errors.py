@@ -50,6 +50,41 @@ class SendFailed(ResilientSMTPError, smtplib.SMTPException):
         self.result = result
 
     @property
+    def classification(self) -> Classification | None:
+        """The verdict on sending the whole message again, which is what
+        ``RetryPolicy.on_exception`` reads from an exception (and
+        ``SendFailed`` is an ``OSError`` now, which it catches): transient
+        only when nobody got the message and every failure was transient.
+        Once anyone got it (or may have: ambiguous), sending it all again
+        would duplicate it, so the verdict is permanent; retry
+        ``result.deferred`` alone instead."""
+        results = self.result.recipients
+        failed = [
+            r for r in results if r.classification is not None and r.state.value != "delivered"
+        ]
+        if not failed:
+            return None
+        reached = any(r.state.value in ("delivered", "ambiguous") for r in results)
+        permanent = next((r for r in failed if r.state.value == "rejected"), None)
+        if permanent is not None:
+            return permanent.classification
+        c = failed[0].classification
+        assert c is not None
+        if not reached and all(r.state.value == "deferred" for r in failed):
+            return c
+        from ._classify.classifier import Classification as _Classification
+
+        return _Classification.without_reply(
+            c.reason,
+            transient=False,
+            session_over=False,
+            explanation=(
+                f"partly delivered ({c.explanation}); sending the whole message again "
+                "would duplicate it: retry only the deferred recipients"
+            ),
+        )
+
+    @property
     def recipients(self) -> dict[str, tuple[int | None, str]]:
         out: dict[str, tuple[int | None, str]] = {}
         for r in self.result.recipients:
