@@ -441,6 +441,47 @@ async def test_a_non_ascii_local_part_without_smtputf8_is_that_recipients_result
     assert sink.received == [("ascii@example.com", "z@xn--bcher-kva.de")]
 
 
+async def test_with_mx_a_server_without_smtputf8_fails_only_its_own_domain() -> None:
+    """Two domains, two MX servers (127.0.0.1 without SMTPUTF8, ::1 with
+    it, on one port number): the non-ASCII local part at the first domain
+    is that recipient's result; the other domain's delivery completes."""
+    loop = asyncio.get_running_loop()
+    ascii_sink, utf8_sink = _Sink(), _Sink()
+    servers: list[asyncio.AbstractServer] = []
+    for _ in range(20):  # find a port number free on both loopbacks
+        first = await loop.create_server(
+            lambda: SMTP(ascii_sink, enable_SMTPUTF8=False), "127.0.0.1", 0
+        )
+        port = first.sockets[0].getsockname()[1]
+        try:
+            second = await loop.create_server(
+                lambda: SMTP(utf8_sink, enable_SMTPUTF8=True), "::1", port
+            )
+        except OSError:
+            first.close()
+            continue
+        servers = [first, second]
+        break
+    assert servers, "no port number free on both 127.0.0.1 and ::1"
+
+    async def resolve(domain: str) -> list[tuple[int, str]]:
+        return [(10, "127.0.0.1" if domain == "one.test" else "::1")]
+
+    msg = build("email", to="jörg@one.test, ok@one.test, jörg@two.test")
+    try:
+        async with Mailer(mx=resolve, port=port, tls="none", clock=FakeClock()) as mailer:
+            result = await mailer.send(msg)
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert result["jörg@one.test"].state is State.REJECTED
+    assert result["ok@one.test"].state is State.DELIVERED
+    assert result["jörg@two.test"].state is State.DELIVERED
+    assert ascii_sink.received == [("ok@one.test",)]
+    assert utf8_sink.received == [("jörg@two.test",)]
+
+
 async def test_mx_delivery_does_not_leave_a_domain_running_after_an_error() -> None:
     """The hook of one domain's transaction raises: the send stops, and the
     other domain's delivery is cancelled with it, not left as an orphan that
