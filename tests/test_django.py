@@ -3,9 +3,13 @@ locmem backend is not used: mail goes to a real loopback SMTP server)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import io
+import smtplib
 import socket
+import threading
 from collections.abc import Iterator
 from email.message import EmailMessage as StdMessage
 from pathlib import Path
@@ -15,7 +19,7 @@ import django
 import pytest
 from django.conf import settings
 
-from resilient_smtp import Event, RetryPolicy, SendFailed, sync
+from resilient_smtp import Event, PoolLimits, Reason, RetryPolicy, SendFailed, State, sync
 from resilient_smtp.testing import ScriptedSMTPServer
 
 if not settings.configured:
@@ -25,6 +29,7 @@ if not settings.configured:
         EMAIL_HOST="127.0.0.1",
         EMAIL_PORT=2525,
         RESILIENT_SMTP={},
+        INSTALLED_APPS=["resilient_smtp.contrib.django"],
     )
     django.setup()
 
@@ -77,24 +82,37 @@ def test_bcc_is_in_the_envelope_not_the_headers(server: ScriptedSMTPServer) -> N
     assert b"hidden@example.com" not in got.data
 
 
-def test_send_mass_mail_counts_messages_delivered_to_everyone(
-    server: ScriptedSMTPServer,
-) -> None:
+def test_messages_count_as_django_counts_them(server: ScriptedSMTPServer) -> None:
+    """A message the server took for at least one recipient is sent (as
+    smtplib's sendmail() returns the refused ones and Django counts it);
+    each message says per recipient what happened, fail_silently or not."""
     server.on("rcpt", "550 5.1.1 User unknown", recipient="gone@example.com", times=None)
-    datatuple = [
-        ("One", "1", "a@example.org", ["x@example.com"]),
-        ("Two", "2", "a@example.org", ["y@example.com", "gone@example.com"]),
-        ("Three", "3", "a@example.org", ["z@example.com"]),
-    ]
-    assert mail.send_mass_mail(datatuple, fail_silently=True) == 2
-    # The partly refused message still went to y (a partial success).
-    assert sorted(server.delivered_to) == ["x@example.com", "y@example.com", "z@example.com"]
+    one = mail.EmailMessage("One", "1", "a@example.org", ["x@example.com"])
+    two = mail.EmailMessage("Two", "2", "a@example.org", ["y@example.com", "gone@example.com"])
+    three = mail.EmailMessage("Three", "3", "a@example.org", ["gone@example.com"])
+    for fail_silently in (True, False):
+        server.messages.clear()
+        backend = EmailBackend(fail_silently=fail_silently)
+        if fail_silently:
+            assert backend.send_messages([one, two, three]) == 2
+        else:
+            with pytest.raises(SendFailed):  # three reached nobody
+                backend.send_messages([one, two, three])
+        assert sorted(server.delivered_to) == ["x@example.com", "y@example.com"]
+        status = two.resilient_status
+        assert status.status == {"delivered", "rejected"}
+        assert status.recipients["y@example.com"].state is State.DELIVERED
+        gone = status.recipients["gone@example.com"]
+        assert gone.state is State.REJECTED
+        assert gone.classification.reason is Reason.RECIPIENT_UNKNOWN
+        assert three.resilient_status.status == {"rejected"}
 
 
 def test_failure_raises_unless_fail_silently(server: ScriptedSMTPServer) -> None:
     server.on("rcpt", "550 5.1.1 User unknown", times=None)
-    with pytest.raises(SendFailed) as info:
+    with pytest.raises(smtplib.SMTPException) as info:  # what Django documents
         mail.send_mail("S", "B", "a@example.org", ["gone@example.com"])
+    assert isinstance(info.value, SendFailed)
     assert info.value.result.rejected == ("gone@example.com",)
     assert mail.send_mail("S", "B", "a@example.org", ["gone@example.com"], fail_silently=True) == 0
 
@@ -116,12 +134,136 @@ def test_nothing_listening_fails_silently_when_asked() -> None:
         assert mail.send_mail("S", "B", "a@example.org", ["b@example.com"], True) == 0
         with pytest.raises(SendFailed, match="deferred"):
             mail.send_mail("S", "B", "a@example.org", ["b@example.com"])
+        # open() checks at once, as Django's does: ConnectionRefusedError.
+        with pytest.raises(ConnectionError):
+            EmailBackend().open()
 
 
-def test_invalid_address_raises_before_any_io(server: ScriptedSMTPServer) -> None:
-    with pytest.raises(Exception, match="not a valid address"):
-        mail.send_mail("S", "B", "a@example.org", ["no-at-sign"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "no-at-sign",  # a bare local part: refused, unlike Django (docs/sync.md)
+        "to@other.com <to@example.com>",
+        '"evil@example.com\r\nto"@example.com',
+        "to\nevil@example.com",
+    ],
+)
+def test_invalid_address_raises_before_any_io(server: ScriptedSMTPServer, address: str) -> None:
+    for fail_silently in (False, True):  # as Django: ValueError even when silent
+        with pytest.raises(ValueError, match="Invalid address"):
+            mail.send_mail("S", "B", "a@example.org", [address], fail_silently=fail_silently)
     assert server.connections == 0
+
+
+def test_a_display_name_is_not_mistaken_for_the_address(server: ScriptedSMTPServer) -> None:
+    sent = mail.send_mail("S", "B", "a@example.org", ['"to@other.com" <to@example.com>'])
+    assert sent == 1
+    assert server.delivered_to == ["to@example.com"]
+
+
+def test_without_resilient_smtp_every_send_mail_shares_one_mailer(
+    server: ScriptedSMTPServer,
+) -> None:
+    """No RESILIENT_SMTP setting at all (the plainest configuration): 30
+    send_mail() calls use one Mailer and at most the pool's connections."""
+    with override_settings():
+        del settings.RESILIENT_SMTP
+        assert not hasattr(settings, "RESILIENT_SMTP")
+        mailers = set()
+        for i in range(30):
+            assert mail.send_mail(f"n{i}", "B", "a@example.org", ["b@example.com"]) == 1
+            mailers.add(id(EmailBackend().mailer))
+    assert len(mailers) == 1
+    assert len(server.messages) == 30
+    assert 1 <= server.connections <= PoolLimits().max_connections
+
+
+def test_open_connects_so_settings_checks_work(server: ScriptedSMTPServer) -> None:
+    backend = EmailBackend()
+    assert backend.connection is None
+    assert backend.open() is True
+    assert backend.connection is not None
+    assert backend.open() is False
+    assert server.connections == 1  # connect, EHLO, QUIT: the check
+    assert server.commands == ["EHLO"]
+    backend.close()
+    assert backend.connection is None
+    # STARTTLS required, the server has none: the same error as Django's backend.
+    with pytest.raises(smtplib.SMTPNotSupportedError, match="STARTTLS extension not supported"):
+        EmailBackend(use_tls=True).open()
+    with pytest.raises(smtplib.SMTPNotSupportedError, match="SMTP AUTH extension not supported"):
+        EmailBackend(username="u", password="p").open()
+
+
+def test_open_against_nothing_listening() -> None:
+    backend = EmailBackend(port=_closed_port())
+    with pytest.raises(ConnectionError):
+        backend.open()
+    assert backend.connection is None
+    backend.fail_silently = True
+    assert backend.open() is None
+    assert backend.connection is None
+    backend.close()  # never raises
+
+
+def test_credentials_are_public_attributes_as_in_django() -> None:
+    with override_settings(EMAIL_HOST_USER="app", EMAIL_HOST_PASSWORD="pw"):
+        backend = EmailBackend()
+        assert (backend.username, backend.password) == ("app", "pw")
+        assert EmailBackend(password="").password == ""
+        assert "pw" not in repr(backend)
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()  # never a greeting
+
+
+def test_email_timeout_bounds_the_whole_send() -> None:
+    """Against a server that never greets, EMAIL_TIMEOUT bounds the send as
+    it does Django's: one connect attempt, not one timeout per retry."""
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(asyncio.start_server(_silent, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with override_settings(EMAIL_PORT=port, EMAIL_TIMEOUT=0.2, RESILIENT_SMTP={}):
+            backend = EmailBackend()
+            assert backend.mailer.async_mailer.retry.deadline == 0.2
+            message = mail.EmailMessage("S", "B", "a@example.org", ["b@example.com"])
+            with pytest.raises(SendFailed) as info:
+                message.send()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        server.close()
+    (r,) = info.value.result
+    assert r.state is State.DEFERRED
+    assert r.attempts == 1
+    assert info.value.result.attempts == 1
+
+
+def test_the_worker_command_sends_the_outbox_with_the_email_settings(
+    server: ScriptedSMTPServer, tmp_path: Path
+) -> None:
+    from django.core.management import call_command
+
+    path = tmp_path / "outbox.db"
+    with override_settings(RESILIENT_SMTP={**QUICK, "outbox": str(path)}):
+        assert mail.send_mail("Queued", "B", "a@example.org", ["b@example.com"]) == 1
+        assert server.messages == []
+        sync.shutdown()  # the backend's outbox connection goes with the loop
+        out = io.StringIO()
+        call_command("resilient_smtp_worker", "--once", stdout=out)
+    assert "handled 1 message(s)" in out.getvalue()
+    assert server.delivered_to == ["b@example.com"]
+
+
+def test_the_worker_command_needs_an_outbox() -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="outbox"):
+        call_command("resilient_smtp_worker", "--once")
 
 
 def test_settings_map_to_the_mailer() -> None:
@@ -141,25 +283,20 @@ def test_settings_map_to_the_mailer() -> None:
         RESILIENT_SMTP=resilient,
     ):
         backend = EmailBackend()
-        assert backend.open() is True
-        assert backend.open() is False
-        shared = backend._shared
-        assert shared is not None
-        inner = shared.mailer.async_mailer
+        shared = backend.mailer  # built without connecting
+        inner = shared.async_mailer
         assert inner.relays == (("smtp.example.com", 465),)
         assert inner.retry.max_attempts == 2
         assert inner.pool.limits.max_connections == 2
         transport: Any = inner.transport
         assert transport.tls == "implicit"
-        assert "s3cret-pw" not in repr(backend) + repr(shared.mailer) + repr(transport)
+        assert inner.retry.deadline == 3.0  # EMAIL_TIMEOUT=7 caps only longer ones
+        assert "s3cret-pw" not in repr(backend) + repr(shared) + repr(transport)
         # Another backend with the same settings shares the Mailer (and so
-        # its limiter, health and connections).
-        other = EmailBackend()
-        other.open()
-        assert other._shared is shared
-        backend.close()
-        other.close()
-        assert EmailBackend(port=2525).open() and True
+        # its limiter, health and connections), even with a copy of the dict.
+        assert EmailBackend().mailer is shared
+        assert EmailBackend(resilient=dict(resilient)).mailer is shared
+        assert EmailBackend(port=2525).mailer is not shared
 
 
 def test_tls_modes() -> None:

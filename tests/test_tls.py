@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from resilient_smtp import Mailer, Reason, State
-from resilient_smtp._cli.check import check_server
+from resilient_smtp._cli.check import check_server, render
 from resilient_smtp.testing import FakeClock, ScriptedSMTPServer
 
 
@@ -135,42 +135,61 @@ async def test_mailer_sends_over_starttls_with_a_trusted_certificate(
 async def test_check_reports_a_certificate_that_does_not_verify(tls_server: TLSServer) -> None:
     report = await check_server("127.0.0.1", tls_server.port, timeout=5)
     assert not report.ok
-    assert "STARTTLS" in {k.upper() for k in report.extensions}
-    assert report.failure is not None
-    assert report.failure.reason is Reason.TLS_REQUIRED
-    assert "certificate" in report.render()
+    (relay,) = report.relays
+    assert "STARTTLS" in {k.upper() for k in relay.extensions}
+    assert [(s.stage, s.ok) for s in relay.steps][-1] == ("starttls", False)
+    assert report.classification is not None
+    assert report.classification.reason is Reason.TLS_REQUIRED
+    assert "certificate" in render(report)
+
+
+async def test_mailer_verify_reports_the_certificate_like_a_send(tls_server: TLSServer) -> None:
+    async with Mailer("127.0.0.1", tls_server.port, timeout=5) as mailer:
+        report = await mailer.verify()
+    assert report.classification is not None
+    assert report.classification.reason is Reason.TLS_REQUIRED
+    assert isinstance(report.error, ssl.SSLError) or isinstance(
+        report.error.__cause__ if report.error else None, ssl.SSLError
+    )
 
 
 async def test_check_passes_with_a_trusted_certificate(tls_server: TLSServer, cert: Cert) -> None:
     report = await check_server(
         "127.0.0.1", tls_server.port, timeout=5, tls_context=cert.trusting_context()
     )
-    assert report.ok, report.render()
-    assert ("STARTTLS", True, "the certificate verified") in report.steps
+    assert report.ok, render(report)
+    (relay,) = report.relays
+    assert [(s.stage, s.ok) for s in relay.steps] == [
+        ("connect", True),
+        ("ehlo", True),
+        ("starttls", True),
+        ("ehlo", True),
+    ]
+    assert "the certificate verified" in render(report)
 
 
 async def test_check_refuses_a_server_without_starttls() -> None:
     async with ScriptedSMTPServer() as server:
         report = await check_server("127.0.0.1", server.port, timeout=5)
-    assert report.failure is not None
-    assert report.failure.reason is Reason.TLS_REQUIRED
-    assert "plaintext" in report.render()
+    assert report.classification is not None
+    assert report.classification.reason is Reason.TLS_REQUIRED
+    assert "STARTTLS" in render(report)
 
 
 async def test_check_explains_a_busy_greeting() -> None:
     async with ScriptedSMTPServer() as server:
         server.on("connect", "421 4.3.2 All server ports are busy")
         report = await check_server("127.0.0.1", server.port, tls="none", timeout=5)
-    assert report.failure is not None
-    assert report.failure.reason is Reason.SERVER_BUSY
-    assert report.failure.session_over
+    assert report.classification is not None
+    assert report.classification.reason is Reason.SERVER_BUSY
+    assert report.classification.session_over
 
 
 async def test_check_with_tls_none_lists_the_extensions() -> None:
     async with ScriptedSMTPServer() as server:
         report = await check_server("127.0.0.1", server.port, tls="none", timeout=5)
     assert report.ok
-    assert "size" in report.extensions
+    assert "size" in report.relays[0].extensions
 
 
 async def test_check_command_line(tls_server: TLSServer) -> None:

@@ -14,18 +14,19 @@ from ._classify.reply import Reply
 from ._classify.rule import Rule, Tier
 from ._classify.taxonomy import Action, Reason, Scope, Stage
 from ._clock import Clock, SystemClock, system_clock
-from ._errors import InvalidMessageError, ResilientSMTPError, SMTPFailure
+from ._errors import InvalidMessageError, ResilientSMTPError, SendFailed, SMTPFailure
 from ._events import Event, Hook
 from ._health import Admission, DestinationHealth, HealthStatus
 from ._limits.adaptive import AdaptiveLimiter
 from ._limits.gcra import RateLimiter
 from ._limits.limiter import ConcurrencyLimiter, KeyedLimiter, Limiter, all_of
 from ._mailer import Mailer
-from ._result import RecipientResult, SendFailed, SendResult, State
+from ._result import RecipientResult, SendResult, State
 from ._retry.budget import RetryBudget
 from ._retry.policy import RetryDecision, RetryPolicy, RetryState
 from ._transport.connection import AiosmtplibTransport, Connection, Transport
 from ._transport.pool import PoolLimits
+from ._verify import RelayCheck, VerifyReport, VerifyStep
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Action",
@@ -55,6 +56,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Reactions",
     "Reason",
     "RecipientResult",
+    "RelayCheck",
     "Reply",
     "ResilientSMTPError",
     "RetryBudget",
@@ -73,6 +75,8 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "SystemClock",
     "Tier",
     "Transport",
+    "VerifyReport",
+    "VerifyStep",
     "all_of",
     "classify",
     "default_classifier",

@@ -214,7 +214,7 @@ def _check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import asyncio
     import os
 
-    from resilient_smtp._cli.check import check_server
+    from resilient_smtp._cli.check import check_server, render
     from resilient_smtp._mailer import _parse_relay
 
     try:
@@ -236,7 +236,7 @@ def _check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             timeout=args.timeout,
         )
     )
-    out.write(report.render() + "\n")
+    out.write(render(report) + "\n")
     return 0 if report.ok else 1
 
 

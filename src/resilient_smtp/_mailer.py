@@ -33,7 +33,7 @@ from ._clock import Clock, SystemClock, system_clock
 from ._deadline import Deadline, DeadlineReached
 from ._delivery import Delivery, never_permanent, settles_recipient
 from ._destination import Destination, parse_destination
-from ._envelope import Envelope, build_envelope, render_message
+from ._envelope import Envelope, build_envelope, check_mx_envelope, render_message, wire_batch
 from ._errors import InvalidMessageError
 from ._events import Event, Hook, emit, logger
 from ._health import Admission, DestinationHealth
@@ -50,6 +50,7 @@ from ._transport.connection import (
 )
 from ._transport.pool import Lease, Pool, PoolLimits
 from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
+from ._verify import VerifyReport, verify_relays
 
 __all__ = ["Mailer"]
 
@@ -218,6 +219,25 @@ class Mailer:
             if aclose is not None:
                 await aclose()
 
+    async def verify(self, *, domains: Iterable[str] = ()) -> VerifyReport:
+        """Connect to each relay as a send would (connect, EHLO or HELO,
+        STARTTLS, AUTH, through the Mailer's own transport), then QUIT.
+
+        Never raises for a server's answer: each relay's steps, what EHLO
+        offered and the classified failure are in the :class:`VerifyReport`
+        (``report.ok``, ``report.error``).  For MX delivery, give the
+        ``domains`` whose MX hosts to check.  Limiter, health and pool are
+        left alone: a check is not traffic.
+        """
+        return await verify_relays(
+            self.transport,
+            self.classifier,
+            self.relays,
+            mx=self.mx,
+            mx_port=self.mx_port,
+            domains=domains,
+        )
+
     def _wants_events(self) -> bool:
         return bool(self.hooks) or logger.isEnabledFor(logging.INFO)
 
@@ -246,8 +266,13 @@ class Mailer:
         ambiguous.  An exception it raises aborts the send.
         """
         envelope = build_envelope(message, sender=sender, recipients=recipients)
+        if self.mx is not None:
+            check_mx_envelope(envelope)
+        # Rendered now, before any traffic, so a message that cannot be
+        # rendered is refused here rather than after connecting.
+        utf8 = envelope.needs_smtputf8
+        bodies: dict[bool, bytes] = {utf8: dot_stuff(render_message(message, smtputf8=utf8))}
         started = self.clock.monotonic()
-        bodies: dict[bool, bytes] = {}
         hook = before_end_of_data
         if self.mx is None:
             final, transactions = await self._deliver(message, envelope, self.relays, bodies, hook)
@@ -328,7 +353,17 @@ class Mailer:
 
         final: dict[str, RecipientResult] = {}
         transactions = 0
-        for part, n in await asyncio.gather(*(one(d, r) for d, r in by_domain.items())):
+        tasks = [asyncio.ensure_future(one(d, r)) for d, r in by_domain.items()]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            # No orphan deliveries: a caller who sees the error and sends
+            # again must not race a send still running for another domain.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for part, n in parts:
             final.update(part)
             transactions += n
         return final, transactions
@@ -586,13 +621,22 @@ class Mailer:
         hook: BeforeEndOfData | None,
     ) -> Outcome:
         conn = lease.connection
-        smtputf8 = envelope.needs_smtputf8
-        if smtputf8 and not conn.supports("smtputf8"):
-            raise InvalidMessageError(
-                f"non-ASCII addresses need SMTPUTF8 (RFC 6531), which {host} does not offer"
-            )
+        # What only this server reveals (no SMTPUTF8 for a non-ASCII local
+        # part) is those recipients' result, not an exception; IDN domains
+        # travel IDNA-encoded (see _envelope.wire_batch).
+        wire = wire_batch(envelope.sender, pending, conn.supports("smtputf8"), host)
+        if not wire.batch:
+            out = Outcome()
+            out.rejected.update(wire.refused)
+            return out
+        smtputf8 = wire.smtputf8
         if smtputf8 not in bodies:
-            bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
+            try:
+                bodies[smtputf8] = dot_stuff(render_message(message, smtputf8=smtputf8))
+            except InvalidMessageError as exc:
+                out = Outcome()
+                out.rejected.update(wire.refuse_all(pending, str(exc)))
+                return out
         body = bodies[smtputf8]
         options = []
         if conn.supports("size"):
@@ -601,18 +645,19 @@ class Mailer:
             options.append("SMTPUTF8")
         if conn.supports("8bitmime") and not body.isascii():
             options.append("BODY=8BITMIME")
-        return await run_transaction(
+        out = await run_transaction(
             conn,
-            sender=envelope.sender,
-            batch=list(pending),
+            sender=wire.sender,
+            batch=wire.batch,
             body=body,
             options=options,
             classify=self.classifier.classify,
             host=host,
             reused=lease.reused,
             resend_ambiguous=self.resend_ambiguous,
-            before_end_of_data=hook,
+            before_end_of_data=wire.hook(hook),
         )
+        return wire.restore(out)
 
 
 def _deadline_classification(dest: Destination, in_session: bool) -> Classification:

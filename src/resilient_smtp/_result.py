@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ._classify.classifier import Classification
 from ._classify.taxonomy import _StrEnum
-from ._errors import ResilientSMTPError
+from ._errors import SendFailed
 
 __all__ = ["RecipientResult", "SendFailed", "SendResult", "State", "failure_text"]
 
@@ -139,15 +139,3 @@ def failure_text(c: Classification) -> str:
     if not text or text in c.explanation:
         return c.explanation
     return f"{c.explanation} ({text})"
-
-
-class SendFailed(ResilientSMTPError):
-    """Not every recipient was delivered; ``result`` has the details."""
-
-    def __init__(self, result: SendResult) -> None:
-        parts = []
-        for r in result.recipients:
-            if r.state is not State.DELIVERED:
-                parts.append(f"{r.address}: {r.state.value} ({r.reason}: {r.explanation})")
-        super().__init__("not delivered to " + "; ".join(parts))
-        self.result = result

@@ -52,6 +52,7 @@ from ._result import SendResult
 from ._retry.policy import RetryPolicy
 from ._transport.connection import TLSMode, TokenProvider, Transport
 from ._transport.pool import PoolLimits
+from ._verify import VerifyReport
 
 __all__ = ["Mailer", "shutdown"]
 
@@ -363,6 +364,15 @@ class Mailer:
         loop, mailer = self._opened()
         bulk = mailer.send_many(messages, concurrency=concurrency, progress=progress)
         return SyncBulkSend(bulk, lambda work: _background.run(loop, work))
+
+    def verify(self, *, domains: Iterable[str] = ()) -> VerifyReport:
+        """As :meth:`resilient_smtp.Mailer.verify`: connect, EHLO, STARTTLS
+        and AUTH to each relay, blocking until done; never raises for a
+        server's answer (see ``report.ok`` and ``report.error``)."""
+        _refuse_inside_loop("resilient_smtp.sync.Mailer.verify", "resilient_smtp.Mailer.verify")
+        domains = list(domains)
+        loop, mailer = self._opened()
+        return _background.run(loop, mailer.verify(domains=domains))
 
     def close(self) -> None:
         """Close the pooled connections (QUIT).  Idempotent."""

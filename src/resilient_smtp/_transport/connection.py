@@ -21,7 +21,7 @@ import inspect
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import aiosmtplib
 
@@ -41,6 +41,13 @@ TLSMode = Literal["starttls", "implicit", "none"]
 
 TokenProvider = Callable[[], str | Awaitable[str]]
 """Returns a fresh OAuth2 access token (sync or async); called at every login."""
+
+StepHook = Callable[[str, "aiosmtplib.SMTPResponse | None"], None]
+"""Told ``(stage, None)`` as each connect step starts and ``(stage, reply)``
+when it succeeded: how :meth:`Mailer.verify` reports the steps of the very
+path the Mailer connects by."""
+
+_R = TypeVar("_R")
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
@@ -261,7 +268,20 @@ class AiosmtplibTransport:
         auth = f", username={self.username!r}, {secret}" if self.username else ""
         return f"AiosmtplibTransport(tls={self.tls!r}{auth}, timeout={self.timeout})"
 
-    async def connect(self, host: str, port: int) -> Connection:
+    async def connect(
+        self, host: str, port: int, *, on_step: StepHook | None = None
+    ) -> Connection:
+        def begin(stage: str) -> None:
+            if on_step is not None:
+                on_step(stage, None)
+
+        async def step(stage: str, call: Awaitable[_R]) -> _R:
+            begin(stage)
+            reply = await call
+            if on_step is not None:
+                on_step(stage, reply if isinstance(reply, aiosmtplib.SMTPResponse) else None)
+            return reply
+
         smtp = aiosmtplib.SMTP(
             hostname=host,
             port=port,
@@ -273,29 +293,36 @@ class AiosmtplibTransport:
             local_hostname=self.local_hostname,
         )
         try:
-            await smtp.connect()
+            await step("connect", smtp.connect())
             try:
-                await smtp.ehlo()
+                await step("ehlo", smtp.ehlo())
             except aiosmtplib.SMTPHeloError as exc:
                 # RFC 5321 §4.1.1.1: a server that refuses EHLO with a 5xx
                 # (other than a closing 421) may still speak plain HELO.
                 if exc.code == 421 or exc.code < 500:
                     raise
-                await smtp.helo()
+                await step("helo", smtp.helo())
             if self.tls == "starttls":
+                begin("starttls")
                 if not smtp.supports_extension("starttls"):
                     raise aiosmtplib.SMTPNotSupported(
                         f"{host} does not offer STARTTLS and tls='starttls' requires it"
                     )
-                await smtp.starttls(tls_context=self.tls_context)
-                await smtp.ehlo()
-            if self.username is not None:
+                await step("starttls", smtp.starttls(tls_context=self.tls_context))
+                await step("ehlo", smtp.ehlo())
+            if self.username is not None and (
+                self._oauth_token is not None or self._password is not None
+            ):
+                begin("auth")
                 if not smtp.supports_extension("auth"):
                     raise aiosmtplib.SMTPNotSupported(f"{host} does not offer AUTH")
                 if self._oauth_token is not None:
-                    await _xoauth2(smtp, self.username, self._oauth_token, self.timeout)
-                elif self._password is not None:
-                    await smtp.login(self.username, self._password)
+                    await step(
+                        "auth", _xoauth2(smtp, self.username, self._oauth_token, self.timeout)
+                    )
+                else:
+                    assert self._password is not None
+                    await step("auth", smtp.login(self.username, self._password))
         except BaseException:
             smtp.close()
             raise

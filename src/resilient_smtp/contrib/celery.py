@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from .._errors import SendFailed
 from .._events import logger
-from .._result import SendFailed, SendResult, State
+from .._result import SendResult, State
 
 __all__ = ["RetryableTask", "raise_for_task", "retry_countdown"]
 
