@@ -287,10 +287,10 @@ class _KeyRate:
         """Credit the time callers spent waiting, and set the bucket's rate."""
         dt = now - self.last_update
         self.last_update = now
-        waits = self.bucket._waits
+        waits = self.bucket.waits
         # Callers waited since the last update, or are waiting now (a batch
         # queued at once enters the wait only once, then keeps waiting).
-        if (waits == self.last_waits and not self.bucket._waiters) or dt <= 0:
+        if (waits == self.last_waits and not self.bucket.waiting) or dt <= 0:
             return  # nobody waited: no growth, the curve has not moved
         self.last_waits = waits
         # Cap the credit so a long quiet spell before one wait is not counted.
@@ -336,7 +336,7 @@ class _KeyRate:
         self.cut_at = now
         self.delivered_since_cut = 0
         new = self.bucket.rate = self._curve()
-        self.bucket._drain()
+        self.bucket.drain()
         emit(
             Event(
                 "rate_changed",
@@ -365,9 +365,7 @@ class _AdaptivePermit(AbstractAsyncContextManager[None]):
         state = self._state
         now = state.owner._clock.monotonic()
         state.update(now)
-        bucket = state.bucket
-        if bucket._waiters or bucket._take(now) != 0.0:
-            await bucket._enter()
+        await state.bucket.wait()
         state.granted += 1
 
     async def __aexit__(

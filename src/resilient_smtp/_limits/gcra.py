@@ -10,22 +10,22 @@ window of ``w`` seconds, at most ``burst + w * rate`` permits.  A bucket
 sized to the rate (aiolimiter's ``AsyncLimiter(200, 1)``) would instead let
 200 through in the first instant.
 
-Waiters queue first come, first served.  Only the head of the queue sleeps,
-and it takes its permit only once it conforms, so a waiter cancelled while
-sleeping has reserved nothing and the next one simply moves up.  Because a
+Waiters queue first come, first served (a :class:`Waiters` with one permit:
+the head of the line).  Only the head sleeps, and it takes its rate permit
+only once it conforms, so a waiter cancelled while sleeping has reserved
+nothing and the next one simply moves up.  Because a
 grant moves TAT on from TAT (not from the moment the sleeper woke up), a
 timer that fires a little late costs no rate as long as ``burst >= 2``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .._clock import Clock, system_clock
+from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -55,11 +55,11 @@ class RateLimiter:
         "_burst",
         "_clock",
         "_interval",
+        "_line",
         "_permit",
         "_rate",
         "_tat",
         "_tolerance",
-        "_waiters",
         "_waits",
     )
 
@@ -75,7 +75,7 @@ class RateLimiter:
         self._interval = 0.0
         self._tolerance = 0.0
         self.rate = rate
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._line = Waiters(1)  # the head of the line holds its one permit
         self._waits = 0
         self._permit = _RatePermit(self)
 
@@ -98,7 +98,7 @@ class RateLimiter:
         if old_interval and self._tat > (now := self._clock.monotonic()):
             self._tat = now + (self._tat - now) * (self._interval / old_interval)
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """Empty the bucket: the next permit comes one interval from now.
 
         After a pushback the server's own bucket is empty; granting a burst
@@ -125,7 +125,30 @@ class RateLimiter:
 
     def is_idle(self) -> bool:
         """Nobody waiting and the bucket full: a fresh limiter would be the same."""
-        return self._tat <= self._clock.monotonic() and all(w.done() for w in self._waiters)
+        return self._tat <= self._clock.monotonic() and self._line.is_idle()
+
+    @property
+    def waits(self) -> int:
+        """How many callers had to wait for a permit so far."""
+        return self._waits
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a caller is waiting for a permit right now."""
+        return not self._line.is_idle()
+
+    def try_acquire(self) -> bool:
+        """Take a permit if one conforms now and nobody is queued; never waits."""
+        return self._line.is_idle() and self._take(self._clock.monotonic()) == 0.0
+
+    async def wait(self) -> None:
+        """Wait for one permit (a rate permit is never given back)."""
+        if self.try_acquire():
+            return
+        self._waits += 1
+        async with self._line:
+            while (wait := self._take(self._clock.monotonic())) > 0.0:
+                await self._clock.sleep(wait)
 
     def delay(self) -> float:
         """Seconds until a permit would be granted to a new caller (0 = now).
@@ -144,28 +167,6 @@ class RateLimiter:
             return 0.0
         return allowed_at - now
 
-    async def _enter(self) -> None:
-        if not self._waiters and self._take(self._clock.monotonic()) == 0.0:
-            return
-        self._waits += 1
-        waiters = self._waiters
-        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(me)
-        try:
-            if waiters[0] is not me:
-                await me  # the head hands over when it leaves
-            while (wait := self._take(self._clock.monotonic())) > 0.0:
-                await self._clock.sleep(wait)
-        finally:
-            if waiters and waiters[0] is me:
-                waiters.popleft()
-                # Waiters cancelled while queued are skipped (lazily removed).
-                while waiters and waiters[0].cancelled():
-                    waiters.popleft()
-                if waiters:
-                    waiters[0].set_result(None)
-            # else: cancelled while queued behind others; skipped later.
-
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self._rate:g}, burst={self._burst})"
 
@@ -178,11 +179,7 @@ class _RatePermit(AbstractAsyncContextManager[None]):
         self._limiter = limiter
 
     async def __aenter__(self) -> None:
-        lim = self._limiter
-        # The uncontended path, inlined: no queue and a conforming request.
-        if not lim._waiters and lim._take(lim._clock.monotonic()) == 0.0:
-            return
-        await lim._enter()
+        await self._limiter.wait()
 
     async def __aexit__(
         self,

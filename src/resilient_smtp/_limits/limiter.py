@@ -17,7 +17,6 @@ and the adaptive limiter in ``_adaptive.py``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .._clock import Clock, system_clock
+from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -84,88 +84,48 @@ _NOOP = _Noop()
 class ConcurrencyLimiter:
     """At most ``limit`` permits held at once (one bucket; the key is ignored).
 
-    Waiters are served first come, first served.  A waiter cancelled while
-    waiting takes nothing; one cancelled just after it was handed a permit
-    passes the permit on.  Wrap it in :class:`KeyedLimiter` for a limit per
-    destination.
+    Waiters are served first come, first served (see :class:`Waiters`: a
+    waiter cancelled while waiting takes nothing; one cancelled just after it
+    was handed a permit passes the permit on).  ``limit`` may be changed while
+    in use.  Wrap it in :class:`KeyedLimiter` for a limit per destination.
     """
 
-    __slots__ = ("_held", "_permit", "_waiters", "limit")
+    __slots__ = ("_waiters",)
 
     def __init__(self, limit: int = 4) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit = limit
-        self._held = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._permit = _ConcurrencyPermit(self)
+        self._waiters = Waiters(limit)
+
+    @property
+    def limit(self) -> int:
+        """Permits that may be held at once."""
+        return self._waiters.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._waiters.limit = value
 
     @property
     def held(self) -> int:
         """Permits held right now."""
-        return self._held
+        return self._waiters.held
 
     @property
     def waiting(self) -> int:
         """Tasks waiting for a permit."""
-        return sum(1 for w in self._waiters if not w.done())
+        return self._waiters.waiting
 
     def acquire(self, key: str = "") -> AbstractAsyncContextManager[None]:
-        return self._permit
+        return self._waiters
 
     def feedback(self, key: str, classification: Classification | None) -> None:
         return None
 
     def is_idle(self) -> bool:
         """No permit held and nobody waiting: a fresh limiter would be the same."""
-        return self._held == 0 and all(w.done() for w in self._waiters)
-
-    async def _enter(self) -> None:
-        if self._held < self.limit and not self._waiters:
-            self._held += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # We were handed a permit and cancelled before we could use it.
-                self._release()
-            raise
-
-    def _release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the permit passes on; ``_held`` is unchanged
-                return
-        self._held -= 1
+        return self._waiters.is_idle()
 
     def __repr__(self) -> str:
-        return f"ConcurrencyLimiter(limit={self.limit}, held={self._held}, waiting={self.waiting})"
-
-
-class _ConcurrencyPermit(AbstractAsyncContextManager[None]):
-    # Holds no per-use state, so one instance serves every ``async with``.
-    __slots__ = ("_limiter",)
-
-    def __init__(self, limiter: ConcurrencyLimiter) -> None:
-        self._limiter = limiter
-
-    async def __aenter__(self) -> None:
-        await self._limiter._enter()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._limiter._release()
+        return f"ConcurrencyLimiter(limit={self.limit}, held={self.held}, waiting={self.waiting})"
 
 
 # --------------------------------------------------------------------------

@@ -210,11 +210,14 @@ class _AiosmtplibConnection:
         return await self._command(b"NOOP")
 
     async def close(self) -> None:
-        if self._smtp.is_connected:
-            # QUIT is a courtesy; the socket goes anyway.
-            with contextlib.suppress(Exception):
-                await self._smtp.quit(timeout=min(self._timeout, 5.0))
-        self._smtp.close()
+        try:
+            if self._smtp.is_connected:
+                # QUIT is a courtesy; the socket goes anyway, also when the
+                # caller is cancelled while waiting for the reply.
+                with contextlib.suppress(Exception):
+                    await self._smtp.quit(timeout=min(self._timeout, 5.0))
+        finally:
+            self._smtp.close()
 
     def __repr__(self) -> str:
         return f"<Connection {self.host} messages={self.messages}>"

@@ -20,8 +20,6 @@ up one permit there (the script ran; its answer was not read).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -33,6 +31,7 @@ from .._clock import Clock, system_clock
 from .._events import Hook
 from .._limits.gcra import RateLimiter, _check_rate
 from .._limits.limiter import KeyedLimiter, Limiter
+from .._limits.waiters import Waiters
 from ._link import RedisUnavailable, _Link
 from ._lua import GCRA
 
@@ -92,7 +91,7 @@ class _Shared:
             hooks=self._hooks,
         )
         self._fallback = fallback
-        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._lines: dict[str, Waiters] = {}
 
     @property
     def redis_up(self) -> bool:
@@ -108,37 +107,29 @@ class _Shared:
 
     async def _enter(self, key: str) -> AbstractAsyncContextManager[None] | None:
         """Wait for a permit; return the fallback's permit if it came from there."""
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = collections.deque()
-        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(me)
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = Waiters(1)
         try:
-            if queue[0] is not me:
-                await me  # the head hands over when it leaves
-            # Ends with a permit, or when the caller is cancelled (the Mailer
-            # cancels at the send's deadline); every turn sleeps or fails over.
-            while True:
-                if not self._link.usable():
-                    cm = self._fallback.acquire(key)
-                    await cm.__aenter__()
-                    return cm
-                try:
-                    wait = await self._link.call(lambda: self._ask(key))
-                except RedisUnavailable:
-                    continue
-                if wait <= 0.0:
-                    return None
-                await self._clock.sleep(max(wait, _MIN_SLEEP))
+            async with line:  # only the head of the line talks to Redis
+                # Ends with a permit, or when the caller is cancelled (the
+                # Mailer cancels at the send's deadline); every turn sleeps or
+                # fails over.
+                while True:
+                    if not self._link.usable():
+                        cm = self._fallback.acquire(key)
+                        await cm.__aenter__()
+                        return cm
+                    try:
+                        wait = await self._link.call(lambda: self._ask(key))
+                    except RedisUnavailable:
+                        continue
+                    if wait <= 0.0:
+                        return None
+                    await self._clock.sleep(max(wait, _MIN_SLEEP))
         finally:
-            if queue and queue[0] is me:
-                queue.popleft()
-                while queue and queue[0].cancelled():
-                    queue.popleft()
-                if queue:
-                    queue[0].set_result(None)
-            if not queue and self._queues.get(key) is queue:
-                del self._queues[key]
+            if line.is_idle() and self._lines.get(key) is line:
+                del self._lines[key]
 
     async def aclose(self) -> None:
         """Close the Redis client if the limiter made it from a URL."""
