@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from resilient_smtp import PoolLimits, Reply
+from resilient_smtp import PoolLimits, Reply, Transport
 from resilient_smtp._limits.waiters import Waiters
 from resilient_smtp._transport.connection import Connection
 from resilient_smtp._transport.pool import Pool
@@ -169,7 +169,7 @@ class _Conn:
         self.open = False
 
 
-class _Transport:
+class _Transport(Transport):
     def __init__(self) -> None:
         self.made: list[_Conn] = []
 

@@ -16,7 +16,7 @@ from ._classify.taxonomy import Action, Reason, Scope, Stage
 from ._clock import Clock, SystemClock, system_clock
 from ._errors import InvalidMessageError, ResilientSMTPError, SendFailed, SMTPFailure
 from ._events import Event, Hook
-from ._health import Admission, DestinationHealth, HealthStatus
+from ._health import Admission, DestinationHealth, Health, HealthStatus
 from ._limits.adaptive import AdaptiveLimiter
 from ._limits.gcra import RateLimiter
 from ._limits.limiter import ConcurrencyLimiter, KeyedLimiter, Limiter, all_of
@@ -43,6 +43,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Connection",
     "DestinationHealth",
     "Event",
+    "Health",
     "HealthStatus",
     "Hook",
     "InvalidMessageError",

@@ -51,7 +51,7 @@ from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
 from .gcra import RateLimiter, _check_rate
-from .limiter import KeyedLimiter
+from .limiter import KeyedLimiter, Limiter
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -109,7 +109,7 @@ class _Meter:
         return None
 
 
-class AdaptiveLimiter:
+class AdaptiveLimiter(Limiter):
     """A per-destination rate that backs off on pushback and probes back up.
 
     The Mailer's default limiter.  Call :meth:`feedback` once per permit
@@ -215,7 +215,7 @@ class AdaptiveLimiter:
         )
 
 
-class _KeyRate:
+class _KeyRate(Limiter):
     """One destination's bucket and where it stands on the curve."""
 
     __slots__ = (

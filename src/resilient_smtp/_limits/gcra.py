@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .._clock import Clock, system_clock
+from .limiter import Limiter
 from .waiters import Waiters
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def _check_rate(name: str, value: float) -> float:
     return float(value)
 
 
-class RateLimiter:
+class RateLimiter(Limiter):
     """At most ``rate`` permits per second, with bursts of at most ``burst``.
 
     One bucket for everything: the key passed to :meth:`acquire` is ignored.

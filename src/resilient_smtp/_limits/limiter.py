@@ -42,7 +42,12 @@ class Limiter(Protocol):
     ``feedback(key, classification)`` reports one attempt's outcome: ``None``
     for a delivered message, else the :class:`~resilient_smtp.Classification`
     of the failure.
+
+    :meth:`is_idle` and :meth:`aclose` have defaults: subclass ``Limiter``
+    to inherit them, and define only what your limiter needs.
     """
+
+    __slots__ = ()
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
         """A context manager holding one permit for ``key`` while inside."""
@@ -55,6 +60,17 @@ class Limiter(Protocol):
         the retry itself (the Mailer then skips the per-reason floor for
         reasons whose reaction is ``paced``); ``None`` otherwise."""
         ...
+
+    def is_idle(self) -> bool:
+        """Whether a fresh limiter would behave the same (nothing held,
+        nobody waiting, no pace to remember), so :class:`KeyedLimiter` may
+        forget it.  Default: ``True``."""
+        return True
+
+    async def aclose(self) -> None:
+        """Release what the limiter holds (a Redis client).  The Mailer calls
+        it on close.  Default: nothing to release."""
+        return
 
 
 class _Noop(AbstractAsyncContextManager[None]):
@@ -81,7 +97,7 @@ _NOOP = _Noop()
 # Concurrency
 
 
-class ConcurrencyLimiter:
+class ConcurrencyLimiter(Limiter):
     """At most ``limit`` permits held at once (one bucket; the key is ignored).
 
     Waiters are served first come, first served (see :class:`Waiters`: a
@@ -146,15 +162,15 @@ class _Entry:
 _SWEEP_BATCH = 64
 
 
-class KeyedLimiter:
+class KeyedLimiter(Limiter):
     """A separate limiter per key, made by ``factory()`` on first use.
 
     A key unused for ``idle_timeout`` seconds is forgotten, so sending to
     100,000 domains keeps only the recently used ones in memory.  A key is
     never dropped while a permit for it is held or awaited, nor while its
-    limiter says it is not at rest (a limiter may define ``is_idle() ->
-    bool``; :class:`RateLimiter` is not at rest until its bucket has
-    refilled, so forgetting it cannot grant an extra burst).
+    limiter says it is not at rest (:meth:`Limiter.is_idle`;
+    :class:`RateLimiter` is not at rest until its bucket has refilled, so
+    forgetting it cannot grant an extra burst).
     """
 
     __slots__ = ("_clock", "_entries", "_factory", "idle_timeout")
@@ -200,8 +216,17 @@ class KeyedLimiter:
         """
         return self._touch(key).limiter
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        self._touch(key).limiter.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        return self._touch(key).limiter.feedback(key, classification)
+
+    def is_idle(self) -> bool:
+        """No key held: every one was idle long enough to be forgotten."""
+        return not self._entries
+
+    async def aclose(self) -> None:
+        """Close every limiter it holds."""
+        for entry in list(self._entries.values()):
+            await entry.limiter.aclose()
 
     def _touch(self, key: str) -> _Entry:
         now = self._clock.monotonic()
@@ -224,8 +249,7 @@ class KeyedLimiter:
             key, entry = next(iter(entries.items()))
             if entry.last_used > stale:
                 return
-            is_idle = getattr(entry.limiter, "is_idle", None)
-            if entry.active == 0 and (is_idle is None or is_idle()):
+            if entry.active == 0 and entry.limiter.is_idle():
                 del entries[key]
             else:  # still busy: look again after another idle_timeout
                 entry.last_used = now
@@ -286,14 +310,12 @@ def all_of(*limiters: Limiter) -> Limiter:
     everything (a "no limit" limiter).
     """
     for lim in limiters:
-        if not (
-            callable(getattr(lim, "acquire", None)) and callable(getattr(lim, "feedback", None))
-        ):
+        if not isinstance(lim, Limiter):
             raise TypeError(f"all_of() takes Limiter objects, not {type(lim).__name__}")
     return _AllOf(limiters)
 
 
-class _AllOf:
+class _AllOf(Limiter):
     __slots__ = ("limiters",)
 
     def __init__(self, limiters: tuple[Limiter, ...]) -> None:
@@ -304,9 +326,17 @@ class _AllOf:
             return _NOOP
         return _AllOfPermit(self.limiters, key)
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        # Every limiter hears it; the pushback is taken if any one takes it.
+        taken = [lim.feedback(key, classification) for lim in self.limiters]
+        return True if any(taken) else None
+
+    def is_idle(self) -> bool:
+        return all(lim.is_idle() for lim in self.limiters)
+
+    async def aclose(self) -> None:
         for lim in self.limiters:
-            lim.feedback(key, classification)
+            await lim.aclose()
 
     def __repr__(self) -> str:
         return f"all_of({', '.join(map(repr, self.limiters))})"

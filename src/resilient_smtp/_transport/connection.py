@@ -114,12 +114,22 @@ class Connection(Protocol):
 
 
 class Transport(Protocol):
-    """Opens connections to a destination."""
+    """Opens connections to a destination.
+
+    :meth:`aclose` has a default: subclass ``Transport`` to inherit it.
+    """
+
+    __slots__ = ()
 
     async def connect(self, host: str, port: int) -> Connection:
         """Connect, EHLO, STARTTLS and AUTH as configured.  A failure raises
         the aiosmtplib exception, whose type tells the stage."""
         ...
+
+    async def aclose(self) -> None:
+        """Release what the transport holds beyond its connections (which
+        the pool closes).  The Mailer calls it on close.  Default: nothing."""
+        return
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
@@ -223,7 +233,7 @@ class _AiosmtplibConnection:
         return f"<Connection {self.host} messages={self.messages}>"
 
 
-class AiosmtplibTransport:
+class AiosmtplibTransport(Transport):
     """Connections over aiosmtplib.
 
     ``tls="starttls"`` (the default) requires STARTTLS and verifies the

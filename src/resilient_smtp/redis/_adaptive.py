@@ -165,8 +165,9 @@ class RedisAdaptiveLimiter(_Shared):
                 lambda: self._rate_script(keys=[self._key(key)], args=(*self._curve_args, 0))
             )
         except RedisUnavailable:
-            local = getattr(self._fallback, "rate", None)
-            return float(local(key)) if callable(local) else self.spec.initial_rate
+            if isinstance(self._fallback, AdaptiveLimiter):
+                return self._fallback.rate(key)
+            return self.spec.initial_rate
         return float(rate)
 
     def feedback(self, key: str, classification: Classification | None) -> None:

@@ -53,14 +53,11 @@ def _check_workers(workers: int) -> int:
 
 
 def _check_fallback(fallback: Limiter | None) -> None:
-    if fallback is not None and not (
-        callable(getattr(fallback, "acquire", None))
-        and callable(getattr(fallback, "feedback", None))
-    ):
+    if fallback is not None and not isinstance(fallback, Limiter):
         raise TypeError(f"fallback must be a Limiter, not {type(fallback).__name__}")
 
 
-class _Shared:
+class _Shared(Limiter):
     """What both Redis limiters do: the local queue, Redis, the fallback."""
 
     def __init__(
@@ -92,6 +89,11 @@ class _Shared:
         )
         self._fallback = fallback
         self._lines: dict[str, Waiters] = {}
+
+    @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock
 
     @property
     def redis_up(self) -> bool:
@@ -131,8 +133,13 @@ class _Shared:
             if line.is_idle() and self._lines.get(key) is line:
                 del self._lines[key]
 
+    def is_idle(self) -> bool:
+        """Nobody waiting here (the shared state lives in Redis)."""
+        return not self._lines
+
     async def aclose(self) -> None:
-        """Close the Redis client if the limiter made it from a URL."""
+        """Close the Redis client if the limiter made it from a URL, and the fallback."""
+        await self._fallback.aclose()
         await self._link.aclose()
 
 
@@ -215,8 +222,8 @@ class RedisRateLimiter(_Shared):
         granted, wait_us = await self._script(keys=[f"{self.prefix}:rate:{key}"], args=self._args)
         return 0.0 if int(granted) else int(wait_us) / 1e6
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        self._fallback.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        return self._fallback.feedback(key, classification)
 
     def __repr__(self) -> str:
         return (
