@@ -26,6 +26,7 @@ from typing import Literal, Protocol, TypeVar
 import aiosmtplib
 
 from .._classify.reply import Reply
+from .._errors import BodyNotSent
 
 __all__ = [
     "AiosmtplibTransport",
@@ -64,14 +65,6 @@ def dot_stuff(body: bytes) -> bytes:
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
-
-
-class BodyNotSent(aiosmtplib.SMTPServerDisconnected):
-    """The connection was gone before any of the message was written, so the
-    message certainly did not arrive (not the ambiguous window)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
 
 
 class Connection(Protocol):

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .._clock import Clock
+from .._errors import RedisUnavailable
 from .._events import Event, Hook, emit
 
 __all__ = ["RedisUnavailable"]
@@ -34,10 +35,6 @@ T = TypeVar("T")
 # What a call to an unreachable, slow or unwell Redis can raise.  (On 3.10,
 # asyncio.TimeoutError is not yet the builtin TimeoutError.)
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, TimeoutError)
-
-
-class RedisUnavailable(Exception):
-    """Redis did not answer in time, or answered with an error (the fallback applies)."""
 
 
 def _positive(name: str, value: float) -> float:
