@@ -3,7 +3,7 @@
 The Mailer needs every reply of a transaction, each with its stage, so it
 never calls aiosmtplib's ``sendmail()`` (which loses a 421 at RCPT and the
 recipients already accepted, and cannot tell a failure at DATA from one after
-the final dot: see shared/research/real-servers.md).  A :class:`Connection`
+the final dot, which RFC 5321 §4.1.1.4 tells apart).  A :class:`Connection`
 returns the server's :class:`Reply` for MAIL, RCPT, DATA and the end of the
 data, and raises (aiosmtplib's ``SMTPServerDisconnected``,
 ``SMTPTimeoutError``, ``OSError``) only when there was no reply at all.
