@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from ._checks import positive_number, whole_number
 from ._classify.reactions import REACTIONS, Reactions
 from ._classify.taxonomy import Reason
 from ._clock import Clock, system_clock
@@ -164,14 +165,6 @@ def _status(state: HealthState, b: _Breaker, failures: int) -> HealthStatus:
     )
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
-    return float(value)
-
-
 class DestinationHealth(Health):
     """A circuit breaker per destination, and a pause for the whole relay.
 
@@ -202,18 +195,14 @@ class DestinationHealth(Health):
         self._at_once = reactions.reasons(health="suspend")
         self._counted = reactions.reasons(health="count")
         self._relay_reasons = reactions.reasons(health="pause_relay")
-        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
-            raise TypeError("failure_threshold must be an int")
-        if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
-        self.failure_threshold = failure_threshold
-        self.failure_window = _positive("failure_window", failure_window)
-        self.suspend_base = _positive("suspend_base", suspend_base)
-        self.severe_base = _positive("severe_base", severe_base)
-        self.suspend_cap = _positive("suspend_cap", suspend_cap)
-        self.pause_base = _positive("pause_base", pause_base)
-        self.pause_cap = _positive("pause_cap", pause_cap)
-        self.probe_timeout = _positive("probe_timeout", probe_timeout)
+        self.failure_threshold = whole_number("failure_threshold", failure_threshold)
+        self.failure_window = positive_number("failure_window", failure_window)
+        self.suspend_base = positive_number("suspend_base", suspend_base)
+        self.severe_base = positive_number("severe_base", severe_base)
+        self.suspend_cap = positive_number("suspend_cap", suspend_cap)
+        self.pause_base = positive_number("pause_base", pause_base)
+        self.pause_cap = positive_number("pause_cap", pause_cap)
+        self.probe_timeout = positive_number("probe_timeout", probe_timeout)
         self._clock = clock
         self._hooks = tuple(hooks)
         self._keys: collections.OrderedDict[str, _Breaker] = collections.OrderedDict()

@@ -43,15 +43,15 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .._checks import positive_number
 from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
-from .gcra import RateLimiter, _check_rate
-from .limiter import KeyedLimiter, Limiter
+from .gcra import RateLimiter
+from .limiter import KeyedLimiter, Limiter, NothingToGiveBack
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -153,9 +153,9 @@ class AdaptiveLimiter(Limiter):
         clock: Clock = system_clock,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self.initial_rate = _check_rate("initial_rate", initial_rate)
-        self.min_rate = _check_rate("min_rate", min_rate)
-        self.max_rate = _check_rate("max_rate", max_rate)
+        self.initial_rate = positive_number("initial_rate", initial_rate)
+        self.min_rate = positive_number("min_rate", min_rate)
+        self.max_rate = positive_number("max_rate", max_rate)
         if not self.min_rate <= self.initial_rate <= self.max_rate:
             raise ValueError(
                 "need min_rate <= initial_rate <= max_rate, got "
@@ -167,8 +167,8 @@ class AdaptiveLimiter(Limiter):
             raise ValueError(f"beta must be between 0 and 1 (exclusive), got {beta!r}")
         self.burst = burst
         self.beta = float(beta)
-        self.doubling_time = _check_rate("doubling_time", doubling_time)
-        self.recovery_time = _check_rate("recovery_time", recovery_time)
+        self.doubling_time = positive_number("doubling_time", doubling_time)
+        self.recovery_time = positive_number("recovery_time", recovery_time)
         if isinstance(recovery_messages, bool) or not isinstance(recovery_messages, int):
             raise TypeError("recovery_messages must be an int")
         if recovery_messages < 0:
@@ -255,7 +255,7 @@ class _KeyRate(Limiter):
         self.cut_at = -math.inf
         self.delivered_since_cut = 0
         self.meter = _Meter()
-        self._permit = _AdaptivePermit(self)
+        self._permit = NothingToGiveBack(self._enter)
 
     # -- the Limiter protocol ------------------------------------------------
 
@@ -280,6 +280,11 @@ class _KeyRate(Limiter):
 
     def is_idle(self) -> bool:
         return self.bucket.is_idle()
+
+    async def _enter(self) -> None:
+        self.update(self.owner._clock.monotonic())
+        await self.bucket.wait()
+        self.granted += 1
 
     # -- the curve -------------------------------------------------------------
 
@@ -353,25 +358,3 @@ class _KeyRate(Limiter):
             ),
             owner._hooks,
         )
-
-
-class _AdaptivePermit(AbstractAsyncContextManager[None]):
-    __slots__ = ("_state",)
-
-    def __init__(self, state: _KeyRate) -> None:
-        self._state = state
-
-    async def __aenter__(self) -> None:
-        state = self._state
-        now = state.owner._clock.monotonic()
-        state.update(now)
-        await state.bucket.wait()
-        state.granted += 1
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None

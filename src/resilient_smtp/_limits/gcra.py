@@ -21,25 +21,17 @@ timer that fires a little late costs no rate as long as ``burst >= 2``.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .._checks import positive_number, whole_number
 from .._clock import Clock, system_clock
-from .limiter import Limiter
+from .limiter import Limiter, NothingToGiveBack
 from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
 
 __all__ = ["RateLimiter"]
-
-
-def _check_rate(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
-    return float(value)
 
 
 class RateLimiter(Limiter):
@@ -65,11 +57,7 @@ class RateLimiter(Limiter):
     )
 
     def __init__(self, rate: float = 200.0, burst: int = 10, clock: Clock = system_clock) -> None:
-        if isinstance(burst, bool) or not isinstance(burst, int):
-            raise TypeError(f"burst must be an int, not {type(burst).__name__}")
-        if burst < 1:
-            raise ValueError(f"burst must be at least 1, got {burst}")
-        self._burst = burst
+        self._burst = whole_number("burst", burst)
         self._clock = clock
         self._tat = float("-inf")
         self._rate = 0.0
@@ -78,7 +66,7 @@ class RateLimiter(Limiter):
         self.rate = rate
         self._line = Waiters(1)  # the head of the line holds its one permit
         self._waits = 0
-        self._permit = _RatePermit(self)
+        self._permit = NothingToGiveBack(self.wait)
 
     @property
     def rate(self) -> float:
@@ -87,7 +75,7 @@ class RateLimiter(Limiter):
 
     @rate.setter
     def rate(self, value: float) -> None:
-        value = _check_rate("rate", value)
+        value = positive_number("rate", value)
         if value == self._rate:
             return
         old_interval = self._interval
@@ -170,22 +158,3 @@ class RateLimiter(Limiter):
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self._rate:g}, burst={self._burst})"
-
-
-class _RatePermit(AbstractAsyncContextManager[None]):
-    # A rate permit is never given back, so one instance serves every use.
-    __slots__ = ("_limiter",)
-
-    def __init__(self, limiter: RateLimiter) -> None:
-        self._limiter = limiter
-
-    async def __aenter__(self) -> None:
-        await self._limiter.wait()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None

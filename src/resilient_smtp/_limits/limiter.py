@@ -18,7 +18,7 @@ and the adaptive limiter in ``_adaptive.py``.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -29,7 +29,7 @@ from .waiters import Waiters
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
 
-__all__ = ["ConcurrencyLimiter", "KeyedLimiter", "Limiter", "all_of"]
+__all__ = ["ConcurrencyLimiter", "KeyedLimiter", "Limiter", "NothingToGiveBack", "all_of"]
 
 
 @runtime_checkable
@@ -73,24 +73,28 @@ class Limiter(Protocol):
         return
 
 
-class _Noop(AbstractAsyncContextManager[None]):
-    """The context manager of a permit that needs no giving back."""
+class NothingToGiveBack(AbstractAsyncContextManager[None]):
+    """The permit of a limiter that holds nothing once it has said yes (a
+    rate permit): entering awaits ``enter()``, leaving does nothing.  Holds
+    no per-use state, so one instance serves every ``async with``."""
 
-    __slots__ = ()
+    __slots__ = ("_enter",)
+
+    def __init__(self, enter: Callable[[], Awaitable[None]]) -> None:
+        self._enter = enter
 
     async def __aenter__(self) -> None:
-        return None
+        await self._enter()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
 
-_NOOP = _Noop()
+async def _admit() -> None:
+    return None
+
+
+_NOOP = NothingToGiveBack(_admit)
 
 
 # --------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+
+from .._checks import whole_number
 
 __all__ = ["Waiters"]
 
@@ -40,7 +41,7 @@ class Waiters(AbstractAsyncContextManager[None]):
     __slots__ = ("_held", "_limit", "_queue", "_stale")
 
     def __init__(self, limit: int = 1) -> None:
-        self._limit = _check_limit(limit)
+        self._limit = whole_number("limit", limit)
         self._held = 0
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._stale = 0  # cancellations since the queue was last compacted
@@ -52,7 +53,7 @@ class Waiters(AbstractAsyncContextManager[None]):
 
     @limit.setter
     def limit(self, value: int) -> None:
-        self._limit = _check_limit(value)
+        self._limit = whole_number("limit", value)
         self._wake()
 
     @property
@@ -126,21 +127,8 @@ class Waiters(AbstractAsyncContextManager[None]):
     async def __aenter__(self) -> None:
         await self.acquire()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.release()
 
     def __repr__(self) -> str:
         return f"Waiters(limit={self._limit}, held={self._held}, waiting={self.waiting})"
-
-
-def _check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    return limit

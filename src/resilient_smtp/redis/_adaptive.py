@@ -26,13 +26,14 @@ from collections.abc import Collection, Iterable
 
 from redis.asyncio import Redis
 
+from .._checks import whole_number
 from .._classify.classifier import Classification
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit, logger
 from .._limits.adaptive import AdaptiveLimiter
 from .._limits.limiter import Limiter
-from ._limit import _check_fallback, _check_workers, _Shared
+from ._limit import _check_fallback, _Shared
 from ._link import RedisUnavailable
 from ._lua import ADAPTIVE_ACQUIRE, ADAPTIVE_CUT, ADAPTIVE_RATE
 
@@ -88,7 +89,7 @@ class RedisAdaptiveLimiter(_Shared):
             idle_timeout=idle_timeout,
         )
         self.spec = spec
-        self.workers = _check_workers(workers)
+        self.workers = whole_number("workers", workers)
         _check_fallback(fallback)
         if fallback is None:
             n = self.workers

@@ -78,18 +78,17 @@ class RedisHealth(Health):
         self._clock = clock
         self.local = DestinationHealth(clock=clock, hooks=(*self._hooks, self._heard), **rules)
         """The breakers in this process, which decide; this object shares."""
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError("prefix must be a non-empty string")
-        self.prefix = prefix
         self._link = _Link(
             redis,
             what="RedisHealth",
+            prefix=prefix,
             timeout=timeout,
             retry_base=retry_base,
             retry_cap=retry_cap,
             clock=clock,
             hooks=self._hooks,
         )
+        self.prefix = self._link.prefix
         client = self._link.client
         self._write = client.register_script(HEALTH_WRITE)
         self._snapshot = client.register_script(HEALTH_SNAPSHOT)

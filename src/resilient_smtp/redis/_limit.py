@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from .._checks import positive_number, whole_number
 from .._clock import Clock, system_clock
 from .._events import Hook
-from .._limits.gcra import RateLimiter, _check_rate
+from .._limits.gcra import RateLimiter
 from .._limits.limiter import KeyedLimiter, Limiter
 from .._limits.waiters import Waiters
 from ._link import RedisUnavailable, _Link
@@ -42,14 +43,6 @@ __all__ = ["RedisRateLimiter"]
 
 # A wait Redis rounds to 0 would make the head ask again at once.
 _MIN_SLEEP = 0.0005
-
-
-def _check_workers(workers: int) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    return workers
 
 
 def _check_fallback(fallback: Limiter | None) -> None:
@@ -73,20 +66,19 @@ class _Shared(Limiter):
         clock: Clock,
         hooks: Iterable[Hook],
     ) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError("prefix must be a non-empty string")
-        self.prefix = prefix
         self._clock = clock
         self._hooks = tuple(hooks)
         self._link = _Link(
             redis,
             what=what,
+            prefix=prefix,
             timeout=timeout,
             retry_base=retry_base,
             retry_cap=retry_cap,
             clock=clock,
             hooks=self._hooks,
         )
+        self.prefix = self._link.prefix
         self._fallback = fallback
         self._lines: dict[str, Waiters] = {}
 
@@ -191,13 +183,9 @@ class RedisRateLimiter(_Shared):
         clock: Clock = system_clock,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self.rate = _check_rate("rate", rate)
-        if isinstance(burst, bool) or not isinstance(burst, int):
-            raise TypeError(f"burst must be an int, not {type(burst).__name__}")
-        if burst < 1:
-            raise ValueError(f"burst must be at least 1, got {burst}")
-        self.burst = burst
-        self.workers = _check_workers(workers)
+        self.rate = positive_number("rate", rate)
+        self.burst = whole_number("burst", burst)
+        self.workers = whole_number("workers", workers)
         _check_fallback(fallback)
         if fallback is None:
             share, share_burst = self.rate / self.workers, max(1, burst // self.workers)
