@@ -39,7 +39,7 @@ from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook
 from .._health import Admission, DestinationHealth, Health, HealthStatus
-from ._link import _FAILURES, RedisUnavailable, _Link
+from ._link import _FAILURES, RedisUnavailable, _Link, _OnLink
 from ._lua import HEALTH_SNAPSHOT, HEALTH_WRITE
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ _LISTEN_POLL = 1.0  # seconds a pub/sub read waits before looking again
 _READY_WAIT = 5.0  # seconds start() waits for the first snapshot at most
 
 
-class RedisHealth(Health):
+class RedisHealth(_OnLink, Health):
     """:class:`~resilient_smtp.DestinationHealth` with suspensions shared through Redis.
 
     ``redis`` is a ``redis://`` URL or a ``redis.asyncio.Redis``; the other
@@ -98,16 +98,6 @@ class RedisHealth(Health):
         self._ready: asyncio.Event | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._closed = False
-
-    @property
-    def redis_up(self) -> bool:
-        """Redis answered the last call."""
-        return self._link.up
-
-    @property
-    def clock(self) -> Clock:
-        """The clock it runs on (a Mailer checks it is the Mailer's)."""
-        return self._clock
 
     @property
     def keys_held(self) -> int:

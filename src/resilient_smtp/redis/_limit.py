@@ -33,7 +33,7 @@ from .._events import Hook
 from .._limits.gcra import RateLimiter
 from .._limits.limiter import KeyedLimiter, Limiter
 from .._limits.waiters import Waiters
-from ._link import RedisUnavailable, _Link
+from ._link import RedisUnavailable, _Link, _OnLink
 from ._lua import GCRA
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def _check_fallback(fallback: Limiter | None) -> None:
         raise TypeError(f"fallback must be a Limiter, not {type(fallback).__name__}")
 
 
-class _Shared(Limiter):
+class _Shared(_OnLink, Limiter):
     """What both Redis limiters do: the local queue, Redis, the fallback."""
 
     def __init__(
@@ -81,16 +81,6 @@ class _Shared(Limiter):
         self.prefix = self._link.prefix
         self._fallback = fallback
         self._lines: dict[str, Waiters] = {}
-
-    @property
-    def clock(self) -> Clock:
-        """The clock it runs on (a Mailer checks it is the Mailer's)."""
-        return self._clock
-
-    @property
-    def redis_up(self) -> bool:
-        """Redis answered the last call (``False`` while the fallback is in use)."""
-        return self._link.up
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
         return _SharedPermit(self, key)

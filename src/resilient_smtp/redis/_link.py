@@ -172,3 +172,20 @@ class _Link:
         """Close the client if we made it (a client passed in is the caller's)."""
         if self._owns:
             await self.client.aclose()
+
+
+class _OnLink:
+    """What every Redis-backed part shows of its link and its clock."""
+
+    _link: _Link
+    _clock: Clock
+
+    @property
+    def redis_up(self) -> bool:
+        """Redis answered the last call (``False`` while the fallback is in use)."""
+        return self._link.up
+
+    @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock
