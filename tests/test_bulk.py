@@ -26,6 +26,7 @@ from resilient_smtp import (
     RichProgress,
     Sent,
     State,
+    Transport,
 )
 from resilient_smtp import sync as sync_api
 from resilient_smtp.testing import FakeClock, ScriptedSMTPServer, ScriptedTransport
@@ -76,7 +77,7 @@ async def test_every_message_once_with_a_final_state_and_a_summary() -> None:
     assert "30 messages: 30 recipients (28 delivered, 1 rejected, 1 deferred" in str(summary)
 
 
-class _Counting:
+class _Counting(Transport):
     """A transport that records how many transactions are open at once."""
 
     def __init__(self) -> None:

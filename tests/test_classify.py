@@ -1,9 +1,9 @@
 """classify() on reply texts: the 421 family, the code/meaning conflicts,
 stated waits, and the Classification it returns.
 
-Every reply is a real one: observed from smtp-sink and Postfix 3.7
-(shared/research/real-servers.md), or quoted by a provider's documentation,
-KumoMTA's shaping rules or Sisimai (shared/research/classifier-anchors.md).
+Every reply is a real one: observed from smtp-sink and Postfix 3.7, or
+quoted by a provider's documentation, KumoMTA's shaping rules
+(https://github.com/KumoCorp/kumomta) or Sisimai (https://libsisimai.org/).
 """
 
 from __future__ import annotations
@@ -210,8 +210,9 @@ CONFLICTS = [
         True,
         None,
     ),
-    # Postfix's default unknown_client_reject_code is 450; DESIGN.md: a
-    # missing PTR is fixed by configuration, not by waiting.
+    # Postfix's default unknown_client_reject_code is 450
+    # (https://www.postfix.org/postconf.5.html); a missing PTR is fixed by
+    # configuration, not by waiting.
     (
         "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
         None,
@@ -258,7 +259,7 @@ def test_552_after_the_data_is_not_a_recipient_limit() -> None:
 
 
 COMMON = [
-    # Postfix 3.7, observed (shared/research/real-servers.md).
+    # Postfix 3.7, observed on loopback.
     ("450 4.7.1 Error: too much mail from 127.0.0.1", Stage.MAIL, Reason.RATE_LIMITED, True),
     ("450 4.7.1 Error: too many recipients from 127.0.0.1", Stage.RCPT, Reason.RATE_LIMITED, True),
     ("452 4.5.3 Error: too many recipients", Stage.RCPT, Reason.TOO_MANY_RECIPIENTS, True),

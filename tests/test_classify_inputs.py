@@ -2,10 +2,9 @@
 Reply, aiosmtplib responses and exceptions, socket, timeout and TLS errors.
 
 The exceptions are the real classes, built the way aiosmtplib 5.1.3 builds
-them, with the messages observed against smtp-sink and Postfix 3.7
-(shared/research/real-servers.md).  Socket and TLS errors are produced for
-real where that needs no network: a refused loopback connection, a TLS
-handshake fed a plain-text SMTP greeting.
+them, with the messages observed against smtp-sink and Postfix 3.7.
+Socket and TLS errors are produced for real where that needs no network: a
+refused loopback connection, a TLS handshake fed a plain-text SMTP greeting.
 """
 
 from __future__ import annotations

@@ -253,3 +253,34 @@ def test_healthy_destinations_cost_nothing_and_stale_ones_are_dropped() -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         DestinationHealth(**kwargs)  # type: ignore[arg-type]
+
+
+# -- decisions taken elsewhere (what RedisHealth relays between workers) --------
+
+
+def test_adopt_suspends_and_resume_ends_it_with_shared_events() -> None:
+    clock = FakeClock()
+    events: list[Event] = []
+    h = _health(clock, events)
+    h.adopt("mx.example", seconds=120.0, reason=Reason.BLOCKLISTED, suspensions=2)
+    refused = h.admit("mx.example")
+    assert not refused.allowed and refused.retry_in == pytest.approx(120.0)
+    st = h.suspended()["mx.example"]
+    assert (st.state, st.reason, st.suspensions) == ("suspended", Reason.BLOCKLISTED, 2)
+    # A shorter suspension heard later changes nothing.
+    h.adopt("mx.example", seconds=10.0, reason=Reason.SERVER_BUSY, suspensions=1)
+    assert h.status("mx.example").reason is Reason.BLOCKLISTED
+    h.resume("mx.example")
+    assert h.admit("mx.example").allowed and h.suspended() == {}
+    assert [e.kind for e in events] == ["suspended", "resumed"]
+    assert all(e.data["shared"] is True for e in events)
+
+
+def test_adopt_a_relay_pause_refuses_every_key() -> None:
+    clock = FakeClock()
+    h = _health(clock)
+    h.adopt(None, seconds=60.0, reason=Reason.SENDING_QUOTA, suspensions=1)
+    assert h.status("any.example").state == "paused"
+    assert set(h.suspended()) == {None}
+    clock.advance(61.0)
+    assert h.admit("any.example").probe  # the pause ended: one probe goes

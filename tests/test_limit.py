@@ -361,7 +361,7 @@ async def test_a_key_in_use_or_not_at_rest_is_kept() -> None:
 async def test_keyed_feedback_reaches_the_keys_limiter() -> None:
     seen: list[tuple[str, Classification | None]] = []
 
-    class Recorder:
+    class Recorder(Limiter):
         def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
             raise NotImplementedError
 
@@ -385,7 +385,7 @@ def test_keyed_limiter_rejects_bad_arguments() -> None:
 # -- all_of -------------------------------------------------------------------------
 
 
-class _Tracing:
+class _Tracing(Limiter):
     """A limiter that logs enters, exits and feedback."""
 
     def __init__(self, name: str, log: list[str], block: asyncio.Event | None = None) -> None:

@@ -25,11 +25,13 @@ from resilient_smtp import (
     Connection,
     DestinationHealth,
     Event,
+    Limiter,
     Mailer,
     Reason,
     RetryPolicy,
     SendFailed,
     State,
+    Transport,
 )
 from resilient_smtp._deadline import GRACE
 from resilient_smtp.testing import FakeClock, ScriptedSMTPServer
@@ -123,7 +125,7 @@ async def test_a_554_greeting_from_the_only_relay_defers_with_the_cause() -> Non
     assert only.connections == 1  # not hammered within the send
 
 
-class _MXTransport:
+class _MXTransport(Transport):
     """Connects MX host names to loopback ports (the test's DNS)."""
 
     def __init__(self, ports: dict[str, int]) -> None:
@@ -182,7 +184,7 @@ async def test_no_starttls_is_a_loud_configuration_error(
 async def test_no_starttls_on_the_first_relay_moves_to_the_second() -> None:
     async with ScriptedSMTPServer() as plain, ScriptedSMTPServer() as second:
 
-        class _FirstPlain:
+        class _FirstPlain(Transport):
             """The first relay as a plaintext-only server under tls=starttls;
             the second reached in plaintext (the test cannot offer TLS)."""
 
@@ -307,7 +309,7 @@ async def test_a_caller_timeout_inside_the_deadline_still_raises() -> None:
 async def test_the_deadline_bounds_the_permit_wait_on_a_fake_clock() -> None:
     clock = FakeClock()
 
-    class _Never:
+    class _Never(Limiter):
         def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
             @asynccontextmanager
             async def wait() -> AsyncIterator[None]:
@@ -408,7 +410,7 @@ def test_parts_on_another_clock_are_refused() -> None:
 # -- refused messages go back through a limiter that took the pushback ----------
 
 
-class _Pacing:
+class _Pacing(Limiter):
     """A limiter that says it took the pushback (as the adaptive one does)."""
 
     def __init__(self, took: bool | None) -> None:
@@ -468,7 +470,7 @@ def test_the_rules_of_a_recipients_fate() -> None:
 # -- AUTH refused ------------------------------------------------------------------
 
 
-class _RefusingAuth:
+class _RefusingAuth(Transport):
     """Refuses AUTH on ``port`` as aiosmtplib reports it; connects for real
     elsewhere."""
 

@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from _redis_server import prefix_fixture, redis_url_fixture  # noqa: F401  (fixtures)
-from resilient_smtp import DestinationHealth, Event, classify
+from resilient_smtp import DestinationHealth, Event, Health, classify
 from resilient_smtp.redis import RedisHealth
 
 _BLOCKED = classify("554 5.7.1 Service unavailable; client host blocked using Spamhaus")
@@ -49,8 +49,10 @@ def test_the_replies_mean_what_the_tests_need() -> None:
     assert str(_QUOTA.reason) == "sending_quota"
 
 
-def test_is_a_destination_health() -> None:
-    assert isinstance(RedisHealth("redis://127.0.0.1:1/0"), DestinationHealth)
+def test_implements_the_health_protocol() -> None:
+    health = RedisHealth("redis://127.0.0.1:1/0")
+    assert isinstance(health, Health)
+    assert isinstance(health.local, DestinationHealth)
 
 
 async def test_a_suspension_stops_the_other_workers_at_once(workers: list[RedisHealth]) -> None:
@@ -70,7 +72,7 @@ async def test_a_suspension_stops_the_other_workers_at_once(workers: list[RedisH
 
 async def test_repeated_failures_suspend_and_share(workers: list[RedisHealth]) -> None:
     a, b = workers
-    for _ in range(a.failure_threshold):
+    for _ in range(a.local.failure_threshold):
         a.record("busy.example", _BUSY)
     await _until(lambda: b.status("busy.example").state == "suspended")
     # Suspended for suspend_base (0.2 s): then half-open on both.
@@ -78,20 +80,22 @@ async def test_repeated_failures_suspend_and_share(workers: list[RedisHealth]) -
     assert a.status("busy.example").state == "half_open"
 
 
-async def test_a_successful_probe_resumes_everyone(workers: list[RedisHealth]) -> None:
-    a, b = workers
+async def test_a_successful_probe_resumes_everyone(
+    workers: list[RedisHealth], redis_url: str, prefix: str
+) -> None:
+    a, _ = workers
     events: list[Event] = []
-    b._hooks = (events.append,)
-    for _ in range(a.failure_threshold):
-        a.record("mx.example", _BUSY)
-    await _until(lambda: b.status("mx.example").state == "suspended")
-    await _until(lambda: a.status("mx.example").state == "half_open", limit=1.0)
-    assert a.admit("mx.example").probe
-    a.record("mx.example", None)  # the probe got through
-    assert a.status("mx.example").state == "healthy"
-    await _until(lambda: b.status("mx.example").state == "healthy")
+    async with RedisHealth(redis_url, prefix=prefix, suspend_base=0.2, hooks=[events.append]) as b:
+        for _ in range(a.local.failure_threshold):
+            a.record("mx.example", _BUSY)
+        await _until(lambda: b.status("mx.example").state == "suspended")
+        await _until(lambda: a.status("mx.example").state == "half_open", limit=1.0)
+        assert a.admit("mx.example").probe
+        a.record("mx.example", None)  # the probe got through
+        assert a.status("mx.example").state == "healthy"
+        await _until(lambda: b.status("mx.example").state == "healthy")
     assert [e.kind for e in events] == ["suspended", "resumed"]
-    assert events[0].data["shared"] is True
+    assert all(e.data["shared"] is True for e in events)  # decided by a, not by b
 
 
 async def test_a_relay_pause_is_shared(workers: list[RedisHealth]) -> None:
@@ -111,14 +115,14 @@ async def test_a_worker_that_starts_later_learns_running_suspensions(
     async with RedisHealth(redis_url, prefix=prefix) as late:
         assert late.status("mx.example").state == "paused"  # the relay's pause shows on every key
         assert late.status("mx.example").reason == _QUOTA.reason
-        assert late._keys["mx.example"].reason == _BLOCKED.reason
+        assert late.local.suspended()["mx.example"].reason == _BLOCKED.reason
 
 
 async def test_state_in_redis_expires_with_the_suspension(
     workers: list[RedisHealth], redis_url: str, prefix: str
 ) -> None:
     a, _ = workers
-    for _ in range(a.failure_threshold):
+    for _ in range(a.local.failure_threshold):
         a.record("mx.example", _BUSY)
     await asyncio.gather(*a._writes)
     client = Redis.from_url(redis_url)

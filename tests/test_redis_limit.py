@@ -115,7 +115,7 @@ async def test_cancelled_waiter_does_not_block_the_queue(redis_url: str, prefix:
         times = await asyncio.wait_for(behind, 1.0)
         assert len(times) == 2
         assert stuck.cancelled()
-        assert lim._queues == {}  # nothing left behind
+        assert lim._lines == {}  # nothing left behind
     finally:
         await lim.aclose()
 

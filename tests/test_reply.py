@@ -1,7 +1,7 @@
 """Reply.parse: every shape a server (or a relay's bounce) sends, never a crash.
 
-Reply texts are real: smtp-sink and Postfix 3.7 as observed in
-shared/research/real-servers.md, Gmail's and Yahoo's documented replies.
+Reply texts are real: smtp-sink and Postfix 3.7 as observed on loopback,
+Gmail's and Yahoo's documented replies.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import aiosmtplib
 import pytest
 
 from resilient_smtp import (
+    Classification,
     Event,
     Reason,
     RetryBudget,
     RetryPolicy,
-    SMTPFailure,
     classify,
 )
 
@@ -163,16 +163,24 @@ async def test_a_classifier_maps_your_own_exceptions() -> None:
     assert flaky.calls == 3
 
 
-async def test_an_smtp_failure_brings_its_own_classification() -> None:
-    permanent = SMTPFailure("rejected", classify("550 5.7.1 relaying denied"))
-    transient = SMTPFailure("deferred", classify("451 4.3.0 try again"))
+class _Failure(Exception):
+    """The caller's own exception, carrying what went wrong."""
+
+    def __init__(self, message: str, classification: Classification) -> None:
+        super().__init__(message)
+        self.classification = classification
+
+
+async def test_an_exception_brings_its_own_classification() -> None:
+    permanent = _Failure("rejected", classify("550 5.7.1 relaying denied"))
+    transient = _Failure("deferred", classify("451 4.3.0 try again"))
     flaky = Flaky(transient, permanent)
 
-    @quick().on_exception()
+    @quick().on_exception(_Failure)
     async def send() -> str:
         return flaky()
 
-    with pytest.raises(SMTPFailure, match="rejected"):
+    with pytest.raises(_Failure, match="rejected"):
         await send()
     assert flaky.calls == 2
 

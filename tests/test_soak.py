@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from resilient_smtp import Mailer, PoolLimits, Reply, RetryPolicy, SendResult, State
-from resilient_smtp._transport.connection import AiosmtplibTransport, Connection
+from resilient_smtp._transport.connection import AiosmtplibTransport, Connection, Transport
 from resilient_smtp.testing import FakeClock
 
 MESSAGES = 2000
@@ -226,7 +226,7 @@ async def _read_message(reader: asyncio.StreamReader) -> str:
     return mid
 
 
-class CountingTransport:
+class CountingTransport(Transport):
     """Wraps the aiosmtplib transport; counts connections opened and closed."""
 
     def __init__(self, inner: AiosmtplibTransport) -> None:

@@ -29,6 +29,7 @@ from resilient_smtp import (
     RetryPolicy,
     SendResult,
     State,
+    Transport,
     sync,
 )
 from resilient_smtp.testing import ScriptedTransport, no_waits
@@ -57,7 +58,7 @@ def _fresh_loop() -> Iterator[None]:
     sync.shutdown()
 
 
-class CountingTransport:
+class CountingTransport(Transport):
     """Wraps a transport; counts the connections it opened and closed."""
 
     def __init__(self, inner: resilient_smtp.Transport) -> None:

@@ -14,18 +14,26 @@ from ._classify.reply import Reply
 from ._classify.rule import Rule, Tier
 from ._classify.taxonomy import Action, Reason, Scope, Stage
 from ._clock import Clock, SystemClock, system_clock
-from ._errors import InvalidMessageError, ResilientSMTPError, SendFailed, SMTPFailure
+from ._errors import (
+    BodyNotSent,
+    DomainNotFound,
+    InvalidMessageError,
+    ResilientSMTPError,
+    SendFailed,
+)
 from ._events import Event, Hook
-from ._health import Admission, DestinationHealth, HealthStatus
+from ._health import Admission, DestinationHealth, Health, HealthState, HealthStatus
 from ._limits.adaptive import AdaptiveLimiter
 from ._limits.gcra import RateLimiter
 from ._limits.limiter import ConcurrencyLimiter, KeyedLimiter, Limiter, all_of
 from ._mailer import Mailer
+from ._mx import MXResolver
 from ._result import RecipientResult, SendResult, State
 from ._retry.budget import RetryBudget
 from ._retry.policy import RetryDecision, RetryPolicy, RetryState
-from ._transport.connection import AiosmtplibTransport, Connection, Transport
+from ._transport.connection import AiosmtplibTransport, Connection, TLSMode, Transport
 from ._transport.pool import PoolLimits
+from ._transport.transaction import BeforeEndOfData
 from ._verify import RelayCheck, VerifyReport, VerifyStep
 
 __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
@@ -33,6 +41,8 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "AdaptiveLimiter",
     "Admission",
     "AiosmtplibTransport",
+    "BeforeEndOfData",
+    "BodyNotSent",
     "BulkProgress",
     "BulkSend",
     "BulkSummary",
@@ -42,12 +52,16 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "ConcurrencyLimiter",
     "Connection",
     "DestinationHealth",
+    "DomainNotFound",
     "Event",
+    "Health",
+    "HealthState",
     "HealthStatus",
     "Hook",
     "InvalidMessageError",
     "KeyedLimiter",
     "Limiter",
+    "MXResolver",
     "Mailer",
     "PoolLimits",
     "REACTIONS",
@@ -65,7 +79,6 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "RetryState",
     "RichProgress",
     "Rule",
-    "SMTPFailure",
     "Scope",
     "SendFailed",
     "SendResult",
@@ -73,6 +86,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which tests/test_api.py checks)
     "Stage",
     "State",
     "SystemClock",
+    "TLSMode",
     "Tier",
     "Transport",
     "VerifyReport",

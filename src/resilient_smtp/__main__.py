@@ -215,10 +215,10 @@ def _check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
 
     from resilient_smtp._cli.check import check_server, render
-    from resilient_smtp._mailer import _parse_relay
+    from resilient_smtp._destination import parse_destination
 
     try:
-        host, port = _parse_relay(args.server, 465 if args.tls == "implicit" else 587)
+        host, port = parse_destination(args.server, 465 if args.tls == "implicit" else 587)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     password = None

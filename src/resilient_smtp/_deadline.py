@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._clock import Clock, SystemClock, _Waits
+from ._errors import ResilientSMTPError
 from ._retry.policy import RetryState
 
 __all__ = ["GRACE", "Deadline", "DeadlineReached"]
@@ -35,7 +36,7 @@ before the send returns without it; the rest of its clean-up finishes in
 the background and :meth:`Mailer.close` waits for it."""
 
 
-class DeadlineReached(Exception):
+class DeadlineReached(ResilientSMTPError):
     """The send's deadline passed during an attempt.
 
     ``in_session`` is false when it passed while waiting for the limiter's

@@ -1,15 +1,33 @@
-"""Errors.  One base class; errors about a reply carry its classification."""
+"""Errors.  One base class, :class:`ResilientSMTPError`, for every error this
+library raises.
+
+A failure to deliver is not an exception: ``Mailer.send`` returns it in the
+:class:`~resilient_smtp.SendResult` (``raise_for_failures()`` turns it into
+:class:`SendFailed`).  The other exceptions here are for input that cannot
+be sent, for the pieces a user implements (an MX resolver raises
+:class:`DomainNotFound`, a connection raises :class:`BodyNotSent`), and for
+the Redis link, whose failures the Redis-backed parts catch themselves.
+"""
 
 from __future__ import annotations
 
 import smtplib
 from typing import TYPE_CHECKING, Any
 
+import aiosmtplib
+
 if TYPE_CHECKING:
     from ._classify.classifier import Classification
     from ._result import SendResult
 
-__all__ = ["InvalidMessageError", "ResilientSMTPError", "SMTPFailure", "SendFailed"]
+__all__ = [
+    "BodyNotSent",
+    "DomainNotFound",
+    "InvalidMessageError",
+    "RedisUnavailable",
+    "ResilientSMTPError",
+    "SendFailed",
+]
 
 
 class ResilientSMTPError(Exception):
@@ -21,12 +39,25 @@ class InvalidMessageError(ResilientSMTPError, ValueError):
     any network traffic)."""
 
 
-class SMTPFailure(ResilientSMTPError):
-    """A send failed; ``classification`` says why and what to do."""
+class DomainNotFound(ResilientSMTPError, LookupError):
+    """The domain does not exist (NXDOMAIN), or publishes a null MX
+    (RFC 7505).  An MX resolver raises it; the recipients are rejected."""
 
-    def __init__(self, message: str, classification: Classification) -> None:
+
+class BodyNotSent(ResilientSMTPError, aiosmtplib.SMTPServerDisconnected):
+    """The connection was gone before any of the message was written, so the
+    message certainly did not arrive (not the ambiguous window).
+
+    A :class:`~resilient_smtp.Connection`'s ``send_body`` raises it; being an
+    ``SMTPServerDisconnected`` too, it is classified as a connection error.
+    """
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.classification = classification
+
+
+class RedisUnavailable(ResilientSMTPError):
+    """Redis did not answer in time, or answered with an error (the fallback applies)."""
 
 
 class SendFailed(ResilientSMTPError, smtplib.SMTPException):

@@ -35,8 +35,9 @@ import collections
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from ._checks import positive_number, whole_number
 from ._classify.reactions import REACTIONS, Reactions
 from ._classify.taxonomy import Reason
 from ._clock import Clock, system_clock
@@ -45,7 +46,7 @@ from ._events import Event, Hook, emit
 if TYPE_CHECKING:
     from ._classify.classifier import Classification
 
-__all__ = ["Admission", "DestinationHealth", "HealthState", "HealthStatus"]
+__all__ = ["Admission", "DestinationHealth", "Health", "HealthState", "HealthStatus"]
 
 HealthState = Literal["healthy", "suspended", "half_open", "paused"]
 
@@ -76,13 +77,48 @@ class HealthStatus:
 
     ``until`` is the :meth:`Clock.monotonic` time a suspension or pause ends
     (``None`` when none is running); ``failures`` counts the recent
-    ``server_busy`` / ``connection_error`` failures in a row.
+    ``server_busy`` / ``connection_error`` failures in a row;
+    ``suspensions`` the suspensions (or pauses) in a row, which set how long
+    the next one lasts.
     """
 
     state: HealthState
     until: float | None = None
     reason: Reason | None = None
     failures: int = 0
+    suspensions: int = 0
+
+
+@runtime_checkable
+class Health(Protocol):
+    """Whether to try a destination now, and what became of trying.
+
+    The Mailer asks :meth:`admit` before each attempt and tells
+    :meth:`record` how it went; the outbox reads :meth:`status`.
+    :class:`DestinationHealth` keeps this per process,
+    :class:`resilient_smtp.redis.RedisHealth` shares its decisions between
+    workers.  :meth:`aclose` has a default: subclass ``Health`` to inherit it.
+    """
+
+    __slots__ = ()
+
+    def admit(self, key: str) -> Admission:
+        """May we send to ``key`` now?"""
+        ...
+
+    def record(self, key: str, classification: Classification | None) -> None:
+        """What an attempt to ``key`` came to: ``None`` for delivered, else
+        the failure's classification."""
+        ...
+
+    def status(self, key: str) -> HealthStatus:
+        """Where ``key`` stands."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what it holds (a Redis client, a background task).  The
+        Mailer calls it on close.  Default: nothing to release."""
+        return
 
 
 class _Breaker:
@@ -123,15 +159,13 @@ class _Breaker:
         return self.last_failure + window
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
-    return float(value)
+def _status(state: HealthState, b: _Breaker, failures: int) -> HealthStatus:
+    return HealthStatus(
+        state=state, until=b.until, reason=b.reason, failures=failures, suspensions=b.suspensions
+    )
 
 
-class DestinationHealth:
+class DestinationHealth(Health):
     """A circuit breaker per destination, and a pause for the whole relay.
 
     Ask :meth:`admit` before sending, tell :meth:`record` what happened
@@ -161,18 +195,14 @@ class DestinationHealth:
         self._at_once = reactions.reasons(health="suspend")
         self._counted = reactions.reasons(health="count")
         self._relay_reasons = reactions.reasons(health="pause_relay")
-        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
-            raise TypeError("failure_threshold must be an int")
-        if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
-        self.failure_threshold = failure_threshold
-        self.failure_window = _positive("failure_window", failure_window)
-        self.suspend_base = _positive("suspend_base", suspend_base)
-        self.severe_base = _positive("severe_base", severe_base)
-        self.suspend_cap = _positive("suspend_cap", suspend_cap)
-        self.pause_base = _positive("pause_base", pause_base)
-        self.pause_cap = _positive("pause_cap", pause_cap)
-        self.probe_timeout = _positive("probe_timeout", probe_timeout)
+        self.failure_threshold = whole_number("failure_threshold", failure_threshold)
+        self.failure_window = positive_number("failure_window", failure_window)
+        self.suspend_base = positive_number("suspend_base", suspend_base)
+        self.severe_base = positive_number("severe_base", severe_base)
+        self.suspend_cap = positive_number("suspend_cap", suspend_cap)
+        self.pause_base = positive_number("pause_base", pause_base)
+        self.pause_cap = positive_number("pause_cap", pause_cap)
+        self.probe_timeout = positive_number("probe_timeout", probe_timeout)
         self._clock = clock
         self._hooks = tuple(hooks)
         self._keys: collections.OrderedDict[str, _Breaker] = collections.OrderedDict()
@@ -224,17 +254,82 @@ class DestinationHealth:
         failures = 0 if entry is None else self._recent_failures(entry, now)
         relay = self._relay
         if relay.open_now(now):
-            return HealthStatus(
-                state="paused", until=relay.until, reason=relay.reason, failures=failures
-            )
+            return _status("paused", relay, failures)
         if entry is not None and entry.open_now(now):
-            return HealthStatus(
-                state="suspended", until=entry.until, reason=entry.reason, failures=failures
-            )
+            return _status("suspended", entry, failures)
         for b in (relay, entry):
             if b is not None and b.half_open(now):
-                return HealthStatus(state="half_open", reason=b.reason, failures=failures)
+                return HealthStatus(
+                    state="half_open",
+                    reason=b.reason,
+                    failures=failures,
+                    suspensions=b.suspensions,
+                )
         return HealthStatus(state="healthy", failures=failures)
+
+    def suspended(self) -> dict[str | None, HealthStatus]:
+        """The suspensions running now by key, and the relay's pause under ``None``."""
+        now = self._clock.monotonic()
+        running: dict[str | None, HealthStatus] = {}
+        if self._relay.open_now(now):
+            running[None] = _status("paused", self._relay, 0)
+        for key, b in self._keys.items():
+            if b.open_now(now):
+                running[key] = _status("suspended", b, self._recent_failures(b, now))
+        return running
+
+    # -- decisions taken elsewhere -----------------------------------------------
+
+    def adopt(
+        self, key: str | None, *, seconds: float, reason: Reason | None, suspensions: int
+    ) -> None:
+        """Take a suspension of ``key`` (``None``: a pause of the relay) that
+        another worker decided, unless a longer one is running here already.
+
+        It emits ``"suspended"`` (or ``"paused"``) with ``shared=True`` in the
+        event's data.  :class:`resilient_smtp.redis.RedisHealth` calls it for
+        the decisions it hears of.
+        """
+        now = self._clock.monotonic()
+        until = now + seconds
+        b = self._relay if key is None else self._keys.get(key)
+        if b is None:
+            assert key is not None
+            self._sweep(now)
+            b = self._keys[key] = _Breaker()
+        if b.until is not None and b.until >= until:
+            return  # we know of this one (or of a longer one)
+        b.until, b.probing_since, b.reason = until, None, reason
+        b.suspensions = max(b.suspensions, suspensions)
+        if b.since is None:
+            b.since = now
+        b.failures, b.last_failure = 0, now
+        what, state = ("relay", "paused") if key is None else (key, "suspended")
+        emit(
+            Event(
+                state,
+                f"{what}: {state} for {seconds:g} s by another worker after {reason or ''}",
+                {
+                    "destination": key,
+                    "reason": "" if reason is None else str(reason),
+                    "seconds": seconds,
+                    "until": until,
+                    "suspensions": b.suspensions,
+                    "shared": True,
+                },
+            ),
+            self._hooks,
+        )
+
+    def resume(self, key: str | None) -> None:
+        """End the suspension of ``key`` (``None``: the relay's pause) that
+        another worker saw end; emits ``"resumed"`` with ``shared=True``."""
+        b = self._relay if key is None else self._keys.get(key)
+        if b is None or b.since is None:
+            return
+        self._close(b, key, self._clock.monotonic(), shared=True)
+        if key is not None:
+            self._keys.pop(key, None)
 
     # -- telling ---------------------------------------------------------------
 
@@ -340,7 +435,7 @@ class DestinationHealth:
             seconds = max(seconds, min(stated, cap))
         return seconds
 
-    def _close(self, b: _Breaker, key: str | None, now: float) -> None:
+    def _close(self, b: _Breaker, key: str | None, now: float, *, shared: bool = False) -> None:
         if b.since is not None:
             what = "relay" if key is None else key
             emit(
@@ -352,6 +447,7 @@ class DestinationHealth:
                         "reason": None if b.reason is None else str(b.reason),
                         "down_for": now - b.since,
                         "suspensions": b.suspensions,
+                        **({"shared": True} if shared else {}),
                     },
                 ),
                 self._hooks,

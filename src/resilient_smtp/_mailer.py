@@ -36,7 +36,7 @@ from ._destination import Destination, parse_destination
 from ._envelope import Envelope, build_envelope, check_mx_envelope, render_message, wire_batch
 from ._errors import InvalidMessageError
 from ._events import Event, Hook, emit, logger
-from ._health import Admission, DestinationHealth
+from ._health import Admission, DestinationHealth, Health
 from ._limits.limiter import Limiter
 from ._mx import MXResolver, dns_resolver, mx_order, resolution_failure
 from ._result import RecipientResult, SendResult, State, failure_text
@@ -53,9 +53,6 @@ from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_tran
 from ._verify import VerifyReport, verify_relays
 
 __all__ = ["Mailer"]
-
-# The relay parser, under the name __main__ imports.
-_parse_relay = parse_destination
 
 # Recipients refused for a reason that is not about them (a refused session,
 # a configuration error) with no host left are deferred this long: Postfix's
@@ -108,7 +105,7 @@ class Mailer:
         local_hostname: str | None = None,
         retry: RetryPolicy | None = None,
         limiter: Limiter | None = None,
-        health: DestinationHealth | None = None,
+        health: Health | None = None,
         classifier: Classifier | None = None,
         clock: Clock | None = None,
         transport: Transport | None = None,
@@ -168,7 +165,7 @@ class Mailer:
                 clock=self.clock, hooks=self.hooks, pushback=reactions.reasons(rate="cut")
             )
         self.limiter = limiter
-        self.health = health or DestinationHealth(
+        self.health: Health = health or DestinationHealth(
             clock=self.clock, hooks=self.hooks, reactions=reactions
         )
         self.classifier = classifier or default_classifier
@@ -214,10 +211,9 @@ class Mailer:
         if self._orphans:  # attempts stopped at a deadline, still unwinding
             await asyncio.gather(*self._orphans, return_exceptions=True)
         await self.pool.close()
-        for part in (self.limiter, self.health):
-            aclose = getattr(part, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        await self.transport.aclose()
+        await self.limiter.aclose()
+        await self.health.aclose()
 
     async def verify(self, *, domains: Iterable[str] = ()) -> VerifyReport:
         """Connect to each relay as a send would (connect, EHLO or HELO,

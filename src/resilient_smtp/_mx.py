@@ -14,16 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from ._classify.classifier import Classification
 from ._classify.reply import Reply
 from ._classify.taxonomy import Reason, Scope
+from ._errors import DomainNotFound
 
 __all__ = ["DomainNotFound", "MXResolver", "dns_resolver", "mx_order", "resolution_failure"]
 
 MXResolver = Callable[[str], Awaitable[Sequence[tuple[int, str]]]]
 """An async function from a domain to its MX records, (preference, host)
 pairs; it raises :class:`DomainNotFound` for a domain that does not exist."""
-
-
-class DomainNotFound(LookupError):
-    """The domain does not exist (NXDOMAIN), or publishes a null MX."""
 
 
 def mx_order(domain: str, records: Sequence[tuple[int, str]]) -> list[str]:

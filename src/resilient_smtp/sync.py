@@ -45,7 +45,7 @@ from ._classify.classifier import Classifier
 from ._classify.reactions import REACTIONS, Reactions
 from ._clock import Clock
 from ._events import Hook, logger
-from ._health import DestinationHealth
+from ._health import Health
 from ._limits.limiter import Limiter
 from ._mx import MXResolver
 from ._result import SendResult
@@ -241,7 +241,7 @@ class Mailer:
         local_hostname: str | None = None,
         retry: RetryPolicy | None = None,
         limiter: Limiter | None = None,
-        health: DestinationHealth | None = None,
+        health: Health | None = None,
         classifier: Classifier | None = None,
         clock: Clock | None = None,
         transport: Transport | None = None,

@@ -1,7 +1,7 @@
 """The reply classifier: what an SMTP reply (or a failure to get one) means.
 
 :func:`classify` is a pure function of the reply, the remote host's name and
-the SMTP stage.  It decides in this order (DESIGN.md, "Classification"):
+the SMTP stage.  It decides in this order (docs/classification.md):
 
 1. a 421, a dropped or timed-out connection ends the session;
 2. provider rules: tokens such as ``[TSS04]`` or ``frequency limited``, and

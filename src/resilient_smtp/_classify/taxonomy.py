@@ -1,7 +1,8 @@
 """The vocabulary of classification: reasons, actions, scopes, stages.
 
 Each :class:`Reason` carries a default answer to "may a later try succeed?"
-and "what should the sender do?", taken from the reason table in DESIGN.md.
+and "what should the sender do?" (the table below; docs/classification.md
+explains each reason).
 The functions here are pure lookups so the classifier, the retry policy and
 the limiters all read the same table.
 """
@@ -107,7 +108,7 @@ A = Action
 S = Scope
 
 # reason -> (transient default, action when transient, scope).  ``None`` as
-# transient means "decided by the reply's code class" (DESIGN.md table).
+# transient means "decided by the reply's code class" (RFC 5321 §4.2.1).
 _TABLE: dict[Reason, tuple[bool | None, Action, Scope]] = {
     R.GREYLISTED: (True, A.RETRY_LATER, S.RECIPIENT),
     R.RATE_LIMITED: (True, A.SLOW_DOWN, S.DESTINATION),

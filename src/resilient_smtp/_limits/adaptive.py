@@ -43,15 +43,15 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .._checks import positive_number
 from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
-from .gcra import RateLimiter, _check_rate
-from .limiter import KeyedLimiter
+from .gcra import RateLimiter
+from .limiter import KeyedLimiter, Limiter, NothingToGiveBack
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -109,7 +109,7 @@ class _Meter:
         return None
 
 
-class AdaptiveLimiter:
+class AdaptiveLimiter(Limiter):
     """A per-destination rate that backs off on pushback and probes back up.
 
     The Mailer's default limiter.  Call :meth:`feedback` once per permit
@@ -153,9 +153,9 @@ class AdaptiveLimiter:
         clock: Clock = system_clock,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self.initial_rate = _check_rate("initial_rate", initial_rate)
-        self.min_rate = _check_rate("min_rate", min_rate)
-        self.max_rate = _check_rate("max_rate", max_rate)
+        self.initial_rate = positive_number("initial_rate", initial_rate)
+        self.min_rate = positive_number("min_rate", min_rate)
+        self.max_rate = positive_number("max_rate", max_rate)
         if not self.min_rate <= self.initial_rate <= self.max_rate:
             raise ValueError(
                 "need min_rate <= initial_rate <= max_rate, got "
@@ -167,8 +167,8 @@ class AdaptiveLimiter:
             raise ValueError(f"beta must be between 0 and 1 (exclusive), got {beta!r}")
         self.burst = burst
         self.beta = float(beta)
-        self.doubling_time = _check_rate("doubling_time", doubling_time)
-        self.recovery_time = _check_rate("recovery_time", recovery_time)
+        self.doubling_time = positive_number("doubling_time", doubling_time)
+        self.recovery_time = positive_number("recovery_time", recovery_time)
         if isinstance(recovery_messages, bool) or not isinstance(recovery_messages, int):
             raise TypeError("recovery_messages must be an int")
         if recovery_messages < 0:
@@ -215,7 +215,7 @@ class AdaptiveLimiter:
         )
 
 
-class _KeyRate:
+class _KeyRate(Limiter):
     """One destination's bucket and where it stands on the curve."""
 
     __slots__ = (
@@ -255,7 +255,7 @@ class _KeyRate:
         self.cut_at = -math.inf
         self.delivered_since_cut = 0
         self.meter = _Meter()
-        self._permit = _AdaptivePermit(self)
+        self._permit = NothingToGiveBack(self._enter)
 
     # -- the Limiter protocol ------------------------------------------------
 
@@ -281,16 +281,21 @@ class _KeyRate:
     def is_idle(self) -> bool:
         return self.bucket.is_idle()
 
+    async def _enter(self) -> None:
+        self.update(self.owner._clock.monotonic())
+        await self.bucket.wait()
+        self.granted += 1
+
     # -- the curve -------------------------------------------------------------
 
     def update(self, now: float) -> None:
         """Credit the time callers spent waiting, and set the bucket's rate."""
         dt = now - self.last_update
         self.last_update = now
-        waits = self.bucket._waits
+        waits = self.bucket.waits
         # Callers waited since the last update, or are waiting now (a batch
         # queued at once enters the wait only once, then keeps waiting).
-        if (waits == self.last_waits and not self.bucket._waiters) or dt <= 0:
+        if (waits == self.last_waits and not self.bucket.waiting) or dt <= 0:
             return  # nobody waited: no growth, the curve has not moved
         self.last_waits = waits
         # Cap the credit so a long quiet spell before one wait is not counted.
@@ -336,7 +341,7 @@ class _KeyRate:
         self.cut_at = now
         self.delivered_since_cut = 0
         new = self.bucket.rate = self._curve()
-        self.bucket._drain()
+        self.bucket.drain()
         emit(
             Event(
                 "rate_changed",
@@ -353,27 +358,3 @@ class _KeyRate:
             ),
             owner._hooks,
         )
-
-
-class _AdaptivePermit(AbstractAsyncContextManager[None]):
-    __slots__ = ("_state",)
-
-    def __init__(self, state: _KeyRate) -> None:
-        self._state = state
-
-    async def __aenter__(self) -> None:
-        state = self._state
-        now = state.owner._clock.monotonic()
-        state.update(now)
-        bucket = state.bucket
-        if bucket._waiters or bucket._take(now) != 0.0:
-            await bucket._enter()
-        state.granted += 1
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None

@@ -10,22 +10,23 @@ window of ``w`` seconds, at most ``burst + w * rate`` permits.  A bucket
 sized to the rate (aiolimiter's ``AsyncLimiter(200, 1)``) would instead let
 200 through in the first instant.
 
-Waiters queue first come, first served.  Only the head of the queue sleeps,
-and it takes its permit only once it conforms, so a waiter cancelled while
-sleeping has reserved nothing and the next one simply moves up.  Because a
+Waiters queue first come, first served (a :class:`Waiters` with one permit:
+the head of the line).  Only the head sleeps, and it takes its rate permit
+only once it conforms, so a waiter cancelled while sleeping has reserved
+nothing and the next one simply moves up.  Because a
 grant moves TAT on from TAT (not from the moment the sleeper woke up), a
 timer that fires a little late costs no rate as long as ``burst >= 2``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .._checks import positive_number, whole_number
 from .._clock import Clock, system_clock
+from .limiter import Limiter, NothingToGiveBack
+from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -33,15 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["RateLimiter"]
 
 
-def _check_rate(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
-    return float(value)
-
-
-class RateLimiter:
+class RateLimiter(Limiter):
     """At most ``rate`` permits per second, with bursts of at most ``burst``.
 
     One bucket for everything: the key passed to :meth:`acquire` is ignored.
@@ -55,29 +48,25 @@ class RateLimiter:
         "_burst",
         "_clock",
         "_interval",
+        "_line",
         "_permit",
         "_rate",
         "_tat",
         "_tolerance",
-        "_waiters",
         "_waits",
     )
 
     def __init__(self, rate: float = 200.0, burst: int = 10, clock: Clock = system_clock) -> None:
-        if isinstance(burst, bool) or not isinstance(burst, int):
-            raise TypeError(f"burst must be an int, not {type(burst).__name__}")
-        if burst < 1:
-            raise ValueError(f"burst must be at least 1, got {burst}")
-        self._burst = burst
+        self._burst = whole_number("burst", burst)
         self._clock = clock
         self._tat = float("-inf")
         self._rate = 0.0
         self._interval = 0.0
         self._tolerance = 0.0
         self.rate = rate
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._line = Waiters(1)  # the head of the line holds its one permit
         self._waits = 0
-        self._permit = _RatePermit(self)
+        self._permit = NothingToGiveBack(self.wait)
 
     @property
     def rate(self) -> float:
@@ -86,7 +75,7 @@ class RateLimiter:
 
     @rate.setter
     def rate(self, value: float) -> None:
-        value = _check_rate("rate", value)
+        value = positive_number("rate", value)
         if value == self._rate:
             return
         old_interval = self._interval
@@ -98,7 +87,7 @@ class RateLimiter:
         if old_interval and self._tat > (now := self._clock.monotonic()):
             self._tat = now + (self._tat - now) * (self._interval / old_interval)
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """Empty the bucket: the next permit comes one interval from now.
 
         After a pushback the server's own bucket is empty; granting a burst
@@ -125,7 +114,30 @@ class RateLimiter:
 
     def is_idle(self) -> bool:
         """Nobody waiting and the bucket full: a fresh limiter would be the same."""
-        return self._tat <= self._clock.monotonic() and all(w.done() for w in self._waiters)
+        return self._tat <= self._clock.monotonic() and self._line.is_idle()
+
+    @property
+    def waits(self) -> int:
+        """How many callers had to wait for a permit so far."""
+        return self._waits
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a caller is waiting for a permit right now."""
+        return not self._line.is_idle()
+
+    def try_acquire(self) -> bool:
+        """Take a permit if one conforms now and nobody is queued; never waits."""
+        return self._line.is_idle() and self._take(self._clock.monotonic()) == 0.0
+
+    async def wait(self) -> None:
+        """Wait for one permit (a rate permit is never given back)."""
+        if self.try_acquire():
+            return
+        self._waits += 1
+        async with self._line:
+            while (wait := self._take(self._clock.monotonic())) > 0.0:
+                await self._clock.sleep(wait)
 
     def delay(self) -> float:
         """Seconds until a permit would be granted to a new caller (0 = now).
@@ -144,50 +156,5 @@ class RateLimiter:
             return 0.0
         return allowed_at - now
 
-    async def _enter(self) -> None:
-        if not self._waiters and self._take(self._clock.monotonic()) == 0.0:
-            return
-        self._waits += 1
-        waiters = self._waiters
-        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(me)
-        try:
-            if waiters[0] is not me:
-                await me  # the head hands over when it leaves
-            while (wait := self._take(self._clock.monotonic())) > 0.0:
-                await self._clock.sleep(wait)
-        finally:
-            if waiters and waiters[0] is me:
-                waiters.popleft()
-                # Waiters cancelled while queued are skipped (lazily removed).
-                while waiters and waiters[0].cancelled():
-                    waiters.popleft()
-                if waiters:
-                    waiters[0].set_result(None)
-            # else: cancelled while queued behind others; skipped later.
-
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self._rate:g}, burst={self._burst})"
-
-
-class _RatePermit(AbstractAsyncContextManager[None]):
-    # A rate permit is never given back, so one instance serves every use.
-    __slots__ = ("_limiter",)
-
-    def __init__(self, limiter: RateLimiter) -> None:
-        self._limiter = limiter
-
-    async def __aenter__(self) -> None:
-        lim = self._limiter
-        # The uncontended path, inlined: no queue and a conforming request.
-        if not lim._waiters and lim._take(lim._clock.monotonic()) == 0.0:
-            return
-        await lim._enter()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None

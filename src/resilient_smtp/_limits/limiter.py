@@ -17,19 +17,19 @@ and the adaptive limiter in ``_adaptive.py``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .._clock import Clock, system_clock
+from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
 
-__all__ = ["ConcurrencyLimiter", "KeyedLimiter", "Limiter", "all_of"]
+__all__ = ["ConcurrencyLimiter", "KeyedLimiter", "Limiter", "NothingToGiveBack", "all_of"]
 
 
 @runtime_checkable
@@ -42,7 +42,12 @@ class Limiter(Protocol):
     ``feedback(key, classification)`` reports one attempt's outcome: ``None``
     for a delivered message, else the :class:`~resilient_smtp.Classification`
     of the failure.
+
+    :meth:`is_idle` and :meth:`aclose` have defaults: subclass ``Limiter``
+    to inherit them, and define only what your limiter needs.
     """
+
+    __slots__ = ()
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
         """A context manager holding one permit for ``key`` while inside."""
@@ -56,116 +61,91 @@ class Limiter(Protocol):
         reasons whose reaction is ``paced``); ``None`` otherwise."""
         ...
 
+    def is_idle(self) -> bool:
+        """Whether a fresh limiter would behave the same (nothing held,
+        nobody waiting, no pace to remember), so :class:`KeyedLimiter` may
+        forget it.  Default: ``True``."""
+        return True
 
-class _Noop(AbstractAsyncContextManager[None]):
-    """The context manager of a permit that needs no giving back."""
+    async def aclose(self) -> None:
+        """Release what the limiter holds (a Redis client).  The Mailer calls
+        it on close.  Default: nothing to release."""
+        return
 
-    __slots__ = ()
+
+class NothingToGiveBack(AbstractAsyncContextManager[None]):
+    """The permit of a limiter that holds nothing once it has said yes (a
+    rate permit): entering awaits ``enter()``, leaving does nothing.  Holds
+    no per-use state, so one instance serves every ``async with``."""
+
+    __slots__ = ("_enter",)
+
+    def __init__(self, enter: Callable[[], Awaitable[None]]) -> None:
+        self._enter = enter
 
     async def __aenter__(self) -> None:
-        return None
+        await self._enter()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
 
-_NOOP = _Noop()
+async def _admit() -> None:
+    return None
+
+
+_NOOP = NothingToGiveBack(_admit)
 
 
 # --------------------------------------------------------------------------
 # Concurrency
 
 
-class ConcurrencyLimiter:
+class ConcurrencyLimiter(Limiter):
     """At most ``limit`` permits held at once (one bucket; the key is ignored).
 
-    Waiters are served first come, first served.  A waiter cancelled while
-    waiting takes nothing; one cancelled just after it was handed a permit
-    passes the permit on.  Wrap it in :class:`KeyedLimiter` for a limit per
-    destination.
+    Waiters are served first come, first served (see :class:`Waiters`: a
+    waiter cancelled while waiting takes nothing; one cancelled just after it
+    was handed a permit passes the permit on).  ``limit`` may be changed while
+    in use.  Wrap it in :class:`KeyedLimiter` for a limit per destination.
     """
 
-    __slots__ = ("_held", "_permit", "_waiters", "limit")
+    __slots__ = ("_waiters",)
 
     def __init__(self, limit: int = 4) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit = limit
-        self._held = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._permit = _ConcurrencyPermit(self)
+        self._waiters = Waiters(limit)
+
+    @property
+    def limit(self) -> int:
+        """Permits that may be held at once."""
+        return self._waiters.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._waiters.limit = value
 
     @property
     def held(self) -> int:
         """Permits held right now."""
-        return self._held
+        return self._waiters.held
 
     @property
     def waiting(self) -> int:
         """Tasks waiting for a permit."""
-        return sum(1 for w in self._waiters if not w.done())
+        return self._waiters.waiting
 
     def acquire(self, key: str = "") -> AbstractAsyncContextManager[None]:
-        return self._permit
+        return self._waiters
 
     def feedback(self, key: str, classification: Classification | None) -> None:
         return None
 
     def is_idle(self) -> bool:
         """No permit held and nobody waiting: a fresh limiter would be the same."""
-        return self._held == 0 and all(w.done() for w in self._waiters)
-
-    async def _enter(self) -> None:
-        if self._held < self.limit and not self._waiters:
-            self._held += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # We were handed a permit and cancelled before we could use it.
-                self._release()
-            raise
-
-    def _release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the permit passes on; ``_held`` is unchanged
-                return
-        self._held -= 1
+        return self._waiters.is_idle()
 
     def __repr__(self) -> str:
-        return f"ConcurrencyLimiter(limit={self.limit}, held={self._held}, waiting={self.waiting})"
-
-
-class _ConcurrencyPermit(AbstractAsyncContextManager[None]):
-    # Holds no per-use state, so one instance serves every ``async with``.
-    __slots__ = ("_limiter",)
-
-    def __init__(self, limiter: ConcurrencyLimiter) -> None:
-        self._limiter = limiter
-
-    async def __aenter__(self) -> None:
-        await self._limiter._enter()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._limiter._release()
+        return f"ConcurrencyLimiter(limit={self.limit}, held={self.held}, waiting={self.waiting})"
 
 
 # --------------------------------------------------------------------------
@@ -186,15 +166,15 @@ class _Entry:
 _SWEEP_BATCH = 64
 
 
-class KeyedLimiter:
+class KeyedLimiter(Limiter):
     """A separate limiter per key, made by ``factory()`` on first use.
 
     A key unused for ``idle_timeout`` seconds is forgotten, so sending to
     100,000 domains keeps only the recently used ones in memory.  A key is
     never dropped while a permit for it is held or awaited, nor while its
-    limiter says it is not at rest (a limiter may define ``is_idle() ->
-    bool``; :class:`RateLimiter` is not at rest until its bucket has
-    refilled, so forgetting it cannot grant an extra burst).
+    limiter says it is not at rest (:meth:`Limiter.is_idle`;
+    :class:`RateLimiter` is not at rest until its bucket has refilled, so
+    forgetting it cannot grant an extra burst).
     """
 
     __slots__ = ("_clock", "_entries", "_factory", "idle_timeout")
@@ -240,8 +220,17 @@ class KeyedLimiter:
         """
         return self._touch(key).limiter
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        self._touch(key).limiter.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        return self._touch(key).limiter.feedback(key, classification)
+
+    def is_idle(self) -> bool:
+        """No key held: every one was idle long enough to be forgotten."""
+        return not self._entries
+
+    async def aclose(self) -> None:
+        """Close every limiter it holds."""
+        for entry in list(self._entries.values()):
+            await entry.limiter.aclose()
 
     def _touch(self, key: str) -> _Entry:
         now = self._clock.monotonic()
@@ -264,8 +253,7 @@ class KeyedLimiter:
             key, entry = next(iter(entries.items()))
             if entry.last_used > stale:
                 return
-            is_idle = getattr(entry.limiter, "is_idle", None)
-            if entry.active == 0 and (is_idle is None or is_idle()):
+            if entry.active == 0 and entry.limiter.is_idle():
                 del entries[key]
             else:  # still busy: look again after another idle_timeout
                 entry.last_used = now
@@ -326,14 +314,12 @@ def all_of(*limiters: Limiter) -> Limiter:
     everything (a "no limit" limiter).
     """
     for lim in limiters:
-        if not (
-            callable(getattr(lim, "acquire", None)) and callable(getattr(lim, "feedback", None))
-        ):
+        if not isinstance(lim, Limiter):
             raise TypeError(f"all_of() takes Limiter objects, not {type(lim).__name__}")
     return _AllOf(limiters)
 
 
-class _AllOf:
+class _AllOf(Limiter):
     __slots__ = ("limiters",)
 
     def __init__(self, limiters: tuple[Limiter, ...]) -> None:
@@ -344,9 +330,17 @@ class _AllOf:
             return _NOOP
         return _AllOfPermit(self.limiters, key)
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        # Every limiter hears it; the pushback is taken if any one takes it.
+        taken = [lim.feedback(key, classification) for lim in self.limiters]
+        return True if any(taken) else None
+
+    def is_idle(self) -> bool:
+        return all(lim.is_idle() for lim in self.limiters)
+
+    async def aclose(self) -> None:
         for lim in self.limiters:
-            lim.feedback(key, classification)
+            await lim.aclose()
 
     def __repr__(self) -> str:
         return f"all_of({', '.join(map(repr, self.limiters))})"

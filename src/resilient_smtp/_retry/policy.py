@@ -34,7 +34,6 @@ import backoff
 from .._classify.classifier import Classification, classify
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
-from .._errors import SMTPFailure
 from .._events import Event, Hook, emit
 from .budget import RetryBudget
 from .delays import (
@@ -291,13 +290,12 @@ class RetryState:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 # What on_exception retries when given no exception types: what classify()
-# understands, plus this library's own SMTPFailure.
+# understands.
 _DEFAULT_EXCEPTIONS: tuple[type[Exception], ...] = (
     aiosmtplib.SMTPException,
     OSError,
     asyncio.TimeoutError,
     TimeoutError,
-    SMTPFailure,
 )
 # backoff.on_exception arguments the policy decides.
 _OWNED_KWARGS = ("wait_gen", "exception", "giveup", "jitter", "max_tries", "max_time")
@@ -472,7 +470,7 @@ class RetryPolicy:
 
         The decorated function (async or sync) is retried when it raises one
         of ``exception`` (by default aiosmtplib's errors, ``OSError``,
-        timeouts and :class:`~resilient_smtp.SMTPFailure`) and the
+        timeouts) and the
         classification is transient; a permanent one is re-raised at once.
         Waits, attempts (``max_tries``) and the deadline (``max_time``) come
         from this policy, decisions reach its hooks, and a shared budget is

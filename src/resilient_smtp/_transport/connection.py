@@ -3,7 +3,7 @@
 The Mailer needs every reply of a transaction, each with its stage, so it
 never calls aiosmtplib's ``sendmail()`` (which loses a 421 at RCPT and the
 recipients already accepted, and cannot tell a failure at DATA from one after
-the final dot: see shared/research/real-servers.md).  A :class:`Connection`
+the final dot, which RFC 5321 §4.1.1.4 tells apart).  A :class:`Connection`
 returns the server's :class:`Reply` for MAIL, RCPT, DATA and the end of the
 data, and raises (aiosmtplib's ``SMTPServerDisconnected``,
 ``SMTPTimeoutError``, ``OSError``) only when there was no reply at all.
@@ -26,6 +26,7 @@ from typing import Literal, Protocol, TypeVar
 import aiosmtplib
 
 from .._classify.reply import Reply
+from .._errors import BodyNotSent
 
 __all__ = [
     "AiosmtplibTransport",
@@ -64,14 +65,6 @@ def dot_stuff(body: bytes) -> bytes:
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
-
-
-class BodyNotSent(aiosmtplib.SMTPServerDisconnected):
-    """The connection was gone before any of the message was written, so the
-    message certainly did not arrive (not the ambiguous window)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
 
 
 class Connection(Protocol):
@@ -114,12 +107,22 @@ class Connection(Protocol):
 
 
 class Transport(Protocol):
-    """Opens connections to a destination."""
+    """Opens connections to a destination.
+
+    :meth:`aclose` has a default: subclass ``Transport`` to inherit it.
+    """
+
+    __slots__ = ()
 
     async def connect(self, host: str, port: int) -> Connection:
         """Connect, EHLO, STARTTLS and AUTH as configured.  A failure raises
         the aiosmtplib exception, whose type tells the stage."""
         ...
+
+    async def aclose(self) -> None:
+        """Release what the transport holds beyond its connections (which
+        the pool closes).  The Mailer calls it on close.  Default: nothing."""
+        return
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
@@ -210,17 +213,20 @@ class _AiosmtplibConnection:
         return await self._command(b"NOOP")
 
     async def close(self) -> None:
-        if self._smtp.is_connected:
-            # QUIT is a courtesy; the socket goes anyway.
-            with contextlib.suppress(Exception):
-                await self._smtp.quit(timeout=min(self._timeout, 5.0))
-        self._smtp.close()
+        try:
+            if self._smtp.is_connected:
+                # QUIT is a courtesy; the socket goes anyway, also when the
+                # caller is cancelled while waiting for the reply.
+                with contextlib.suppress(Exception):
+                    await self._smtp.quit(timeout=min(self._timeout, 5.0))
+        finally:
+            self._smtp.close()
 
     def __repr__(self) -> str:
         return f"<Connection {self.host} messages={self.messages}>"
 
 
-class AiosmtplibTransport:
+class AiosmtplibTransport(Transport):
     """Connections over aiosmtplib.
 
     ``tls="starttls"`` (the default) requires STARTTLS and verifies the

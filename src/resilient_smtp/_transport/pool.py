@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .._classify.classifier import Classification
 from .._classify.reactions import REACTIONS, Reactions
 from .._clock import Clock, system_clock
+from .._limits.limiter import ConcurrencyLimiter
 from .connection import Connection, Transport
 
 __all__ = ["Lease", "Pool", "PoolLimits"]
@@ -67,49 +68,28 @@ class Lease:
         self.discarded = True
 
 
-class _Slot:
-    """One destination: its idle connections and a concurrency window.
+class _Destination:
+    """One destination: its idle connections and its concurrency window.
 
     The window shrinks by one when the server says "too many connections"
     and grows by ``1/window`` per clean transaction up to the configured
     maximum: the negative and positive feedback of Postfix's destination
-    concurrency scheduler (SCHEDULER_README: ``..._negative_feedback = 1``,
-    ``..._positive_feedback = 1/concurrency``).
+    concurrency scheduler (https://www.postfix.org/SCHEDULER_README.html:
+    ``..._negative_feedback = 1``, ``..._positive_feedback = 1/concurrency``).
+    The window is enforced by a :class:`ConcurrencyLimiter` whose limit
+    follows it.
     """
 
-    __slots__ = ("idle", "in_use", "waiters", "window")
+    __slots__ = ("idle", "limiter", "window")
 
     def __init__(self, limit: int) -> None:
         self.idle: deque[tuple[Connection, float]] = deque()
         self.window = float(limit)
-        self.in_use = 0
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.limiter = ConcurrencyLimiter(limit)
 
-    async def enter(self) -> None:
-        if not self.waiters and self.in_use < int(self.window):
-            self.in_use += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        try:
-            await fut  # _wake() counted us in before resolving the future
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.leave()  # granted, then cancelled before we could use it
-            else:
-                self.waiters.remove(fut)
-            raise
-
-    def leave(self) -> None:
-        self.in_use -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self.waiters and self.in_use < int(self.window):
-            fut = self.waiters.popleft()
-            if not fut.done():
-                self.in_use += 1
-                fut.set_result(None)
+    def set_window(self, window: float) -> None:
+        self.window = window
+        self.limiter.limit = int(window)
 
 
 class Pool:
@@ -128,8 +108,9 @@ class Pool:
         # The reasons that shrink the window: the ``concurrency`` column.
         self._shrink = reactions.reasons(concurrency="reduce")
         self._clock = clock
-        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._destinations: dict[tuple[str, int], _Destination] = {}
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
         self.opened = 0
         """Connections opened so far (a figure for tests and benchmarks)."""
         self.replaced_stale = 0
@@ -144,39 +125,67 @@ class Pool:
             and now - last_used < lim.idle_timeout
         )
 
-    async def _take_idle(self, slot: _Slot) -> Connection | None:
-        while slot.idle:
-            conn, last_used = slot.idle.pop()
-            now = self._clock.monotonic()
-            if not self._usable(conn, last_used, now):
-                if not conn.is_open():
-                    self.replaced_stale += 1
-                await conn.close()
-                continue
-            if now - last_used >= self.limits.noop_after:
-                try:
-                    ok = (await conn.noop()).code == 250
-                except Exception:
-                    ok = False
-                if not ok:
-                    self.replaced_stale += 1
-                    await conn.close()
-                    continue
-            return conn
+    async def _take_idle(self, dest: _Destination) -> Connection | None:
+        while dest.idle:
+            conn, last_used = dest.idle.pop()
+            try:
+                if self._still_good(conn, last_used) and await self._answers(conn, last_used):
+                    return conn
+            except BaseException:
+                # Cancelled during the NOOP check: the connection is ours
+                # alone now, so it must not be lost.
+                await self._close(conn)
+                raise
+            await self._close(conn)
         return None
+
+    def _still_good(self, conn: Connection, last_used: float) -> bool:
+        if self._usable(conn, last_used, self._clock.monotonic()):
+            return True
+        if not conn.is_open():
+            self.replaced_stale += 1
+        return False
+
+    async def _answers(self, conn: Connection, last_used: float) -> bool:
+        """A NOOP check for a connection idle longer than ``noop_after``."""
+        if self._clock.monotonic() - last_used < self.limits.noop_after:
+            return True
+        try:
+            ok = (await conn.noop()).code == 250
+        except Exception:
+            ok = False
+        if not ok:
+            self.replaced_stale += 1
+        return ok
+
+    async def _close(self, conn: Connection) -> None:
+        """Close ``conn``, to the end even if the caller is cancelled meanwhile.
+
+        The close runs in a task of its own that a cancellation of the caller
+        does not stop (the caller still sees its ``CancelledError``); the pool
+        keeps it until it is done, and :meth:`close` waits for it.
+        """
+        task = asyncio.ensure_future(conn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        await asyncio.shield(task)
 
     @asynccontextmanager
     async def connection(self, host: str, port: int) -> AsyncIterator[Lease]:
         """Borrow a connection to ``host:port``: a healthy idle one, else a
-        new one.  Connection failures propagate (aiosmtplib exceptions)."""
+        new one.  Connection failures propagate (aiosmtplib exceptions).
+
+        Cancelled anywhere (waiting for the window, in the NOOP check, while
+        connecting or while the lease is out), the connection is given back
+        or closed: none is left open and unowned.
+        """
         if self._closed:
             raise RuntimeError("the pool is closed")
-        slot = self._slots.get((host, port))
-        if slot is None:
-            slot = self._slots[(host, port)] = _Slot(self.limits.max_connections)
-        await slot.enter()
-        try:
-            conn = await self._take_idle(slot)
+        dest = self._destinations.get((host, port))
+        if dest is None:
+            dest = self._destinations[(host, port)] = _Destination(self.limits.max_connections)
+        async with dest.limiter.acquire():
+            conn = await self._take_idle(dest)
             lease = Lease(conn, reused=True) if conn is not None else None
             if lease is None:
                 fresh = await self.transport.connect(host, port)
@@ -191,38 +200,37 @@ class Pool:
             finally:
                 conn = lease.connection
                 if lease.discarded or self._closed or not conn.is_open():
-                    await asyncio.shield(conn.close())
+                    await self._close(conn)
                 else:
-                    slot.idle.append((conn, self._clock.monotonic()))
-        finally:
-            slot.leave()
+                    dest.idle.append((conn, self._clock.monotonic()))
 
     def feedback(self, host: str, port: int, classification: Classification | None) -> None:
         """Adjust the destination's concurrency window after a transaction:
         one less on ``too_many_connections``, ``1/window`` more on success."""
-        slot = self._slots.get((host, port))
-        if slot is None:
+        dest = self._destinations.get((host, port))
+        if dest is None:
             return
         if classification is None:
-            slot.window = min(float(self.limits.max_connections), slot.window + 1 / slot.window)
-            slot._wake()
+            dest.set_window(min(float(self.limits.max_connections), dest.window + 1 / dest.window))
         elif classification.reason in self._shrink:
-            slot.window = max(1.0, slot.window - 1.0)
+            dest.set_window(max(1.0, dest.window - 1.0))
 
     def window(self, host: str, port: int) -> int:
         """How many connections ``host:port`` may have open now."""
-        slot = self._slots.get((host, port))
-        return int(slot.window) if slot is not None else self.limits.max_connections
+        dest = self._destinations.get((host, port))
+        return int(dest.window) if dest is not None else self.limits.max_connections
 
     def idle_count(self) -> int:
         """Idle connections kept, across destinations."""
-        return sum(len(s.idle) for s in self._slots.values())
+        return sum(len(s.idle) for s in self._destinations.values())
 
     async def close(self) -> None:
         """Close every idle connection; borrowed ones close when returned."""
         self._closed = True
-        slots, self._slots = self._slots, {}
-        for slot in slots.values():
-            while slot.idle:
-                conn, _ = slot.idle.pop()
-                await conn.close()
+        destinations, self._destinations = self._destinations, {}
+        for dest in destinations.values():
+            while dest.idle:
+                conn, _ = dest.idle.pop()
+                await self._close(conn)
+        if self._closing:
+            await asyncio.wait(tuple(self._closing))

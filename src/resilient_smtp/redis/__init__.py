@@ -30,9 +30,9 @@ share (``rate / workers``) and health to local breakers, with a
 
 from __future__ import annotations
 
+from .._errors import RedisUnavailable
 from ._adaptive import RedisAdaptiveLimiter
 from ._health import RedisHealth
 from ._limit import RedisRateLimiter
-from ._link import RedisUnavailable
 
 __all__ = ["RedisAdaptiveLimiter", "RedisHealth", "RedisRateLimiter", "RedisUnavailable"]

@@ -26,13 +26,14 @@ from collections.abc import Collection, Iterable
 
 from redis.asyncio import Redis
 
+from .._checks import whole_number
 from .._classify.classifier import Classification
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit, logger
 from .._limits.adaptive import AdaptiveLimiter
 from .._limits.limiter import Limiter
-from ._limit import _check_fallback, _check_workers, _Shared
+from ._limit import _check_fallback, _Shared
 from ._link import RedisUnavailable
 from ._lua import ADAPTIVE_ACQUIRE, ADAPTIVE_CUT, ADAPTIVE_RATE
 
@@ -88,7 +89,7 @@ class RedisAdaptiveLimiter(_Shared):
             idle_timeout=idle_timeout,
         )
         self.spec = spec
-        self.workers = _check_workers(workers)
+        self.workers = whole_number("workers", workers)
         _check_fallback(fallback)
         if fallback is None:
             n = self.workers
@@ -165,8 +166,9 @@ class RedisAdaptiveLimiter(_Shared):
                 lambda: self._rate_script(keys=[self._key(key)], args=(*self._curve_args, 0))
             )
         except RedisUnavailable:
-            local = getattr(self._fallback, "rate", None)
-            return float(local(key)) if callable(local) else self.spec.initial_rate
+            if isinstance(self._fallback, AdaptiveLimiter):
+                return self._fallback.rate(key)
+            return self.spec.initial_rate
         return float(rate)
 
     def feedback(self, key: str, classification: Classification | None) -> None:

@@ -1,9 +1,12 @@
 """Destination health shared by every worker through Redis.
 
-:class:`RedisHealth` is :class:`~resilient_smtp.DestinationHealth` (same
-rules, same code: it subclasses it) whose suspensions and relay pauses are
-also written to Redis and broadcast to the other workers, which apply them
-to their own breakers at once.  ``admit`` stays synchronous and answers
+:class:`RedisHealth` implements :class:`~resilient_smtp.Health` around a
+:class:`~resilient_smtp.DestinationHealth` (same rules, same code: it asks
+that one) whose suspensions and relay pauses are also written to Redis and
+broadcast to the other workers, which apply them to their own breakers at
+once.  It hears the decisions through the events the breakers emit, and
+hands the other workers' decisions to :meth:`DestinationHealth.adopt` and
+:meth:`DestinationHealth.resume`.  ``admit`` stays synchronous and answers
 from local state, so asking costs no round trip; a background task keeps
 that state in step:
 
@@ -34,9 +37,9 @@ from redis.asyncio import Redis
 
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
-from .._events import Event, Hook, emit
-from .._health import DestinationHealth, _Breaker
-from ._link import _FAILURES, RedisUnavailable, _Link
+from .._events import Event, Hook
+from .._health import Admission, DestinationHealth, Health, HealthStatus
+from ._link import _FAILURES, RedisUnavailable, _Link, _OnLink
 from ._lua import HEALTH_SNAPSHOT, HEALTH_WRITE
 
 if TYPE_CHECKING:
@@ -49,7 +52,7 @@ _LISTEN_POLL = 1.0  # seconds a pub/sub read waits before looking again
 _READY_WAIT = 5.0  # seconds start() waits for the first snapshot at most
 
 
-class RedisHealth(DestinationHealth):
+class RedisHealth(_OnLink, Health):
     """:class:`~resilient_smtp.DestinationHealth` with suspensions shared through Redis.
 
     ``redis`` is a ``redis://`` URL or a ``redis.asyncio.Redis``; the other
@@ -71,44 +74,48 @@ class RedisHealth(DestinationHealth):
         hooks: Iterable[Hook] = (),
         **rules: Any,
     ) -> None:
-        super().__init__(clock=clock, hooks=hooks, **rules)
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError("prefix must be a non-empty string")
-        self.prefix = prefix
+        self._hooks = tuple(hooks)
+        self._clock = clock
+        self.local = DestinationHealth(clock=clock, hooks=(*self._hooks, self._heard), **rules)
+        """The breakers in this process, which decide; this object shares."""
         self._link = _Link(
             redis,
             what="RedisHealth",
+            prefix=prefix,
             timeout=timeout,
             retry_base=retry_base,
             retry_cap=retry_cap,
             clock=clock,
             hooks=self._hooks,
         )
+        self.prefix = self._link.prefix
         client = self._link.client
         self._write = client.register_script(HEALTH_WRITE)
         self._snapshot = client.register_script(HEALTH_SNAPSHOT)
         self._channel = f"{prefix}:health"
         self._origin = uuid.uuid4().hex
-        self._applying = False
         self._listener: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
-    def redis_up(self) -> bool:
-        """Redis answered the last call."""
-        return self._link.up
+    def keys_held(self) -> int:
+        """Destinations the local breakers hold state for right now."""
+        return self.local.keys_held
 
-    # -- the DestinationHealth interface, plus starting the sync -----------------
+    # -- the Health protocol, plus starting the sync -----------------------------
 
-    def admit(self, key: str) -> Any:
+    def admit(self, key: str) -> Admission:
         self._start_soon()
-        return super().admit(key)
+        return self.local.admit(key)
 
     def record(self, key: str, classification: Classification | None) -> None:
         self._start_soon()
-        super().record(key, classification)
+        self.local.record(key, classification)
+
+    def status(self, key: str) -> HealthStatus:
+        return self.local.status(key)
 
     async def start(self) -> None:
         """Start sharing, and wait (at most 5 s) for the suspensions already in Redis."""
@@ -138,37 +145,35 @@ class RedisHealth(DestinationHealth):
 
     # -- the decisions, shared --------------------------------------------------
 
-    def _suspend(
-        self, b: _Breaker, key: str, now: float, reason: Reason, stated: float | None
-    ) -> None:
-        super()._suspend(b, key, now, reason, stated)
-        if not self._applying:
-            self._share("suspend", key, b, now, "suspended")
-
-    def _pause(self, now: float, reason: Reason, stated: float | None) -> None:
-        before = self._relay.until
-        super()._pause(now, reason, stated)
-        if not self._applying and self._relay.until != before:
-            self._share("suspend", None, self._relay, now, "paused")
-
-    def _close(self, b: _Breaker, key: str | None, now: float) -> None:
-        was_suspended = b.since is not None
-        super()._close(b, key, now)
-        if was_suspended and not self._applying:
-            self._share("resume", key, b, now, "healthy")
+    def _heard(self, event: Event) -> None:
+        """The local breakers decided something: share it (not what they
+        adopted from another worker, which that worker shares)."""
+        data = event.data
+        if data.get("shared"):
+            return
+        if event.kind == "suspended":
+            key = data["destination"]
+            self._share(
+                "suspend", key, "suspended", data["reason"], data["seconds"], data["suspensions"]
+            )
+        elif event.kind == "paused":
+            self._share("suspend", None, "paused", data["reason"], data["seconds"], data["pauses"])
+        elif event.kind == "resumed":
+            self._share("resume", data["destination"], "healthy", "", 0.0, 0)
 
     def _redis_key(self, key: str | None) -> str:
         return f"{self.prefix}:health:relay" if key is None else f"{self.prefix}:health:dest:{key}"
 
-    def _share(self, op: str, key: str | None, b: _Breaker, now: float, state: str) -> None:
+    def _share(
+        self, op: str, key: str | None, state: str, reason: str, seconds: float, suspensions: int
+    ) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # outside an event loop: local only (pushed on the next start)
             return
         if self._closed or not self._link.usable():
             return  # pushed again when Redis is back (see _push_local)
-        ms = 0.0 if b.until is None or op == "resume" else max(0.0, (b.until - now) * 1000)
-        reason = "" if b.reason is None else str(b.reason)
+        ms = max(0.0, seconds * 1000)
         message = json.dumps(
             {
                 "origin": self._origin,
@@ -177,10 +182,10 @@ class RedisHealth(DestinationHealth):
                 "state": state,
                 "reason": reason,
                 "ms": ms,
-                "suspensions": b.suspensions,
+                "suspensions": suspensions,
             }
         )
-        args = (op, f"{ms:.3f}", reason, b.suspensions, state, self._channel, message)
+        args = (op, f"{ms:.3f}", reason, suspensions, state, self._channel, message)
         rkey = self._redis_key(key)
 
         async def write() -> None:
@@ -191,54 +196,17 @@ class RedisHealth(DestinationHealth):
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    def _apply(
-        self, op: str, key: str | None, state: str, reason: str, ms: float, suspensions: int
-    ) -> None:
+    def _apply(self, op: str, key: str | None, reason: str, ms: float, suspensions: int) -> None:
         """Take another worker's decision into our breakers."""
-        now = self._clock.monotonic()
-        self._applying = True
-        try:
-            if key is None:
-                b: _Breaker | None = self._relay
-            else:
-                b = self._keys.get(key)
-            if op == "resume":
-                if b is not None and b.since is not None:
-                    self._close(b, key, now)
-                    if key is not None:
-                        self._keys.pop(key, None)
-                return
-            until = now + ms / 1000.0
-            if b is None:
-                assert key is not None
-                self._sweep(now)
-                b = self._keys[key] = _Breaker()
-            if b.until is not None and b.until >= until:
-                return  # we know of this one (or of a longer one)
-            b.until, b.probing_since = until, None
-            b.reason = Reason(reason) if reason else None
-            b.suspensions = max(b.suspensions, suspensions)
-            if b.since is None:
-                b.since = now
-            b.failures, b.last_failure = 0, now
-            what = "relay" if key is None else key
-            emit(
-                Event(
-                    "paused" if key is None else "suspended",
-                    f"{what}: {state} for {ms / 1000:g} s by another worker after {reason}",
-                    {
-                        "destination": key,
-                        "reason": reason,
-                        "seconds": ms / 1000.0,
-                        "until": until,
-                        "suspensions": b.suspensions,
-                        "shared": True,
-                    },
-                ),
-                self._hooks,
+        if op == "resume":
+            self.local.resume(key)
+        else:
+            self.local.adopt(
+                key,
+                seconds=ms / 1000.0,
+                reason=Reason(reason) if reason else None,
+                suspensions=suspensions,
             )
-        finally:
-            self._applying = False
 
     # -- the background sync --------------------------------------------------------
 
@@ -296,7 +264,6 @@ class RedisHealth(DestinationHealth):
             self._apply(
                 str(m["op"]),
                 m["key"],
-                str(m["state"]),
                 str(m["reason"]),
                 float(m["ms"]),
                 int(m["suspensions"]),
@@ -316,29 +283,32 @@ class RedisHealth(DestinationHealth):
             )
             cursor, rest = step[0], step[1:]
             for i in range(0, len(rest), 5):
-                rkey, state, reason, suspensions, left = rest[i : i + 5]
+                rkey, _state, reason, suspensions, left = rest[i : i + 5]
                 rkey = rkey if isinstance(rkey, bytes) else str(rkey).encode()
                 key = None if rkey == relay_key else rkey[len(dest) :].decode()
                 if key is not None and not rkey.startswith(dest):
                     continue
-                self._apply(
-                    "suspend", key, _text(state), _text(reason), float(left), int(suspensions)
-                )
+                self._apply("suspend", key, _text(reason), float(left), int(suspensions))
             if int(cursor) == 0:
                 return
 
     async def _push_local(self) -> None:
         """Write our running suspensions (decided while Redis was away)."""
         now = self._clock.monotonic()
-        if self._relay.open_now(now):
-            self._share("suspend", None, self._relay, now, "paused")
-        for key, b in list(self._keys.items()):
-            if b.open_now(now):
-                self._share("suspend", key, b, now, "suspended")
+        for key, st in self.local.suspended().items():
+            assert st.until is not None
+            self._share(
+                "suspend",
+                key,
+                st.state,
+                "" if st.reason is None else str(st.reason),
+                st.until - now,
+                st.suspensions,
+            )
 
     def __repr__(self) -> str:
         return (
-            f"RedisHealth(keys={len(self._keys)}, prefix={self.prefix!r}, "
+            f"RedisHealth(keys={self.local.keys_held}, prefix={self.prefix!r}, "
             f"redis={'up' if self._link.up else 'down'})"
         )
 

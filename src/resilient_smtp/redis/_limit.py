@@ -20,8 +20,6 @@ up one permit there (the script ran; its answer was not read).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -29,11 +27,13 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from .._checks import positive_number, whole_number
 from .._clock import Clock, system_clock
 from .._events import Hook
-from .._limits.gcra import RateLimiter, _check_rate
+from .._limits.gcra import RateLimiter
 from .._limits.limiter import KeyedLimiter, Limiter
-from ._link import RedisUnavailable, _Link
+from .._limits.waiters import Waiters
+from ._link import RedisUnavailable, _Link, _OnLink
 from ._lua import GCRA
 
 if TYPE_CHECKING:
@@ -45,23 +45,12 @@ __all__ = ["RedisRateLimiter"]
 _MIN_SLEEP = 0.0005
 
 
-def _check_workers(workers: int) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    return workers
-
-
 def _check_fallback(fallback: Limiter | None) -> None:
-    if fallback is not None and not (
-        callable(getattr(fallback, "acquire", None))
-        and callable(getattr(fallback, "feedback", None))
-    ):
+    if fallback is not None and not isinstance(fallback, Limiter):
         raise TypeError(f"fallback must be a Limiter, not {type(fallback).__name__}")
 
 
-class _Shared:
+class _Shared(_OnLink, Limiter):
     """What both Redis limiters do: the local queue, Redis, the fallback."""
 
     def __init__(
@@ -77,27 +66,21 @@ class _Shared:
         clock: Clock,
         hooks: Iterable[Hook],
     ) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError("prefix must be a non-empty string")
-        self.prefix = prefix
         self._clock = clock
         self._hooks = tuple(hooks)
         self._link = _Link(
             redis,
             what=what,
+            prefix=prefix,
             timeout=timeout,
             retry_base=retry_base,
             retry_cap=retry_cap,
             clock=clock,
             hooks=self._hooks,
         )
+        self.prefix = self._link.prefix
         self._fallback = fallback
-        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
-
-    @property
-    def redis_up(self) -> bool:
-        """Redis answered the last call (``False`` while the fallback is in use)."""
-        return self._link.up
+        self._lines: dict[str, Waiters] = {}
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
         return _SharedPermit(self, key)
@@ -108,40 +91,37 @@ class _Shared:
 
     async def _enter(self, key: str) -> AbstractAsyncContextManager[None] | None:
         """Wait for a permit; return the fallback's permit if it came from there."""
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = collections.deque()
-        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(me)
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = Waiters(1)
         try:
-            if queue[0] is not me:
-                await me  # the head hands over when it leaves
-            # Ends with a permit, or when the caller is cancelled (the Mailer
-            # cancels at the send's deadline); every turn sleeps or fails over.
-            while True:
-                if not self._link.usable():
-                    cm = self._fallback.acquire(key)
-                    await cm.__aenter__()
-                    return cm
-                try:
-                    wait = await self._link.call(lambda: self._ask(key))
-                except RedisUnavailable:
-                    continue
-                if wait <= 0.0:
-                    return None
-                await self._clock.sleep(max(wait, _MIN_SLEEP))
+            async with line:  # only the head of the line talks to Redis
+                # Ends with a permit, or when the caller is cancelled (the
+                # Mailer cancels at the send's deadline); every turn sleeps or
+                # fails over.
+                while True:
+                    if not self._link.usable():
+                        cm = self._fallback.acquire(key)
+                        await cm.__aenter__()
+                        return cm
+                    try:
+                        wait = await self._link.call(lambda: self._ask(key))
+                    except RedisUnavailable:
+                        continue
+                    if wait <= 0.0:
+                        return None
+                    await self._clock.sleep(max(wait, _MIN_SLEEP))
         finally:
-            if queue and queue[0] is me:
-                queue.popleft()
-                while queue and queue[0].cancelled():
-                    queue.popleft()
-                if queue:
-                    queue[0].set_result(None)
-            if not queue and self._queues.get(key) is queue:
-                del self._queues[key]
+            if line.is_idle() and self._lines.get(key) is line:
+                del self._lines[key]
+
+    def is_idle(self) -> bool:
+        """Nobody waiting here (the shared state lives in Redis)."""
+        return not self._lines
 
     async def aclose(self) -> None:
-        """Close the Redis client if the limiter made it from a URL."""
+        """Close the Redis client if the limiter made it from a URL, and the fallback."""
+        await self._fallback.aclose()
         await self._link.aclose()
 
 
@@ -193,13 +173,9 @@ class RedisRateLimiter(_Shared):
         clock: Clock = system_clock,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self.rate = _check_rate("rate", rate)
-        if isinstance(burst, bool) or not isinstance(burst, int):
-            raise TypeError(f"burst must be an int, not {type(burst).__name__}")
-        if burst < 1:
-            raise ValueError(f"burst must be at least 1, got {burst}")
-        self.burst = burst
-        self.workers = _check_workers(workers)
+        self.rate = positive_number("rate", rate)
+        self.burst = whole_number("burst", burst)
+        self.workers = whole_number("workers", workers)
         _check_fallback(fallback)
         if fallback is None:
             share, share_burst = self.rate / self.workers, max(1, burst // self.workers)
@@ -224,8 +200,8 @@ class RedisRateLimiter(_Shared):
         granted, wait_us = await self._script(keys=[f"{self.prefix}:rate:{key}"], args=self._args)
         return 0.0 if int(granted) else int(wait_us) / 1e6
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        self._fallback.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        return self._fallback.feedback(key, classification)
 
     def __repr__(self) -> str:
         return (

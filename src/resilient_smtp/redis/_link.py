@@ -24,7 +24,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .._checks import positive_number
 from .._clock import Clock
+from .._errors import RedisUnavailable
 from .._events import Event, Hook, emit
 
 __all__ = ["RedisUnavailable"]
@@ -34,18 +36,6 @@ T = TypeVar("T")
 # What a call to an unreachable, slow or unwell Redis can raise.  (On 3.10,
 # asyncio.TimeoutError is not yet the builtin TimeoutError.)
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, TimeoutError)
-
-
-class RedisUnavailable(Exception):
-    """Redis did not answer in time, or answered with an error (the fallback applies)."""
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
-    return float(value)
 
 
 def make_client(redis: str | Redis, timeout: float) -> tuple[Redis, bool]:
@@ -81,6 +71,7 @@ class _Link:
         "client",
         "down_since",
         "failures",
+        "prefix",
         "retry_at",
         "retry_base",
         "retry_cap",
@@ -93,15 +84,20 @@ class _Link:
         redis: str | Redis,
         *,
         what: str,
+        prefix: str,
         timeout: float,
         retry_base: float,
         retry_cap: float,
         clock: Clock,
         hooks: Iterable[Hook],
     ) -> None:
-        self.timeout = _positive("timeout", timeout)
-        self.retry_base = _positive("retry_base", retry_base)
-        self.retry_cap = _positive("retry_cap", retry_cap)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError("prefix must be a non-empty string")
+        self.prefix = prefix
+        """What every key and channel name of this link starts with."""
+        self.timeout = positive_number("timeout", timeout)
+        self.retry_base = positive_number("retry_base", retry_base)
+        self.retry_cap = positive_number("retry_cap", retry_cap)
         self.client, self._owns = make_client(redis, self.timeout)
         self.what = what
         self._clock = clock
@@ -176,3 +172,20 @@ class _Link:
         """Close the client if we made it (a client passed in is the caller's)."""
         if self._owns:
             await self.client.aclose()
+
+
+class _OnLink:
+    """What every Redis-backed part shows of its link and its clock."""
+
+    _link: _Link
+    _clock: Clock
+
+    @property
+    def redis_up(self) -> bool:
+        """Redis answered the last call (``False`` while the fallback is in use)."""
+        return self._link.up
+
+    @property
+    def clock(self) -> Clock:
+        """The clock it runs on (a Mailer checks it is the Mailer's)."""
+        return self._clock

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import aiosmtplib
 
 from .._classify.reply import Reply
-from .._transport.connection import Connection
+from .._transport.connection import Connection, Transport
 from ._script import DROP, ReceivedMessage, Script
 
 __all__ = ["ScriptedTransport"]
@@ -103,7 +103,7 @@ class _ScriptedConnection:
         self._open = False
 
 
-class ScriptedTransport(Script):
+class ScriptedTransport(Script, Transport):
     """A :class:`~resilient_smtp.Transport` that needs no network.
 
     ::

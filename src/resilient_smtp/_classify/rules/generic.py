@@ -3,9 +3,10 @@
 Sources: RFC 5321 (§3.1, §3.8, §4.2, §4.5.3.1.10), RFC 3463 and the IANA
 enhanced status code registry (RFC 4954, 5248, 7293, 7372, 7505, 8617,
 8689), RFC 7504, and the reply texts that Postfix, Exim, Sendmail and qmail
-send (Postfix's anvil and postscreen, Sendmail's ratecontrol/conncontrol), as
-collected in shared/research/classifier-anchors.md.  Rules within a tier are
-tried in the order written: the specific before the general.
+send (Postfix's anvil and postscreen, https://www.postfix.org/postconf.5.html;
+Sendmail's ratecontrol/conncontrol features, described in its cf/README).
+Rules within a tier are tried in the order written: the specific before the
+general.
 
 The tables are data, aligned by hand: ``# fmt: off`` keeps the formatter
 from putting every string on its own line.
@@ -148,7 +149,7 @@ _TEXT = (
     Rule(R.BLOCKLISTED, "text: rejected for sender reputation",
          contains=("reputation",), codes=(550, 553, 554)),
     Rule(R.REPUTATION_DEFERRAL, "text: sender reputation", contains=_REPUTATION_WORDS),
-    # DESIGN.md: spam_content is permanent, but a 4xx spam verdict (Gmail's
+    # spam_content is permanent (taxonomy.py), but a 4xx spam verdict (Gmail's
     # "421 4.7.0 ... suspicious") is a deferral and may pass later.
     Rule(R.SPAM_CONTENT, "text: content judged as spam, deferred", contains=_SPAM_WORDS,
          codes=_DEFER, transient=True),
@@ -258,7 +259,7 @@ _TEXT = (
          contains=("timeout", "timed out", "connection reset", "connection refused",
                    "lost connection", "connection lost", "dns failure", "dns lookup",
                    "dns query", "name server", "network is unreachable", "no route to host")),
-    # A busy or unavailable server is transient (DESIGN.md), but "554
+    # A busy or unavailable server is transient (taxonomy.py), but "554
     # Service unavailable" with nothing more is a 5xx that states no cause:
     # its class decides, unless the text itself says to come back later.
     Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",

@@ -10,8 +10,7 @@ matches a token distinctive enough to be safe anywhere (``[TSS04]``,
 The texts come from each provider's own error reference, cited above its
 block; where a provider documents a reply but not what to do about it, the
 follow-up comes from KumoMTA's shaping rules (``assets/policy-extras`` and
-``assets/community/shaping.toml``).  See
-shared/research/classifier-anchors.md.
+``assets/community/shaping.toml`` in https://github.com/KumoCorp/kumomta).
 
 Reply.parse takes the leading enhanced status off the text, so a rule keyed
 on a status such as 4.7.650 uses ``status=``, never ``contains=``.
@@ -407,8 +406,8 @@ _QQ = (
          contains=("mailbox unavailable or access denied", "mailbox not found"), hosts=QQ),
 )
 
-# Others from KumoMTA's community shaping rules; Orange's OFRxxx_xxx codes
-# as listed in shared/research/classifier-anchors.md (§4).
+# Others from KumoMTA's community shaping rules (assets/community/shaping.toml
+# in https://github.com/KumoCorp/kumomta), Orange's OFRxxx_xxx codes among them.
 _OTHERS = (
     Rule(R.TOO_MANY_CONNECTIONS, "orange: trop de connexions / OFR004_104",
          contains=("trop de connexions", "ofr004_104"), tier=P),
