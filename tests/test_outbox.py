@@ -280,9 +280,11 @@ async def test_a_recipient_being_sent_when_the_worker_died_becomes_ambiguous(
     await dead.outbox.put(make_message("a@example.com", "b@example.com"))
     # The dead worker got as far as marking the recipients "sending".
     [claimed] = await dead.outbox.store.claim(
-        worker="dead", now=START, until=START + 60.0, limit=10
+        worker="dead", token="t-dead", now=START, until=START + 60.0, limit=10
     )
-    await dead.outbox.store.mark_sending(claimed.id, ["a@example.com"], now=START)
+    assert await dead.outbox.store.mark_sending(
+        claimed.id, ["a@example.com"], token="t-dead", now=START
+    )
 
     alive = Rig(new_store(), policy=policy)
     assert await alive.outbox.run_once(alive.mailer) == 0  # its claim still holds
@@ -312,14 +314,20 @@ async def test_two_workers_never_claim_the_same_recipient(new_store: StoreFactor
     first, second = Rig(new_store()), Rig(new_store())
     for i in range(6):
         await first.outbox.put(make_message(f"r{i}@example.com"))
-    one = await first.outbox.store.claim(worker="w1", now=START, until=START + 60, limit=4)
-    two = await second.outbox.store.claim(worker="w2", now=START, until=START + 60, limit=4)
+    one = await first.outbox.store.claim(
+        worker="w1", token="t1", now=START, until=START + 60, limit=4
+    )
+    two = await second.outbox.store.claim(
+        worker="w2", token="t2", now=START, until=START + 60, limit=4
+    )
     assert len(one) == 4
     assert len(two) == 2
     assert not {c.id for c in one} & {c.id for c in two}
     # A released claim is free again at once.
-    await first.outbox.store.release(worker="w1")
-    again = await second.outbox.store.claim(worker="w2", now=START, until=START + 60, limit=10)
+    await first.outbox.store.release(token="t1")
+    again = await second.outbox.store.claim(
+        worker="w2", token="t3", now=START, until=START + 60, limit=10
+    )
     assert len(again) == 4
 
 
@@ -332,7 +340,9 @@ async def test_concurrent_claims_split_the_queue(new_store: StoreFactory) -> Non
     async def claim_all(n: int) -> list[tuple[str, str]]:
         got: list[tuple[str, str]] = []
         for _ in range(20):  # bounded
-            claimed = await stores[n].claim(worker=f"w{n}", now=START, until=START + 60, limit=3)
+            claimed = await stores[n].claim(
+                worker=f"w{n}", token=f"t{n}", now=START, until=START + 60, limit=3
+            )
             if not claimed:
                 break
             got += [(c.id, a) for c in claimed for a in c.recipients]
@@ -359,7 +369,7 @@ async def test_operator_retry_and_purge(rig: Rig) -> None:
 
     with pytest.raises(ValueError, match="states: 'lost' is not a state"):
         await rig.outbox.retry(states=["lost"])
-    with pytest.raises(ValueError, match="only deferred or final"):
+    with pytest.raises(ValueError, match="only deferred, quarantined or final"):
         await rig.outbox.retry(states=["sending"])
     assert await rig.outbox.retry(message=amb, states=["ambiguous"]) == 1
     await rig.outbox.run_once(rig.mailer)

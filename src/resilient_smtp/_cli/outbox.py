@@ -15,26 +15,14 @@ import time
 from typing import Any, TextIO
 
 from .._mailer import Mailer
-from ..outbox import Outbox, OutboxPolicy
-from ..outbox._records import FINAL_STATES, OutboxState, OutboxStatus, Store
+from ..outbox import Outbox, OutboxPolicy, open_store, run_worker
+from ..outbox._records import FINAL_STATES, OutboxState, OutboxStatus
 
 __all__ = ["outbox_command", "worker_command"]
 
 
 class UsageError(Exception):
     """Bad input on the command line (the caller reports it, status 2)."""
-
-
-def open_store(db: str) -> Store:
-    """A SQLite path, or a ``postgresql://`` URL (the ``postgres`` extra)."""
-    if db.startswith(("postgresql://", "postgres://")):
-        from ..outbox import PostgresStore
-
-        store: Store = PostgresStore(db)
-        return store
-    from ..outbox._sqlite import SQLiteStore
-
-    return SQLiteStore(db)
 
 
 def worker_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -70,25 +58,25 @@ async def _work(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not args.until_idle:
+        async with mailer:
+            await run_worker(mailer, args.db, stop=stop, policy=policy)
+        return 0
     async with Outbox(open_store(args.db), policy=policy) as outbox, mailer:
-        if args.until_idle:
-            sent = 0
-            # Bounded by the queue: each pass handles at least one message
-            # or finds nothing to do; --max-passes caps it anyway.
-            for _ in range(args.max_passes):
-                if stop.is_set():
-                    break
-                n = await outbox.run_once(mailer)
-                sent += n
-                if n:
-                    continue
-                if await _idle(outbox):
-                    break
-                await asyncio.sleep(policy.poll)
-            await outbox.store.release(worker=outbox.worker)
-            out.write(f"handled {sent} message(s); nothing left due\n")
-        else:
-            await outbox.run(mailer, stop=stop)
+        sent = 0
+        # Bounded by the queue: each pass handles at least one message
+        # or finds nothing to do; --max-passes caps it anyway.
+        for _ in range(args.max_passes):
+            if stop.is_set():
+                break
+            n = await outbox.run_once(mailer)
+            sent += n
+            if n:
+                continue
+            if await _idle(outbox):
+                break
+            await asyncio.sleep(policy.poll)
+        out.write(f"handled {sent} message(s); nothing left due\n")
     return 0
 
 
