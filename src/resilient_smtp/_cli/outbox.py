@@ -124,6 +124,10 @@ def _status_json(s: OutboxStatus) -> str:
             "created": s.oldest_deferred_created,
             "reason": s.oldest_deferred_reason,
         },
+        "oldest": {
+            state: {"id": o.id, "created": o.created, "reason": o.reason}
+            for state, o in s.oldest.items()
+        },
         "destinations": [
             {
                 "destination": d.destination,
@@ -133,26 +137,78 @@ def _status_json(s: OutboxStatus) -> str:
             }
             for d in s.destinations
         ],
+        "reasons": [
+            {
+                "state": r.state,
+                "destination": r.destination,
+                "reason": r.reason,
+                "count": r.count,
+                "last_detail": r.last_detail,
+                "last_updated": r.last_updated,
+            }
+            for r in s.reasons
+        ],
+        "suspensions": [
+            {
+                "destination": u.destination,
+                "until": u.until,
+                "reason": u.reason,
+                "deferred": u.deferred,
+            }
+            for u in s.suspensions
+        ],
     }
     return json.dumps(data)
 
 
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "?"
+    seconds = max(0.0, now - then)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _status_text(s: OutboxStatus) -> str:
+    now = time.time()
     lines = [f"messages: {s.messages}", "recipients:"]
-    lines += [f"  {state:<10} {n}" for state, n in s.counts.items()]
+    for state, n in s.counts.items():
+        line = f"  {state:<10} {n}"
+        oldest = s.oldest.get(state)
+        if oldest is not None and n:
+            line += f"  (oldest {oldest.id}, queued {_ago(oldest.created, now)} ago)"
+        lines.append(line)
     if s.oldest_deferred_id is None:
         lines.append("oldest deferred: none")
     else:
-        age = time.time() - (s.oldest_deferred_created or 0.0)
         lines.append(
-            f"oldest deferred: {s.oldest_deferred_id}, queued {age / 3600:.1f} h ago "
-            f"({s.oldest_deferred_reason})"
+            f"oldest deferred: {s.oldest_deferred_id}, queued "
+            f"{_ago(s.oldest_deferred_created, now)} ago ({s.oldest_deferred_reason})"
         )
+    if s.suspensions:
+        lines.append("suspended destinations:")
+        for u in s.suspensions:
+            end = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.until))
+            lines.append(
+                f"  {u.destination or '(none)'}: until {end} "
+                f"(in {_ago(now, u.until)}), {u.reason}, {u.deferred} deferred"
+            )
     if s.destinations:
         lines.append("deferred per destination:")
         for d in s.destinations:
             lines.append(
                 f"  {d.destination or '(none)'}: {d.deferred} deferred, "
                 f"{d.suspended} while suspended, last reason {d.last_reason}"
+            )
+    why = [r for r in s.reasons if r.reason is not None]
+    if why:
+        lines.append("per state, destination and reason (latest explanation):")
+        for r in why:
+            lines.append(
+                f"  {r.state} {r.destination or '(none)'} {r.reason}: {r.count}, "
+                f"last {_ago(r.last_updated, now)} ago: {r.last_detail or '-'}"
             )
     return "\n".join(lines)

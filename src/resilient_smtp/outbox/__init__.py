@@ -357,10 +357,21 @@ class Outbox:
             updates = list(f.unrecorded)
             if t in running and t.cancelled():
                 # Stopped mid-send: the recipients past their final dot may
-                # have the message; the rest never had it and stay due.
+                # have the message; those stopped while being marked never
+                # had it and are due again; the rest never left "waiting".
                 done = {u.address for u in updates}
+                now = self._wall()
                 updates += [
                     RecipientUpdate(
+                        address=a,
+                        state=OutboxState.DEFERRED,
+                        attempts=f.claim.attempts[a],
+                        due=now,
+                        reason="cancelled",
+                        detail="the worker stopped this send before its final dot",
+                    )
+                    if a in f.unsent
+                    else RecipientUpdate(
                         address=a,
                         state=OutboxState.AMBIGUOUS,
                         attempts=f.claim.attempts[a] + 1,
@@ -411,7 +422,7 @@ class Outbox:
                         min(pause, left),
                     )
                     await asyncio.sleep(min(pause, left))
-                    pause *= 2
+                    pause = min(pause * 2, self.policy.lease / 10)
                     continue
                 if held:
                     lease.until = now + self.policy.lease
@@ -489,11 +500,26 @@ class Outbox:
             if lease.lost or at >= lease.until:
                 self._lease_lost(lease, "it lapsed before the final dot")
                 raise _Stopped("the claim's lease lapsed")
-            if not await self.store.mark_sending(c.id, accepted, token=lease.token, now=at):
+            # From here the send is past the point of no return: a batch
+            # stopped after an error lets it reach its verdict.
+            f.in_dot = True
+            marking = asyncio.ensure_future(
+                self.store.mark_sending(c.id, accepted, token=lease.token, now=at)
+            )
+            try:
+                marked = await asyncio.shield(marking)
+            except asyncio.CancelledError:
+                # Cancelled before the dot: whatever the store did, the
+                # message did not leave; the clean-up puts them back.
+                with contextlib.suppress(Exception):
+                    if await marking:
+                        f.marked.update(accepted)
+                        f.unsent.update(accepted)
+                raise
+            if not marked:
                 self._lease_lost(lease, "the store refused to mark the recipients sending")
                 raise _Stopped("the store no longer holds the claim")
             f.marked.update(accepted)
-            f.in_dot = True
             for a in accepted:
                 self._emit(
                     "outbox_sending",
@@ -646,9 +672,7 @@ class Outbox:
         send them the message twice; ``sending`` cannot be retried."""
         chosen = _states("states", states)
         if OutboxState.SENDING in chosen or OutboxState.QUEUED in chosen:
-            raise ValueError(
-                "states: only deferred, quarantined or final states can be retried"
-            )
+            raise ValueError("states: only deferred, quarantined or final states can be retried")
         n = await self.store.retry(now=self._wall(), states=chosen, message=message)
         self._emit(
             "outbox_retry",
@@ -700,14 +724,16 @@ class _Lease:
 
 
 class _Flight:
-    """One claimed message being sent: the recipients past a final dot,
-    and updates the store failed to take."""
+    """One claimed message being sent: the recipients marked ``sending``
+    (and those of them stopped before their dot left), and updates the
+    store failed to take."""
 
-    __slots__ = ("claim", "in_dot", "marked", "unrecorded")
+    __slots__ = ("claim", "in_dot", "marked", "unrecorded", "unsent")
 
     def __init__(self, claim: Claimed) -> None:
         self.claim = claim
         self.marked: set[str] = set()
+        self.unsent: set[str] = set()
         self.in_dot = False
         self.unrecorded: list[RecipientUpdate] = []
 

@@ -358,6 +358,7 @@ class SQLiteStore:
     async def status(self, *, now: float | None = None) -> OutboxStatus:
         if now is None:
             now = time.time()
+
         def go(db: sqlite3.Connection) -> OutboxStatus:
             counts = dict.fromkeys((s.value for s in OutboxState), 0)
             for state, n in db.execute(
