@@ -412,6 +412,44 @@ async def test_a_suspended_destination_shows_in_status(rig: Rig) -> None:
     assert dest.deferred == 2
     assert dest.suspended == 2
     assert dest.last_reason == "reputation_deferral"
+    # The suspension still running, with its end in wall-clock time.
+    [suspension] = status.suspensions
+    assert suspension.destination == "mx.test:25"
+    assert suspension.deferred == 2
+    assert suspension.reason == "reputation_deferral"
+    health = rig.mailer.health.status("mx.test:25")
+    assert health.until is not None
+    assert suspension.until == pytest.approx(health.until)  # one clock in this rig
+    rig.clock.advance(suspension.until - rig.clock.monotonic() + 1)
+    assert (await rig.outbox.status()).suspensions == ()
+
+
+async def test_status_counts_per_state_destination_and_reason(rig: Rig) -> None:
+    rig.transport.on("rcpt", "250 OK", recipient="ok@example.com", times=None)
+    rig.transport.on("rcpt", "550 5.7.1 Relaying denied: STARTTLS required", times=None)
+    first = await rig.outbox.put(make_message("x@example.com", "ok@example.com"))
+    rig.clock.advance(60)
+    await rig.outbox.put(make_message("y@example.com", "z@example.com"))
+    rig.clock.advance(60)
+    await rig.outbox.put(make_message("later@example.com"))
+    await rig.outbox.run_once(rig.mailer)
+    status = await rig.outbox.status()
+    rejected = [r for r in status.reasons if r.state == "rejected"]
+    assert len(rejected) == 1
+    [why] = rejected
+    assert why.destination == "mx.test:25"
+    assert why.count == 4
+    assert why.reason is not None
+    assert why.last_detail  # the classification's explanation, not only a code
+    assert why.last_updated is not None
+    assert START + 120 <= why.last_updated <= rig.clock.monotonic()
+    delivered = [r for r in status.reasons if r.state == "delivered"]
+    assert sum(r.count for r in delivered) == 1
+    # The oldest message per state.
+    assert status.oldest["rejected"].id == first
+    assert status.oldest["delivered"].id == first
+    assert status.oldest["rejected"].created == START
+    assert "deferred" not in status.oldest
 
 
 # -- the run loop, against a real server ----------------------------------------------
@@ -457,3 +495,22 @@ async def test_run_sends_through_a_real_server_until_stopped(
     )
     received = sorted(r for m in server.messages for r in m.recipients)
     assert received == sorted(delivered)  # each exactly once
+
+
+async def test_a_mailer_bug_before_the_final_dot_defers_instead_of_ambiguous(rig: Rig) -> None:
+    class Broken(Mailer):
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+    broken = Broken("mx.test", 25, transport=rig.transport, clock=rig.clock)
+    await rig.outbox.put(make_message("a@example.com"))
+    assert await rig.outbox.run_once(broken) == 1
+    assert await rig.states() == {"deferred": 1}
+    [event] = [e for e in rig.rec.events if e.kind == "outbox_deferred"]
+    assert event.data["reason"] == "error"
+    assert event.data["due"] >= START + 300  # the back-off: a bug must not spin
+    # Its next try, with a working Mailer, delivers it.
+    rig.clock.advance(event.data["due"] - rig.clock.monotonic())
+    await rig.outbox.run_once(rig.mailer)
+    assert await rig.states() == {"delivered": 1}
+    await broken.close()
