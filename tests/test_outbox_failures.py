@@ -441,3 +441,31 @@ def test_status_and_retry_quarantined_on_the_command_line(tmp_path: Path) -> Non
     again = run("retry", "--state", "quarantined")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "2 recipient(s) due now"
+
+
+async def test_a_file_made_by_the_previous_version_gains_the_new_columns(
+    tmp_path: Path, smtp_sink: Callable[..., Sink]
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE outbox_messages (id TEXT PRIMARY KEY, message_id TEXT NOT NULL,
+                sender TEXT NOT NULL, body BLOB NOT NULL, created REAL NOT NULL,
+                expires REAL NOT NULL);
+            CREATE TABLE outbox_recipients (message TEXT NOT NULL REFERENCES
+                outbox_messages(id) ON DELETE CASCADE, address TEXT NOT NULL,
+                state TEXT NOT NULL, due REAL, attempts INTEGER NOT NULL DEFAULT 0,
+                reason TEXT, detail TEXT, destination TEXT,
+                suspended INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+                claimed_by TEXT, claim_until REAL, PRIMARY KEY (message, address));
+            """
+        )
+    sink = smtp_sink()
+    async with Outbox(str(path)) as outbox, _mailer(sink) as mailer:
+        await outbox.put(_message(0))
+        await _drain(outbox, mailer)
+        assert (await outbox.status()).counts["delivered"] == 2
+    assert set(deliveries(sink)) == _pairs(0)

@@ -322,11 +322,12 @@ class Outbox:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            try:
-                # Only recipients not being sent: their sends have ended.
-                await self.store.release(token=lease.token)
-            except Exception:
-                logger.warning("outbox: could not release a claim; it lapses", exc_info=True)
+            if any(len(f.done) < len(f.claim.attempts) for f in flights):
+                try:
+                    # Only recipients not being sent: their sends have ended.
+                    await self.store.release(token=lease.token)
+                except Exception:
+                    logger.warning("outbox: could not release a claim; it lapses", exc_info=True)
 
     async def _settle(
         self,
@@ -346,10 +347,8 @@ class Outbox:
             if not (grace and f.in_dot):
                 t.cancel()
         if grace and any(f.in_dot for f in running.values()):
-            await _first(
-                asyncio.wait(list(running)),
-                self.clock.sleep(max(0.0, lease.until - self._wall())),
-            )
+            # On the loop's timer, as the heartbeat: the lease is real time.
+            await asyncio.wait(list(running), timeout=max(0.0, lease.until - self._wall()))
         for t in running:
             t.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -384,6 +383,7 @@ class Outbox:
             if updates:
                 try:
                     await self._record(f.claim, updates)
+                    f.done.update(u.address for u in updates)
                 except Exception:
                     logger.warning(
                         "outbox: could not record %s; its claim lapses",
@@ -617,6 +617,7 @@ class Outbox:
         f.unrecorded = list(updates)
         await self._record(f.claim, updates)
         f.unrecorded = []
+        f.done.update(u.address for u in updates)
 
     async def _record(self, c: Claimed, updates: Sequence[RecipientUpdate]) -> None:
         if not updates:
@@ -725,13 +726,14 @@ class _Lease:
 
 class _Flight:
     """One claimed message being sent: the recipients marked ``sending``
-    (and those of them stopped before their dot left), and updates the
-    store failed to take."""
+    (and those of them stopped before their dot left), those recorded, and
+    updates the store failed to take."""
 
-    __slots__ = ("claim", "in_dot", "marked", "unrecorded", "unsent")
+    __slots__ = ("claim", "done", "in_dot", "marked", "unrecorded", "unsent")
 
     def __init__(self, claim: Claimed) -> None:
         self.claim = claim
+        self.done: set[str] = set()
         self.marked: set[str] = set()
         self.unsent: set[str] = set()
         self.in_dot = False
