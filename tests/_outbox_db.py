@@ -55,6 +55,10 @@ class Db:
     async def sql(self, query: str, *args: Any) -> None:
         raise NotImplementedError
 
+    async def claimed(self) -> int:
+        """Recipients a worker holds now."""
+        raise NotImplementedError
+
     async def outage(self) -> None:
         raise NotImplementedError
 
@@ -83,6 +87,14 @@ class SQLiteDb(Db):
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             conn.execute(query, args)
+        finally:
+            conn.close()
+
+    async def claimed(self) -> int:
+        conn = sqlite3.connect(self.path)
+        try:
+            query = "SELECT COUNT(*) FROM outbox_recipients WHERE claimed_by IS NOT NULL"
+            return int(conn.execute(query).fetchone()[0])
         finally:
             conn.close()
 
@@ -135,6 +147,16 @@ class PostgresDb(Db):
             # dump or a careless migration can.
             await conn.execute("SET session_replication_role = replica")
             await conn.execute(query, *args)
+        finally:
+            await conn.close()
+
+    async def claimed(self) -> int:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url, server_settings={"search_path": self.schema})
+        try:
+            query = "SELECT COUNT(*) FROM outbox_recipients WHERE claimed_by IS NOT NULL"
+            return int(await conn.fetchval(query))
         finally:
             await conn.close()
 

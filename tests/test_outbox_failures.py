@@ -108,7 +108,8 @@ async def test_the_database_going_away_mid_lease_never_sends_twice(
     outage: float,
 ) -> None:
     # The sink answers DATA after 2 s: the sends are in flight, waiting for
-    # their 354, while the database is away (from 0.1 s, for ``outage``).
+    # their 354, while the database is away (from the claim, for ``outage``
+    # seconds, against a lease of 1 s renewed every third of it).
     sink = smtp_sink("-w", "2")
     await _fill(db, range(3))
     lease = 1.0
@@ -117,7 +118,11 @@ async def test_the_database_going_away_mid_lease_never_sends_twice(
     caplog.set_level(logging.WARNING, logger="resilient_smtp")
     async with _mailer(sink) as mailer:
         sending = asyncio.create_task(first.run_once(mailer))
-        await asyncio.sleep(0.1)  # claimed; waiting for the 354s
+        for _ in range(500):  # bounded: 500 x 2 ms
+            if await db.claimed() == 6:
+                break
+            await asyncio.sleep(0.002)
+        # Claimed, and waiting for the 354s: the database goes away.
         await db.outage()
         await asyncio.sleep(outage)
         await db.restore()
