@@ -220,3 +220,29 @@ def test_worker_and_outbox_commands(smtp_sink: Callable[..., Sink], tmp_path: Pa
     norelay = run("worker", "--db", str(db))
     assert norelay.returncode == 2
     assert "give at least one --relay" in norelay.stderr
+
+
+def test_sigterm_lets_the_worker_finish_its_batch_and_exit_0(
+    smtp_sink: Callable[..., Sink], tmp_path: Path
+) -> None:
+    # The sink answers DATA after 1 s: SIGTERM lands while a batch is sent.
+    sink = smtp_sink("-w", "1")
+    db = tmp_path / "outbox.db"
+    asyncio.run(_fill(db, 4))
+    proc = subprocess.Popen(_worker(db, sink), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(500):  # bounded: 500 x 10 ms
+        if "sending" in _states(db).values() or proc.poll() is not None:
+            break  # the batch is at its final dots
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    states = _states(db)
+    sent = _deliveries(sink)
+    assert max(sent.values(), default=0) <= 1
+    # What it had claimed it finished; what it had not stays queued.
+    assert "delivered" in states.values()
+    for key, state in states.items():
+        assert state in ("delivered", "queued"), states
+        assert sent[key] == (1 if state == "delivered" else 0)

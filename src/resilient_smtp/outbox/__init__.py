@@ -305,6 +305,15 @@ class Outbox:
     async def _send_batch(self, mailer: Mailer, claimed: Sequence[Claimed], lease: _Lease) -> None:
         flights = [_Flight(c) for c in claimed]
         tasks = [asyncio.ensure_future(self._send(mailer, f, lease)) for f in flights]
+
+        def stop_waiting_sends() -> None:
+            # The lease is lost: no new transaction is worth starting.  A
+            # send already past a final dot goes on to its verdict.
+            for t, f in zip(tasks, flights, strict=True):
+                if not f.in_dot:
+                    t.cancel()
+
+        lease.on_lost = stop_waiting_sends
         heartbeat = asyncio.ensure_future(self._keep(lease))
         try:
             try:
@@ -433,6 +442,8 @@ class Outbox:
     def _lease_lost(self, lease: _Lease, why: str) -> None:
         if not lease.lost:
             lease.lost = True
+            if lease.on_lost is not None:
+                lease.on_lost()
             self._emit(
                 "outbox_lease_lost",
                 f"claim {lease.token[:8]} lost: {why}; no final dot goes out under it",
@@ -715,13 +726,14 @@ class _Lease:
     """A batch's claim: its token, when it lapses (renewed by the
     heartbeat), and whether it is lost or being stopped."""
 
-    __slots__ = ("lost", "stopping", "token", "until")
+    __slots__ = ("lost", "on_lost", "stopping", "token", "until")
 
     def __init__(self, token: str, until: float) -> None:
         self.token = token
         self.until = until
         self.lost = False
         self.stopping = False
+        self.on_lost: Callable[[], None] | None = None
 
 
 class _Flight:
