@@ -11,6 +11,7 @@ uses a real aiosmtpd server on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -514,3 +515,48 @@ async def test_a_mailer_bug_before_the_final_dot_defers_instead_of_ambiguous(rig
     await rig.outbox.run_once(rig.mailer)
     assert await rig.states() == {"delivered": 1}
     await broken.close()
+
+
+class _TimeWarp:
+    """A limiter that lets the fake clock jump while a send waits for its
+    permit: the claim's lease lapses in the middle of the send."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, key: str) -> AsyncIterator[None]:
+        self.clock.advance(self.seconds)
+        yield
+
+    def feedback(self, key: str, classification: Any) -> None:
+        return None
+
+
+async def test_no_final_dot_goes_out_under_a_lapsed_lease(new_store: StoreFactory) -> None:
+    policy = OutboxPolicy(lease=60.0)
+    late = Rig(new_store(), policy=policy)
+    warped = Mailer(
+        "mx.test",
+        25,
+        transport=late.transport,
+        clock=late.clock,
+        retry=RetryPolicy(max_attempts=1),
+        limiter=_TimeWarp(late.clock, 61.0),
+    )
+    await late.outbox.put(make_message("a@example.com", "b@example.com"))
+    assert await late.outbox.run_once(warped) == 1
+    # The transaction got as far as DATA, then stopped before the dot.
+    assert late.transport.messages == []
+    assert "DATA" in late.transport.commands
+    assert "outbox_lease_lost" in late.rec.kinds()
+    assert "outbox_sending" not in late.rec.kinds()
+    assert await late.states() == {"queued": 2}
+    # Another worker sends it, once.
+    other = Rig(new_store(), policy=policy)
+    other.clock.advance(late.clock.monotonic() - START)
+    assert await other.outbox.run_once(other.mailer) == 1
+    assert await other.states() == {"delivered": 2}
+    assert other.sent_to() == ["a@example.com", "b@example.com"]
+    await warped.close()
