@@ -474,3 +474,32 @@ async def test_a_file_made_by_the_previous_version_gains_the_new_columns(
         await _drain(outbox, mailer)
         assert (await outbox.status()).counts["delivered"] == 2
     assert set(deliveries(sink)) == _pairs(0)
+
+
+async def test_a_cancelled_pass_releases_its_claims_and_sends_nothing_twice(
+    db: Db, smtp_sink: Callable[..., Sink]
+) -> None:
+    sink = smtp_sink("-w", "2")
+    await _fill(db, range(3))
+    outbox = Outbox(db.store(), policy=OutboxPolicy(lease=5.0))
+    async with _mailer(sink) as mailer:
+        task = asyncio.ensure_future(outbox.run_once(mailer))
+        for _ in range(500):  # bounded: 500 x 2 ms
+            if await db.claimed() == 6:
+                break
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.1)  # the sends wait for their 354
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Nothing had reached a final dot: all due again, at once (a send
+        # stopped while being marked "sending" is put back as deferred).
+        assert await db.claimed() == 0
+        counts = (await outbox.status()).counts
+        assert counts["queued"] + counts["deferred"] == 6, counts
+        await _drain(outbox, mailer)
+        status = await outbox.status()
+    assert status.counts["delivered"] == 6
+    sent = deliveries(sink)
+    assert set(sent) == _pairs(0, 1, 2)
+    assert max(sent.values()) == 1
