@@ -213,52 +213,55 @@ class PostgresStore:
         self, message: str, addresses: Sequence[str], *, token: str, now: float
     ) -> bool:
         pool = await self._db()
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                done = await conn.execute(
-                    "UPDATE outbox_recipients SET state = 'sending', updated = $3 "
-                    "WHERE message = $1 AND address = ANY($2::text[]) AND claim_token = $4 "
-                    "AND claim_until >= $3 AND state = ANY($5::text[])",
-                    message,
-                    list(addresses),
-                    now,
-                    token,
-                    _WAITING,
-                )
-                if _count(done) != len(set(addresses)):
-                    raise _Refused
-        except _Refused:
-            return False
-        return True
+        wanted = sorted(set(addresses))
+        # One statement, so all or none: the rows are updated only if every
+        # one is still held under the token by a claim that has not lapsed.
+        done = await pool.execute(
+            "WITH held AS (SELECT address FROM outbox_recipients "
+            "WHERE message = $1 AND address = ANY($2::text[]) AND claim_token = $4 "
+            "AND claim_until >= $3 AND state = ANY($5::text[]) FOR UPDATE) "
+            "UPDATE outbox_recipients r SET state = 'sending', updated = $3 FROM held "
+            "WHERE r.message = $1 AND r.address = held.address "
+            "AND (SELECT COUNT(*) FROM held) = $6",
+            message,
+            wanted,
+            now,
+            token,
+            _WAITING,
+            len(wanted),
+        )
+        return _count(done) == len(wanted)
 
     async def record(
         self, message: str, updates: Sequence[RecipientUpdate], *, token: str, now: float
     ) -> int:
         pool = await self._db()
-        written = 0
-        async with pool.acquire() as conn, conn.transaction():
-            for u in updates:
-                done = await conn.execute(
-                    "UPDATE outbox_recipients SET state = $1, due = $2, attempts = $3, "
-                    "reason = $4, detail = $5, destination = $6, suspended = $7, "
-                    "suspended_until = $8, updated = $9, claimed_by = NULL, "
-                    "claim_until = NULL, claim_token = NULL "
-                    "WHERE message = $10 AND address = $11 AND claim_token = $12",
-                    u.state.value,
-                    u.due,
-                    u.attempts,
-                    u.reason,
-                    u.detail,
-                    u.destination,
-                    u.suspended,
-                    u.suspended_until,
-                    now,
-                    message,
-                    u.address,
-                    token,
-                )
-                written += _count(done)
-        return written
+        # One statement for the lot (one round trip), fenced by the token.
+        done = await pool.execute(
+            "UPDATE outbox_recipients r SET state = u.state, due = u.due, "
+            "attempts = u.attempts, reason = u.reason, detail = u.detail, "
+            "destination = u.destination, suspended = u.suspended, "
+            "suspended_until = u.suspended_until, updated = $10, claimed_by = NULL, "
+            "claim_until = NULL, claim_token = NULL "
+            "FROM unnest($1::text[], $2::float8[], $3::int[], $4::text[], $5::text[], "
+            "$6::text[], $7::bool[], $8::float8[], $9::text[]) "
+            "AS u(state, due, attempts, reason, detail, destination, suspended, "
+            "suspended_until, address) "
+            "WHERE r.message = $11 AND r.address = u.address AND r.claim_token = $12",
+            [u.state.value for u in updates],
+            [u.due for u in updates],
+            [u.attempts for u in updates],
+            [u.reason for u in updates],
+            [u.detail for u in updates],
+            [u.destination for u in updates],
+            [u.suspended for u in updates],
+            [u.suspended_until for u in updates],
+            [u.address for u in updates],
+            now,
+            message,
+            token,
+        )
+        return _count(done)
 
     async def extend(self, *, token: str, now: float, until: float) -> int:
         pool = await self._db()
@@ -447,10 +450,6 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-
-class _Refused(Exception):
-    """A fenced write found the claim lost: roll the transaction back."""
 
 
 def _count(status: str) -> int:
