@@ -65,7 +65,6 @@ ALTER TABLE outbox_recipients ADD COLUMN IF NOT EXISTS claim_token TEXT;
 ALTER TABLE outbox_recipients ADD COLUMN IF NOT EXISTS suspended_until DOUBLE PRECISION;
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox_recipients (state, due);
 CREATE INDEX IF NOT EXISTS outbox_updated ON outbox_recipients (state, updated);
-CREATE INDEX IF NOT EXISTS outbox_claim ON outbox_recipients (claim_token);
 """
 
 _WAITING = [OutboxState.QUEUED.value, OutboxState.DEFERRED.value]

@@ -134,9 +134,6 @@ class SQLiteStore:
         for column, kind in _ADDED.items():
             if column not in have:
                 self._db.execute(f"ALTER TABLE outbox_recipients ADD COLUMN {column} {kind}")
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS outbox_claim ON outbox_recipients (claim_token)"
-        )
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
