@@ -427,7 +427,7 @@ async def test_a_suspended_destination_shows_in_status(rig: Rig) -> None:
 
 async def test_status_counts_per_state_destination_and_reason(rig: Rig) -> None:
     rig.transport.on("rcpt", "250 OK", recipient="ok@example.com", times=None)
-    rig.transport.on("rcpt", "550 5.7.1 Relaying denied: STARTTLS required", times=None)
+    rig.transport.on("rcpt", "550 5.1.1 Recipient address rejected: User unknown", times=None)
     first = await rig.outbox.put(make_message("x@example.com", "ok@example.com"))
     rig.clock.advance(60)
     await rig.outbox.put(make_message("y@example.com", "z@example.com"))

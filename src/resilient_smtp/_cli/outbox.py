@@ -18,7 +18,8 @@ from .._mailer import Mailer
 from ..outbox import Outbox, OutboxPolicy, open_store, run_worker
 from ..outbox._records import FINAL_STATES, OutboxState, OutboxStatus
 
-__all__ = ["outbox_command", "worker_command"]
+# open_store is re-exported: the Django worker command imports it from here.
+__all__ = ["open_store", "outbox_command", "worker_command"]
 
 
 class UsageError(Exception):
