@@ -11,6 +11,7 @@ uses a real aiosmtpd server on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -280,9 +281,11 @@ async def test_a_recipient_being_sent_when_the_worker_died_becomes_ambiguous(
     await dead.outbox.put(make_message("a@example.com", "b@example.com"))
     # The dead worker got as far as marking the recipients "sending".
     [claimed] = await dead.outbox.store.claim(
-        worker="dead", now=START, until=START + 60.0, limit=10
+        worker="dead", token="t-dead", now=START, until=START + 60.0, limit=10
     )
-    await dead.outbox.store.mark_sending(claimed.id, ["a@example.com"], now=START)
+    assert await dead.outbox.store.mark_sending(
+        claimed.id, ["a@example.com"], token="t-dead", now=START
+    )
 
     alive = Rig(new_store(), policy=policy)
     assert await alive.outbox.run_once(alive.mailer) == 0  # its claim still holds
@@ -312,14 +315,20 @@ async def test_two_workers_never_claim_the_same_recipient(new_store: StoreFactor
     first, second = Rig(new_store()), Rig(new_store())
     for i in range(6):
         await first.outbox.put(make_message(f"r{i}@example.com"))
-    one = await first.outbox.store.claim(worker="w1", now=START, until=START + 60, limit=4)
-    two = await second.outbox.store.claim(worker="w2", now=START, until=START + 60, limit=4)
+    one = await first.outbox.store.claim(
+        worker="w1", token="t1", now=START, until=START + 60, limit=4
+    )
+    two = await second.outbox.store.claim(
+        worker="w2", token="t2", now=START, until=START + 60, limit=4
+    )
     assert len(one) == 4
     assert len(two) == 2
     assert not {c.id for c in one} & {c.id for c in two}
     # A released claim is free again at once.
-    await first.outbox.store.release(worker="w1")
-    again = await second.outbox.store.claim(worker="w2", now=START, until=START + 60, limit=10)
+    await first.outbox.store.release(token="t1")
+    again = await second.outbox.store.claim(
+        worker="w2", token="t3", now=START, until=START + 60, limit=10
+    )
     assert len(again) == 4
 
 
@@ -332,7 +341,9 @@ async def test_concurrent_claims_split_the_queue(new_store: StoreFactory) -> Non
     async def claim_all(n: int) -> list[tuple[str, str]]:
         got: list[tuple[str, str]] = []
         for _ in range(20):  # bounded
-            claimed = await stores[n].claim(worker=f"w{n}", now=START, until=START + 60, limit=3)
+            claimed = await stores[n].claim(
+                worker=f"w{n}", token=f"t{n}", now=START, until=START + 60, limit=3
+            )
             if not claimed:
                 break
             got += [(c.id, a) for c in claimed for a in c.recipients]
@@ -359,7 +370,7 @@ async def test_operator_retry_and_purge(rig: Rig) -> None:
 
     with pytest.raises(ValueError, match="states: 'lost' is not a state"):
         await rig.outbox.retry(states=["lost"])
-    with pytest.raises(ValueError, match="only deferred or final"):
+    with pytest.raises(ValueError, match="only deferred, quarantined or final"):
         await rig.outbox.retry(states=["sending"])
     assert await rig.outbox.retry(message=amb, states=["ambiguous"]) == 1
     await rig.outbox.run_once(rig.mailer)
@@ -402,6 +413,44 @@ async def test_a_suspended_destination_shows_in_status(rig: Rig) -> None:
     assert dest.deferred == 2
     assert dest.suspended == 2
     assert dest.last_reason == "reputation_deferral"
+    # The suspension still running, with its end in wall-clock time.
+    [suspension] = status.suspensions
+    assert suspension.destination == "mx.test:25"
+    assert suspension.deferred == 2
+    assert suspension.reason == "reputation_deferral"
+    health = rig.mailer.health.status("mx.test:25")
+    assert health.until is not None
+    assert suspension.until == pytest.approx(health.until)  # one clock in this rig
+    rig.clock.advance(suspension.until - rig.clock.monotonic() + 1)
+    assert (await rig.outbox.status()).suspensions == ()
+
+
+async def test_status_counts_per_state_destination_and_reason(rig: Rig) -> None:
+    rig.transport.on("rcpt", "250 OK", recipient="ok@example.com", times=None)
+    rig.transport.on("rcpt", "550 5.1.1 Recipient address rejected: User unknown", times=None)
+    first = await rig.outbox.put(make_message("x@example.com", "ok@example.com"))
+    rig.clock.advance(60)
+    await rig.outbox.put(make_message("y@example.com", "z@example.com"))
+    rig.clock.advance(60)
+    await rig.outbox.put(make_message("later@example.com"))
+    await rig.outbox.run_once(rig.mailer)
+    status = await rig.outbox.status()
+    rejected = [r for r in status.reasons if r.state == "rejected"]
+    assert len(rejected) == 1
+    [why] = rejected
+    assert why.destination == "mx.test:25"
+    assert why.count == 4
+    assert why.reason is not None
+    assert why.last_detail  # the classification's explanation, not only a code
+    assert why.last_updated is not None
+    assert START + 120 <= why.last_updated <= rig.clock.monotonic()
+    delivered = [r for r in status.reasons if r.state == "delivered"]
+    assert sum(r.count for r in delivered) == 1
+    # The oldest message per state.
+    assert status.oldest["rejected"].id == first
+    assert status.oldest["delivered"].id == first
+    assert status.oldest["rejected"].created == START
+    assert "deferred" not in status.oldest
 
 
 # -- the run loop, against a real server ----------------------------------------------
@@ -447,3 +496,67 @@ async def test_run_sends_through_a_real_server_until_stopped(
     )
     received = sorted(r for m in server.messages for r in m.recipients)
     assert received == sorted(delivered)  # each exactly once
+
+
+async def test_a_mailer_bug_before_the_final_dot_defers_instead_of_ambiguous(rig: Rig) -> None:
+    class Broken(Mailer):
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+    broken = Broken("mx.test", 25, transport=rig.transport, clock=rig.clock)
+    await rig.outbox.put(make_message("a@example.com"))
+    assert await rig.outbox.run_once(broken) == 1
+    assert await rig.states() == {"deferred": 1}
+    [event] = [e for e in rig.rec.events if e.kind == "outbox_deferred"]
+    assert event.data["reason"] == "error"
+    assert event.data["due"] >= START + 300  # the back-off: a bug must not spin
+    # Its next try, with a working Mailer, delivers it.
+    rig.clock.advance(event.data["due"] - rig.clock.monotonic())
+    await rig.outbox.run_once(rig.mailer)
+    assert await rig.states() == {"delivered": 1}
+    await broken.close()
+
+
+class _TimeWarp:
+    """A limiter that lets the fake clock jump while a send waits for its
+    permit: the claim's lease lapses in the middle of the send."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, key: str) -> AsyncIterator[None]:
+        self.clock.advance(self.seconds)
+        yield
+
+    def feedback(self, key: str, classification: Any) -> None:
+        return None
+
+
+async def test_no_final_dot_goes_out_under_a_lapsed_lease(new_store: StoreFactory) -> None:
+    policy = OutboxPolicy(lease=60.0)
+    late = Rig(new_store(), policy=policy)
+    warped = Mailer(
+        "mx.test",
+        25,
+        transport=late.transport,
+        clock=late.clock,
+        retry=RetryPolicy(max_attempts=1),
+        limiter=_TimeWarp(late.clock, 61.0),
+    )
+    await late.outbox.put(make_message("a@example.com", "b@example.com"))
+    assert await late.outbox.run_once(warped) == 1
+    # The transaction got as far as DATA, then stopped before the dot.
+    assert late.transport.messages == []
+    assert "DATA" in late.transport.commands
+    assert "outbox_lease_lost" in late.rec.kinds()
+    assert "outbox_sending" not in late.rec.kinds()
+    assert await late.states() == {"queued": 2}
+    # Another worker sends it, once.
+    other = Rig(new_store(), policy=policy)
+    other.clock.advance(late.clock.monotonic() - START)
+    assert await other.outbox.run_once(other.mailer) == 1
+    assert await other.states() == {"delivered": 2}
+    assert other.sent_to() == ["a@example.com", "b@example.com"]
+    await warped.close()

@@ -1,9 +1,11 @@
 """Crash safety, proven on real processes: a worker (``python -m
 resilient_smtp worker``) sending to Postfix's smtp-sink is killed with
 SIGKILL at random moments, again and again, then a last worker finishes the
-queue.  The sink's dump is the truth: every recipient the outbox calls
-delivered got the message exactly once, an ambiguous one at most once, and
-none is left unsent.  Also the worker and outbox commands, end to end.
+queue, on a SQLite file and on PostgreSQL (a database of its own on the
+test server).  The sink's dump is the truth: every recipient the outbox
+calls delivered got the message exactly once, an ambiguous one at most
+once, and none is left unsent.  Also the worker and outbox commands, end
+to end.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
+from _outbox_db import deliveries as _deliveries
+from _pg_server import pg_url
 from conftest import Sink
-from resilient_smtp.outbox import Outbox, SQLiteStore
+from resilient_smtp.outbox import Outbox, open_store
 
 RUNS = 15
 MESSAGES = 600
@@ -38,7 +46,7 @@ def _message(i: int) -> EmailMessage:
     return msg
 
 
-def _worker(db: Path, sink: Sink, *extra: str) -> list[str]:
+def _worker(db: Path | str, sink: Sink, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -60,44 +68,69 @@ def _worker(db: Path, sink: Sink, *extra: str) -> list[str]:
     ]
 
 
-def _deliveries(sink: Sink) -> Counter[tuple[str, str]]:
-    """(Message-ID, recipient) pairs in the sink's dump, with repeats."""
-    seen: Counter[tuple[str, str]] = Counter()
-    for block in sink.dumped().split("X-Client-Addr:")[1:]:
-        rcpts, mid = [], None
-        for line in block.splitlines():
-            if line.startswith("X-Rcpt-Args:"):
-                rcpts.append(line.split(":", 1)[1].strip().split()[0].strip("<>"))
-            elif line.lower().startswith("message-id:") and mid is None:
-                mid = line.split(":", 1)[1].strip()
-        assert mid is not None, block
-        for r in rcpts:
-            seen[(mid, r)] += 1
-    return seen
+_QUERY = (
+    "SELECT m.message_id, r.address, r.state FROM outbox_recipients r "
+    "JOIN outbox_messages m ON m.id = r.message"
+)
 
 
-def _states(db: Path) -> dict[tuple[str, str], str]:
-    import sqlite3
+def _states(db: Path | str) -> dict[tuple[str, str], str]:
+    if isinstance(db, str):
+        import asyncpg
 
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT m.message_id, r.address, r.state FROM outbox_recipients r "
-            "JOIN outbox_messages m ON m.id = r.message"
-        ).fetchall()
+        async def fetch() -> list[tuple[str, str, str]]:
+            conn = await asyncpg.connect(db)
+            try:
+                return [tuple(r) for r in await conn.fetch(_QUERY)]
+            finally:
+                await conn.close()
+
+        rows = asyncio.run(fetch())
+    else:
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(_QUERY).fetchall()
     return {(mid, a): state for mid, a, state in rows}
 
 
-async def _fill(db: Path, n: int) -> None:
-    async with Outbox(SQLiteStore(db)) as outbox:
+async def _fill(db: Path | str, n: int) -> None:
+    async with Outbox(open_store(db)) as outbox:
         for i in range(n):
             await outbox.put(_message(i))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """A SQLite file, or a PostgreSQL database of its own (the worker
+    command takes a URL, whose tables go in the public schema)."""
+    if request.param == "sqlite":
+        yield tmp_path / "outbox.db"
+        return
+    import asyncpg
+
+    url = pg_url()
+    name = f"kill_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
 def test_a_worker_killed_at_random_loses_nothing_and_sends_nothing_twice(
-    smtp_sink: Callable[..., Sink], tmp_path: Path
+    smtp_sink: Callable[..., Sink], database: Path | str
 ) -> None:
     sink = smtp_sink()
-    db = tmp_path / "outbox.db"
+    db = database
     asyncio.run(_fill(db, MESSAGES))
     rng = random.Random(int(os.environ.get("OUTBOX_CRASH_SEED", "8")))
     started = time.monotonic()
@@ -136,7 +169,11 @@ def test_a_worker_killed_at_random_loses_nothing_and_sends_nothing_twice(
     ambiguous = sum(1 for s in states.values() if s == "ambiguous")
     really = sum(1 for k, s in states.items() if s == "ambiguous" and delivered[k])
     total = len(states)
-    print(f"{kills} kills: {ambiguous} of {total} recipients ambiguous, {really} arrived")
+    kind = "postgres" if isinstance(db, str) else "sqlite"
+    print(
+        f"{kind}: {kills} kills: {ambiguous} of {total} recipients ambiguous "
+        f"({ambiguous / total:.1%}), {really} of them arrived"
+    )
     # Each kill leaves at most one batch (8 messages, 16 recipients) in flight.
     assert ambiguous <= 16 * kills
     assert kills >= 2  # the test did kill workers mid-queue
@@ -183,3 +220,29 @@ def test_worker_and_outbox_commands(smtp_sink: Callable[..., Sink], tmp_path: Pa
     norelay = run("worker", "--db", str(db))
     assert norelay.returncode == 2
     assert "give at least one --relay" in norelay.stderr
+
+
+def test_sigterm_lets_the_worker_finish_its_batch_and_exit_0(
+    smtp_sink: Callable[..., Sink], tmp_path: Path
+) -> None:
+    # The sink answers DATA after 1 s: SIGTERM lands while a batch is sent.
+    sink = smtp_sink("-w", "1")
+    db = tmp_path / "outbox.db"
+    asyncio.run(_fill(db, 4))
+    proc = subprocess.Popen(_worker(db, sink), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(500):  # bounded: 500 x 10 ms
+        if "sending" in _states(db).values() or proc.poll() is not None:
+            break  # the batch is at its final dots
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    states = _states(db)
+    sent = _deliveries(sink)
+    assert max(sent.values(), default=0) <= 1
+    # What it had claimed it finished; what it had not stays queued.
+    assert "delivered" in states.values()
+    for key, state in states.items():
+        assert state in ("delivered", "queued"), states
+        assert sent[key] == (1 if state == "delivered" else 0)

@@ -288,9 +288,17 @@ def _add_outbox(commands: Any) -> None:
         description="Monitor and operate the durable outbox (see docs/outbox.md).",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    states = ["queued", "deferred", "delivered", "rejected", "ambiguous", "expired"]
+    states = [
+        "queued",
+        "deferred",
+        "delivered",
+        "rejected",
+        "ambiguous",
+        "expired",
+        "quarantined",
+    ]
     status = actions.add_parser(
-        "status", help="recipients per state, oldest deferred, per destination"
+        "status", help="recipients per state, destination and reason; suspensions; oldest"
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     retry = actions.add_parser("retry", help="make recipients due now (default: deferred)")

@@ -15,26 +15,15 @@ import time
 from typing import Any, TextIO
 
 from .._mailer import Mailer
-from ..outbox import Outbox, OutboxPolicy
-from ..outbox._records import FINAL_STATES, OutboxState, OutboxStatus, Store
+from ..outbox import Outbox, OutboxPolicy, open_store, run_worker
+from ..outbox._records import FINAL_STATES, OutboxState, OutboxStatus
 
-__all__ = ["outbox_command", "worker_command"]
+# open_store is re-exported: the Django worker command imports it from here.
+__all__ = ["open_store", "outbox_command", "worker_command"]
 
 
 class UsageError(Exception):
     """Bad input on the command line (the caller reports it, status 2)."""
-
-
-def open_store(db: str) -> Store:
-    """A SQLite path, or a ``postgresql://`` URL (the ``postgres`` extra)."""
-    if db.startswith(("postgresql://", "postgres://")):
-        from ..outbox import PostgresStore
-
-        store: Store = PostgresStore(db)
-        return store
-    from ..outbox._sqlite import SQLiteStore
-
-    return SQLiteStore(db)
 
 
 def worker_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -70,25 +59,25 @@ async def _work(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not args.until_idle:
+        async with mailer:
+            await run_worker(mailer, args.db, stop=stop, policy=policy)
+        return 0
     async with Outbox(open_store(args.db), policy=policy) as outbox, mailer:
-        if args.until_idle:
-            sent = 0
-            # Bounded by the queue: each pass handles at least one message
-            # or finds nothing to do; --max-passes caps it anyway.
-            for _ in range(args.max_passes):
-                if stop.is_set():
-                    break
-                n = await outbox.run_once(mailer)
-                sent += n
-                if n:
-                    continue
-                if await _idle(outbox):
-                    break
-                await asyncio.sleep(policy.poll)
-            await outbox.store.release(worker=outbox.worker)
-            out.write(f"handled {sent} message(s); nothing left due\n")
-        else:
-            await outbox.run(mailer, stop=stop)
+        sent = 0
+        # Bounded by the queue: each pass handles at least one message
+        # or finds nothing to do; --max-passes caps it anyway.
+        for _ in range(args.max_passes):
+            if stop.is_set():
+                break
+            n = await outbox.run_once(mailer)
+            sent += n
+            if n:
+                continue
+            if await _idle(outbox):
+                break
+            await asyncio.sleep(policy.poll)
+        out.write(f"handled {sent} message(s); nothing left due\n")
     return 0
 
 
@@ -136,6 +125,10 @@ def _status_json(s: OutboxStatus) -> str:
             "created": s.oldest_deferred_created,
             "reason": s.oldest_deferred_reason,
         },
+        "oldest": {
+            state: {"id": o.id, "created": o.created, "reason": o.reason}
+            for state, o in s.oldest.items()
+        },
         "destinations": [
             {
                 "destination": d.destination,
@@ -145,26 +138,78 @@ def _status_json(s: OutboxStatus) -> str:
             }
             for d in s.destinations
         ],
+        "reasons": [
+            {
+                "state": r.state,
+                "destination": r.destination,
+                "reason": r.reason,
+                "count": r.count,
+                "last_detail": r.last_detail,
+                "last_updated": r.last_updated,
+            }
+            for r in s.reasons
+        ],
+        "suspensions": [
+            {
+                "destination": u.destination,
+                "until": u.until,
+                "reason": u.reason,
+                "deferred": u.deferred,
+            }
+            for u in s.suspensions
+        ],
     }
     return json.dumps(data)
 
 
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "?"
+    seconds = max(0.0, now - then)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _status_text(s: OutboxStatus) -> str:
+    now = time.time()
     lines = [f"messages: {s.messages}", "recipients:"]
-    lines += [f"  {state:<10} {n}" for state, n in s.counts.items()]
+    for state, n in s.counts.items():
+        line = f"  {state:<10} {n}"
+        oldest = s.oldest.get(state)
+        if oldest is not None and n:
+            line += f"  (oldest {oldest.id}, queued {_ago(oldest.created, now)} ago)"
+        lines.append(line)
     if s.oldest_deferred_id is None:
         lines.append("oldest deferred: none")
     else:
-        age = time.time() - (s.oldest_deferred_created or 0.0)
         lines.append(
-            f"oldest deferred: {s.oldest_deferred_id}, queued {age / 3600:.1f} h ago "
-            f"({s.oldest_deferred_reason})"
+            f"oldest deferred: {s.oldest_deferred_id}, queued "
+            f"{_ago(s.oldest_deferred_created, now)} ago ({s.oldest_deferred_reason})"
         )
+    if s.suspensions:
+        lines.append("suspended destinations:")
+        for u in s.suspensions:
+            end = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.until))
+            lines.append(
+                f"  {u.destination or '(none)'}: until {end} "
+                f"(in {_ago(now, u.until)}), {u.reason}, {u.deferred} deferred"
+            )
     if s.destinations:
         lines.append("deferred per destination:")
         for d in s.destinations:
             lines.append(
                 f"  {d.destination or '(none)'}: {d.deferred} deferred, "
                 f"{d.suspended} while suspended, last reason {d.last_reason}"
+            )
+    why = [r for r in s.reasons if r.reason is not None]
+    if why:
+        lines.append("per state, destination and reason (latest explanation):")
+        for r in why:
+            lines.append(
+                f"  {r.state} {r.destination or '(none)'} {r.reason}: {r.count}, "
+                f"last {_ago(r.last_updated, now)} ago: {r.last_detail or '-'}"
             )
     return "\n".join(lines)

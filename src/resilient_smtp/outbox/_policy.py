@@ -88,6 +88,7 @@ def update_for(
     tries: int,
     expires: float,
     suspended: bool,
+    suspended_until: float | None = None,
 ) -> RecipientUpdate:
     """The stored state for one recipient of a send's result; ``tries``
     counts this one.  A deferral is due again no later than the message's
@@ -106,6 +107,7 @@ def update_for(
             state=OutboxState.DEFERRED,
             due=due,
             suspended=suspended,
+            suspended_until=suspended_until if suspended else None,
             **common,  # type: ignore[arg-type]
         )
     state = {

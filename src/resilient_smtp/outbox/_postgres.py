@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,9 +26,13 @@ from ._records import (
     Claimed,
     DestinationStatus,
     NewMessage,
+    OldestMessage,
     OutboxState,
     OutboxStatus,
+    Quarantined,
+    ReasonStatus,
     RecipientUpdate,
+    SuspensionStatus,
 )
 
 __all__ = ["PostgresStore"]
@@ -56,14 +61,41 @@ CREATE TABLE IF NOT EXISTS outbox_recipients (
     claim_until DOUBLE PRECISION,
     PRIMARY KEY (message, address)
 );
+ALTER TABLE outbox_recipients ADD COLUMN IF NOT EXISTS claim_token TEXT;
+ALTER TABLE outbox_recipients ADD COLUMN IF NOT EXISTS suspended_until DOUBLE PRECISION;
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox_recipients (state, due);
 CREATE INDEX IF NOT EXISTS outbox_updated ON outbox_recipients (state, updated);
 """
 
 _WAITING = [OutboxState.QUEUED.value, OutboxState.DEFERRED.value]
 _FINAL = [s.value for s in FINAL_STATES]
+_KNOWN = [s.value for s in OutboxState]
+# NaN sorts above every number in PostgreSQL: a NaN due would never be due.
 _FREE = (
-    "r.state = ANY($1::text[]) AND r.due <= $2 AND (r.claimed_by IS NULL OR r.claim_until < $2)"
+    "r.state = ANY($1::text[]) AND r.due <= $2 AND r.due <> 'NaN' "
+    "AND (r.claimed_by IS NULL OR r.claim_until < $2)"
+)
+_GOOD_MESSAGE = "m.created <> 'NaN' AND m.expires <> 'NaN'"
+_IS_WAITING = "r.state IN ('queued', 'deferred')"
+# The column types rule out text in a number or a body; what is left to go
+# wrong is an unknown state, a recipient whose message row is gone (a
+# foreign key dropped or bypassed), and NaN or NULL where a time belongs.
+_BAD: tuple[tuple[str, str], ...] = (
+    (f"r.state NOT IN {tuple(_KNOWN)!r}", "'unknown state ' || quote_literal(r.state)"),
+    (
+        f"{_IS_WAITING} AND NOT EXISTS (SELECT 1 FROM outbox_messages m WHERE m.id = r.message)",
+        "'no message row with id ' || quote_literal(r.message)",
+    ),
+    (
+        f"{_IS_WAITING} AND (r.due IS NULL OR r.due = 'NaN')",
+        "'due is not a number: ' || quote_nullable(r.due)",
+    ),
+    (
+        f"{_IS_WAITING} AND EXISTS (SELECT 1 FROM outbox_messages m WHERE m.id = r.message "
+        f"AND NOT ({_GOOD_MESSAGE}))",
+        "'the message row is malformed: ' || (SELECT 'created ' || m.created || ', expires ' "
+        "|| m.expires FROM outbox_messages m WHERE m.id = r.message)",
+    ),
 )
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DROP_EMPTY = (
@@ -130,13 +162,15 @@ class PostgresStore:
                 [(message.id, a, message.created) for a in message.recipients],
             )
 
-    async def claim(self, *, worker: str, now: float, until: float, limit: int) -> list[Claimed]:
+    async def claim(
+        self, *, worker: str, token: str, now: float, until: float, limit: int
+    ) -> list[Claimed]:
         pool = await self._db()
         async with pool.acquire() as conn, conn.transaction():
             messages = await conn.fetch(
                 "SELECT m.id, m.message_id, m.sender, m.body, m.created, m.expires "
                 "FROM outbox_messages m WHERE EXISTS (SELECT 1 FROM outbox_recipients r "
-                f"WHERE r.message = m.id AND {_FREE}) "
+                f"WHERE r.message = m.id AND {_FREE}) AND {_GOOD_MESSAGE} "
                 "ORDER BY m.created LIMIT $3 FOR UPDATE OF m SKIP LOCKED",
                 _WAITING,
                 now,
@@ -145,14 +179,15 @@ class PostgresStore:
             if not messages:
                 return []
             rows = await conn.fetch(
-                "UPDATE outbox_recipients r SET claimed_by = $4, claim_until = $5 "
-                f"WHERE r.message = ANY($3::text[]) AND {_FREE} "
+                "UPDATE outbox_recipients r SET claimed_by = $4, claim_until = $5, "
+                f"claim_token = $6 WHERE r.message = ANY($3::text[]) AND {_FREE} "
                 "RETURNING r.message, r.address, r.attempts",
                 _WAITING,
                 now,
                 [m["id"] for m in messages],
                 worker,
                 until,
+                token,
             )
         attempts: dict[str, dict[str, int]] = {}
         for r in rows:
@@ -166,64 +201,91 @@ class PostgresStore:
                 created=m["created"],
                 expires=m["expires"],
                 attempts=attempts[m["id"]],
+                token=token,
+                until=until,
             )
             for m in messages
             if m["id"] in attempts  # claimed meanwhile by a worker that committed first
         ]
 
-    async def mark_sending(self, message: str, addresses: Sequence[str], *, now: float) -> None:
+    async def mark_sending(
+        self, message: str, addresses: Sequence[str], *, token: str, now: float
+    ) -> bool:
         pool = await self._db()
-        await pool.execute(
-            "UPDATE outbox_recipients SET state = 'sending', updated = $3 "
-            "WHERE message = $1 AND address = ANY($2::text[])",
+        wanted = sorted(set(addresses))
+        # One statement, so all or none: the rows are updated only if every
+        # one is still held under the token by a claim that has not lapsed.
+        done = await pool.execute(
+            "WITH held AS (SELECT address FROM outbox_recipients "
+            "WHERE message = $1 AND address = ANY($2::text[]) AND claim_token = $4 "
+            "AND claim_until >= $3 AND state = ANY($5::text[]) FOR UPDATE) "
+            "UPDATE outbox_recipients r SET state = 'sending', updated = $3 FROM held "
+            "WHERE r.message = $1 AND r.address = held.address "
+            "AND (SELECT COUNT(*) FROM held) = $6",
             message,
-            list(addresses),
+            wanted,
             now,
+            token,
+            _WAITING,
+            len(wanted),
         )
+        return _count(done) == len(wanted)
 
     async def record(
-        self, message: str, updates: Sequence[RecipientUpdate], *, now: float
-    ) -> None:
+        self, message: str, updates: Sequence[RecipientUpdate], *, token: str, now: float
+    ) -> int:
         pool = await self._db()
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                "UPDATE outbox_recipients SET state = $1, due = $2, attempts = $3, reason = $4, "
-                "detail = $5, destination = $6, suspended = $7, updated = $8, "
-                "claimed_by = NULL, claim_until = NULL WHERE message = $9 AND address = $10",
-                [
-                    (
-                        u.state.value,
-                        u.due,
-                        u.attempts,
-                        u.reason,
-                        u.detail,
-                        u.destination,
-                        u.suspended,
-                        now,
-                        message,
-                        u.address,
-                    )
-                    for u in updates
-                ],
-            )
-
-    async def extend(self, *, worker: str, until: float) -> None:
-        pool = await self._db()
-        await pool.execute(
-            "UPDATE outbox_recipients SET claim_until = $2 WHERE claimed_by = $1", worker, until
+        # One statement for the lot (one round trip), fenced by the token.
+        done = await pool.execute(
+            "UPDATE outbox_recipients r SET state = u.state, due = u.due, "
+            "attempts = u.attempts, reason = u.reason, detail = u.detail, "
+            "destination = u.destination, suspended = u.suspended, "
+            "suspended_until = u.suspended_until, updated = $10, claimed_by = NULL, "
+            "claim_until = NULL, claim_token = NULL "
+            "FROM unnest($1::text[], $2::float8[], $3::int[], $4::text[], $5::text[], "
+            "$6::text[], $7::bool[], $8::float8[], $9::text[]) "
+            "AS u(state, due, attempts, reason, detail, destination, suspended, "
+            "suspended_until, address) "
+            "WHERE r.message = $11 AND r.address = u.address AND r.claim_token = $12",
+            [u.state.value for u in updates],
+            [u.due for u in updates],
+            [u.attempts for u in updates],
+            [u.reason for u in updates],
+            [u.detail for u in updates],
+            [u.destination for u in updates],
+            [u.suspended for u in updates],
+            [u.suspended_until for u in updates],
+            [u.address for u in updates],
+            now,
+            message,
+            token,
         )
+        return _count(done)
 
-    async def release(self, *, worker: str) -> None:
+    async def extend(self, *, token: str, now: float, until: float) -> int:
+        pool = await self._db()
+        done = await pool.execute(
+            "UPDATE outbox_recipients SET claim_until = $2 "
+            "WHERE claim_token = $1 AND claimed_by IS NOT NULL AND claim_until >= $3",
+            token,
+            until,
+            now,
+        )
+        return _count(done)
+
+    async def release(self, *, token: str) -> None:
         pool = await self._db()
         await pool.execute(
-            "UPDATE outbox_recipients SET claimed_by = NULL, claim_until = NULL "
-            "WHERE claimed_by = $1 AND state = ANY($2::text[])",
-            worker,
+            "UPDATE outbox_recipients SET claimed_by = NULL, claim_until = NULL, "
+            "claim_token = NULL WHERE claim_token = $1 AND state = ANY($2::text[])",
+            token,
             _WAITING,
         )
 
     async def recover(self, *, now: float) -> list[tuple[str, str]]:
         pool = await self._db()
+        # The claim token stays: the worker, if alive after all, may still
+        # record the verdict it got.
         rows = await pool.fetch(
             "UPDATE outbox_recipients SET state = 'ambiguous', reason = 'worker_lost', "
             "detail = 'the worker stopped while sending; the server may have the message', "
@@ -233,6 +295,23 @@ class PostgresStore:
             now,
         )
         return [(r["message"], r["address"]) for r in rows]
+
+    async def quarantine(self, *, now: float) -> list[Quarantined]:
+        pool = await self._db()
+        found: list[Quarantined] = []
+        async with pool.acquire() as conn, conn.transaction():
+            for where, error in _BAD:
+                for r in await conn.fetch(
+                    "UPDATE outbox_recipients r SET state = 'quarantined', reason = 'bad_row', "
+                    f"detail = {error}, updated = $1, claimed_by = NULL, claim_until = NULL, "
+                    f"claim_token = NULL WHERE {where} "
+                    "RETURNING r.message, r.address, r.detail",
+                    now,
+                ):
+                    found.append(
+                        Quarantined(message=r["message"], address=r["address"], error=r["detail"])
+                    )
+        return found
 
     async def prune(self, *, before: float) -> int:
         pool = await self._db()
@@ -248,11 +327,15 @@ class PostgresStore:
     async def next_due(self) -> float | None:
         pool = await self._db()
         due = await pool.fetchval(
-            "SELECT MIN(due) FROM outbox_recipients WHERE state = ANY($1::text[])", _WAITING
+            "SELECT MIN(due) FROM outbox_recipients WHERE state = ANY($1::text[]) "
+            "AND due <> 'NaN'",
+            _WAITING,
         )
         return None if due is None else float(due)
 
-    async def status(self) -> OutboxStatus:
+    async def status(self, *, now: float | None = None) -> OutboxStatus:
+        if now is None:
+            now = time.time()
         pool = await self._db()
         async with pool.acquire() as conn, conn.transaction(readonly=True):
             counts = dict.fromkeys((s.value for s in OutboxState), 0)
@@ -261,11 +344,14 @@ class PostgresStore:
             ):
                 counts[r["state"]] = r["n"]
             messages = await conn.fetchval("SELECT COUNT(*) FROM outbox_messages")
-            oldest = await conn.fetchrow(
-                "SELECT m.id, m.created, r.reason FROM outbox_recipients r "
-                "JOIN outbox_messages m ON m.id = r.message WHERE r.state = 'deferred' "
-                "ORDER BY m.created LIMIT 1"
-            )
+            oldest = {
+                r["state"]: OldestMessage(id=r["id"], created=r["created"], reason=r["reason"])
+                for r in await conn.fetch(
+                    "SELECT DISTINCT ON (r.state) r.state, m.id, m.created, r.reason "
+                    "FROM outbox_recipients r JOIN outbox_messages m ON m.id = r.message "
+                    "WHERE m.created <> 'NaN' ORDER BY r.state, m.created"
+                )
+            }
             destinations = [
                 DestinationStatus(
                     destination=r["destination"],
@@ -283,13 +369,54 @@ class PostgresStore:
                     "GROUP BY destination ORDER BY COUNT(*) DESC"
                 )
             ]
+            reasons = [
+                ReasonStatus(
+                    state=r["state"],
+                    destination=r["destination"],
+                    reason=r["reason"],
+                    count=r["n"],
+                    last_detail=r["detail"],
+                    last_updated=r["last"],
+                )
+                for r in await conn.fetch(
+                    "SELECT state, destination, reason, COUNT(*) AS n, MAX(updated) AS last, "
+                    "(SELECT detail FROM outbox_recipients i WHERE i.state = o.state AND "
+                    " i.destination IS NOT DISTINCT FROM o.destination AND "
+                    " i.reason IS NOT DISTINCT FROM o.reason "
+                    " ORDER BY updated DESC LIMIT 1) AS detail "
+                    "FROM outbox_recipients o GROUP BY state, destination, reason "
+                    "ORDER BY state, COUNT(*) DESC"
+                )
+            ]
+            suspensions = [
+                SuspensionStatus(
+                    destination=r["destination"],
+                    until=r["until"],
+                    reason=r["reason"],
+                    deferred=r["n"],
+                )
+                for r in await conn.fetch(
+                    "SELECT destination, MAX(suspended_until) AS until, COUNT(*) AS n, "
+                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
+                    " i.destination IS NOT DISTINCT FROM o.destination AND "
+                    " i.suspended_until > $1 ORDER BY updated DESC LIMIT 1) AS reason "
+                    "FROM outbox_recipients o WHERE state = 'deferred' "
+                    "AND suspended_until > $1 AND suspended_until <> 'NaN' "
+                    "GROUP BY destination ORDER BY MAX(suspended_until)",
+                    now,
+                )
+            ]
+        deferred = oldest.get(OutboxState.DEFERRED.value)
         return OutboxStatus(
             counts=counts,
             messages=messages,
-            oldest_deferred_id=None if oldest is None else oldest["id"],
-            oldest_deferred_created=None if oldest is None else oldest["created"],
-            oldest_deferred_reason=None if oldest is None else oldest["reason"],
+            oldest_deferred_id=None if deferred is None else deferred.id,
+            oldest_deferred_created=None if deferred is None else deferred.created,
+            oldest_deferred_reason=None if deferred is None else deferred.reason,
             destinations=tuple(destinations),
+            oldest=oldest,
+            reasons=tuple(reasons),
+            suspensions=tuple(suspensions),
         )
 
     async def retry(
@@ -298,7 +425,7 @@ class PostgresStore:
         pool = await self._db()
         done = await pool.execute(
             "UPDATE outbox_recipients SET state = 'deferred', due = $1, updated = $1, "
-            "claimed_by = NULL, claim_until = NULL "
+            "claimed_by = NULL, claim_until = NULL, claim_token = NULL "
             "WHERE state = ANY($2::text[]) AND ($3::text IS NULL OR message = $3)",
             now,
             [s.value for s in states],

@@ -24,10 +24,14 @@ __all__ = [
     "Claimed",
     "DestinationStatus",
     "NewMessage",
+    "OldestMessage",
     "OutboxState",
     "OutboxStatus",
+    "Quarantined",
+    "ReasonStatus",
     "RecipientUpdate",
     "Store",
+    "SuspensionStatus",
 ]
 
 
@@ -47,6 +51,10 @@ class OutboxState(_StrEnum):
     """May have been delivered; not resent unless an operator says so."""
     EXPIRED = "expired"
     """Still deferred when the message's lifetime ran out."""
+    QUARANTINED = "quarantined"
+    """A row the worker could not decode (edited by hand, a migration gone
+    wrong): set aside with the error, never sent, never deleted by the
+    retention; ``outbox retry --state quarantined`` after a fix."""
 
 
 FINAL_STATES = frozenset(
@@ -77,7 +85,11 @@ class NewMessage:
 class Claimed:
     """A message a worker holds, with the recipients due now.
 
-    ``attempts`` maps each claimed recipient to the tries already made."""
+    ``attempts`` maps each claimed recipient to the tries already made.
+    ``token`` fences the claim: the store accepts the worker's writes for
+    these recipients only while they still carry it (a worker whose lease
+    lapsed and whose recipients were claimed again is refused).  ``until``
+    is when the claim lapses unless extended."""
 
     id: str
     message_id: str
@@ -86,6 +98,8 @@ class Claimed:
     created: float
     expires: float
     attempts: Mapping[str, int]
+    token: str = ""
+    until: float = 0.0
 
     @property
     def recipients(self) -> tuple[str, ...]:
@@ -104,6 +118,18 @@ class RecipientUpdate:
     detail: str | None = None
     destination: str | None = None
     suspended: bool = False
+    suspended_until: float | None = None
+    """When the destination's suspension ends (wall clock), if it was
+    suspended when this recipient was deferred."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quarantined:
+    """A recipient row set aside as ``quarantined``, and why."""
+
+    message: str
+    address: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,9 +144,44 @@ class DestinationStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReasonStatus:
+    """Recipients in one state, for one destination and one reason, with
+    the explanation of the latest of them: why 900 recipients are rejected
+    is one line, not 900."""
+
+    state: str
+    destination: str | None
+    reason: str | None
+    count: int
+    last_detail: str | None
+    last_updated: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SuspensionStatus:
+    """A destination suspension still running, as the worker saw it when it
+    deferred recipients for it; ``until`` is wall-clock time."""
+
+    destination: str | None
+    until: float
+    reason: str | None
+    deferred: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OldestMessage:
+    """The oldest message with a recipient in some state."""
+
+    id: str
+    created: float
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxStatus:
     """What ``outbox status`` shows: recipients per state, the oldest
-    deferred message, and the deferrals per destination."""
+    message per state, the deferrals per destination, the counts per state,
+    destination and reason, and the suspensions still running."""
 
     counts: Mapping[str, int]
     messages: int
@@ -128,6 +189,9 @@ class OutboxStatus:
     oldest_deferred_created: float | None = None
     oldest_deferred_reason: str | None = None
     destinations: Sequence[DestinationStatus] = field(default_factory=tuple)
+    oldest: Mapping[str, OldestMessage] = field(default_factory=dict)
+    reasons: Sequence[ReasonStatus] = field(default_factory=tuple)
+    suspensions: Sequence[SuspensionStatus] = field(default_factory=tuple)
 
 
 @runtime_checkable
@@ -136,35 +200,55 @@ class Store(Protocol):
 
     Every method returns only once its change is durable (committed).  A
     store may be shared by several workers, in one process or many: a
-    claimed recipient belongs to its worker until ``until``; a worker that
-    dies leaves its claims to expire.
+    claimed recipient belongs to its claim (``token``) until ``until``; a
+    worker that dies leaves its claims to expire.  Writes made under a
+    claim are fenced: the store checks the token and refuses a stale one,
+    so a worker that lost its lease cannot undo another's work.
     """
 
     async def add(self, message: NewMessage) -> None:
         """Store a new message, every recipient ``queued`` and due now."""
         ...
 
-    async def claim(self, *, worker: str, now: float, until: float, limit: int) -> list[Claimed]:
+    async def claim(
+        self, *, worker: str, token: str, now: float, until: float, limit: int
+    ) -> list[Claimed]:
         """Claim up to ``limit`` messages with recipients ``queued`` or
-        ``deferred``, due at ``now``, and not claimed by a live worker."""
+        ``deferred``, due at ``now``, and not claimed by a live worker,
+        under ``token`` until ``until``.  Rows that cannot be decoded are
+        never claimed (:meth:`quarantine` sets them aside)."""
         ...
 
-    async def mark_sending(self, message: str, addresses: Sequence[str], *, now: float) -> None:
-        """Record that ``addresses`` of ``message`` are being sent now."""
+    async def mark_sending(
+        self, message: str, addresses: Sequence[str], *, token: str, now: float
+    ) -> bool:
+        """Record that ``addresses`` of ``message`` are being sent now, all
+        or none: only if every one is still held under ``token`` with a
+        claim that has not lapsed at ``now``.  False means the claim is
+        lost and the message must not be sent."""
         ...
 
     async def record(
-        self, message: str, updates: Sequence[RecipientUpdate], *, now: float
-    ) -> None:
-        """Store the new states of recipients and release their claims."""
+        self, message: str, updates: Sequence[RecipientUpdate], *, token: str, now: float
+    ) -> int:
+        """Store the new states of recipients still held under ``token``
+        and release their claims; return how many were written (the others
+        were claimed again meanwhile: their updates are refused)."""
         ...
 
-    async def extend(self, *, worker: str, until: float) -> None:
-        """Keep ``worker``'s claims until ``until`` (a heartbeat)."""
+    async def extend(self, *, token: str, now: float, until: float) -> int:
+        """Keep the claim ``token`` until ``until`` (a heartbeat), if it has
+        not lapsed at ``now``; return the recipients it still holds."""
         ...
 
-    async def release(self, *, worker: str) -> None:
-        """Drop ``worker``'s claims on recipients it has not started sending."""
+    async def release(self, *, token: str) -> None:
+        """Drop the claim ``token`` on recipients not being sent."""
+        ...
+
+    async def quarantine(self, *, now: float) -> list[Quarantined]:
+        """Set aside, as ``quarantined`` with the error, rows a worker
+        cannot act on: an unknown state, a recipient without its message,
+        a due, attempts or message field of the wrong type; return them."""
         ...
 
     async def recover(self, *, now: float) -> list[tuple[str, str]]:
@@ -181,8 +265,9 @@ class Store(Protocol):
         """The earliest ``due`` of a queued or deferred recipient."""
         ...
 
-    async def status(self) -> OutboxStatus:
-        """Counts for monitoring."""
+    async def status(self, *, now: float | None = None) -> OutboxStatus:
+        """Counts for monitoring (``now``, default the wall clock, decides
+        which suspensions are still running)."""
         ...
 
     async def retry(
