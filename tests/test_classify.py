@@ -57,7 +57,9 @@ FAMILY_421 = [
         Reason.REPUTATION_DEFERRAL,
         True,
     ),
-    # Yahoo's [TSS04] deferral, and its [TSS09] that is a block in a 421.
+    # Yahoo's [TSS04] deferral, and its [TSS09] that is a block in a 421:
+    # still a 421, so transient (the destination is suspended, nobody is
+    # rejected).
     (
         "421 4.7.0 [TSS04] Messages from 192.0.2.192 temporarily deferred due to unexpected "
         "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
@@ -69,7 +71,7 @@ FAMILY_421 = [
         TSS09,
         "mta6.am0.yahoodns.net",
         Reason.BLOCKLISTED,
-        False,
+        True,
     ),
     # Postfix postscreen; RFC 5321's own 421 text; smtp-sink -Q.
     ("421 4.3.2 All server ports are busy", None, Reason.SERVER_BUSY, True),
@@ -88,13 +90,14 @@ FAMILY_421 = [
         True,
     ),
     ("421 4.4.5 Server busy, try again later.", None, Reason.SERVER_BUSY, True),
-    # TLS demanded: retrying the same way will not help.
-    ("421 4.7.0 TLS required", None, Reason.TLS_REQUIRED, False),
+    # TLS demanded: retrying the same way will not help, but a 421 is
+    # never a permanent verdict on the recipients; the action says to fix it.
+    ("421 4.7.0 TLS required", None, Reason.TLS_REQUIRED, True),
     (
         "421 4.7.0 TLS required for RCPT domain, closing connection.",
         "aspmx.l.google.com",
         Reason.TLS_REQUIRED,
-        False,
+        True,
     ),
     # Postfix smtpd_timeout (unsolicited, then close); Exim's command timeout.
     ("421 4.4.2 realpeer.test Error: timeout exceeded", None, Reason.CONNECTION_ERROR, True),
@@ -125,16 +128,61 @@ def test_421_family(text: str, host: str | None, reason: Reason, transient: bool
     assert c.explanation.startswith("421: the server closed the session")
 
 
-def test_421_tss09_says_the_meaning_won() -> None:
+def test_421_tss09_is_a_transient_block() -> None:
     c = classify(TSS09, host="mta6.am0.yahoodns.net")
+    assert (c.reason, c.transient) == (Reason.BLOCKLISTED, True)
     assert c.action is Action.SUSPEND_DESTINATION
-    assert "the code 421 says transient but the reply means permanent" in c.explanation
+    assert "a 421 is never a permanent verdict" in c.explanation
+    assert "the meaning wins" not in c.explanation
 
 
 def test_421_tss09_is_a_block_without_the_host_too() -> None:
     # "Retrying will NOT succeed" is distinctive enough to match anywhere.
     c = classify(TSS09)
-    assert (c.reason, c.transient) == (Reason.BLOCKLISTED, False)
+    assert (c.reason, c.transient) == (Reason.BLOCKLISTED, True)
+
+
+# Issue 12: 421s whose text a permanent rule matches.  The reason still says
+# what the reply is about; the verdict stays transient.
+PERMANENT_TEXT_421 = [
+    # Postfix access table (check_recipient_access with a 421 action), as
+    # seen on a real Postfix 3.7 (issue 12).
+    (
+        "421 4.7.0 <bob@example.org>: Recipient address rejected: Access denied",
+        Stage.RCPT,
+        Reason.POLICY_REJECTED,
+    ),
+    ("421 4.7.0 <x@y.test>: Recipient address rejected: user unknown", Stage.RCPT,
+     Reason.RECIPIENT_UNKNOWN),
+    ("421 4.1.1 <x@y.test>: Recipient address rejected: User unknown in local recipient table",
+     Stage.RCPT, Reason.RECIPIENT_UNKNOWN),
+    ("421 4.4.7 Message expired", None, Reason.EXPIRED),
+    ("421 4.1.8 <a@b.test>: Sender address rejected: Domain not found", Stage.MAIL,
+     Reason.SENDER_REJECTED),
+    ("421 4.7.1 Client host rejected: cannot find your hostname", Stage.RCPT,
+     Reason.AUTH_POLICY),
+    ("421 4.2.3 Message size exceeds fixed limit", Stage.END_OF_DATA,
+     Reason.MESSAGE_TOO_LARGE),
+    ("421 4.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+     Stage.CONNECT, Reason.BLOCKLISTED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "stage", "reason"), PERMANENT_TEXT_421)
+def test_421_is_never_permanent(text: str, stage: Stage | None, reason: Reason) -> None:
+    c = classify(text, stage=stage)
+    assert c.reason is reason, c.explanation
+    assert c.transient and not c.permanent
+    assert c.session_over
+    assert c.action not in (Action.GIVE_UP_RECIPIENT, Action.GIVE_UP_MESSAGE)
+
+
+def test_421_never_permanent_even_with_a_user_rule() -> None:
+    from resilient_smtp import Rule, default_classifier
+
+    rule = Rule(Reason.POLICY_REJECTED, "ours: 421 is final", codes=(421,), transient=False)
+    c = default_classifier.with_rules(rule)("421 4.7.0 go away")
+    assert (c.reason, c.transient) == (Reason.POLICY_REJECTED, True)
 
 
 # (reply, remote host, stage, reason, transient, retry_after)

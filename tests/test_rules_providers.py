@@ -142,7 +142,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         GMAIL,
         Stage.END_OF_DATA,
         R.TLS_REQUIRED,
-        False,
+        True,
     ),
     (
         "421-4.7.27 Your email has been rate limited because SPF authentication didn't pass\r\n"
@@ -150,7 +150,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         GMAIL,
         Stage.END_OF_DATA,
         R.AUTH_POLICY,
-        False,
+        True,
     ),
     (
         "550-5.7.32 Your email has been blocked because the From: header (RFC5322) in this\r\n"
@@ -162,10 +162,10 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         False,
     ),
     # The status alone, each with Gmail's meaning (not IANA's).
-    ("421 4.7.27 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
-    ("421 4.7.30 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("421 4.7.27 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, True),
+    ("421 4.7.30 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, True),
     ("550 5.7.32 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
-    ("421 4.7.29 - gsmtp", GMAIL, Stage.END_OF_DATA, R.TLS_REQUIRED, False),
+    ("421 4.7.29 - gsmtp", GMAIL, Stage.END_OF_DATA, R.TLS_REQUIRED, True),
     (
         "550-5.4.5 Daily user sending limit exceeded. For more information on Gmail\r\n"
         "550 5.4.5 sending limits go to https://support.google.com/a/answer/166852",
@@ -187,7 +187,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         RELAY,
         Stage.RCPT,
         R.RELAY_DENIED,
-        False,
+        True,
     ),
     (
         "550 5.7.1 Invalid credentials for relay [192.0.2.1]. The IP address you've registered "
@@ -452,7 +452,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         "smtp.office365.com",
         Stage.EHLO,
         R.TLS_REQUIRED,
-        False,
+        True,
     ),
     (
         "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
@@ -475,7 +475,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         YAHOO,
         None,
         R.BLOCKLISTED,
-        False,
+        True,
     ),
     (
         "421 4.7.1 [TS03] All messages from 192.0.2.1 will be permanently deferred; Retrying "
@@ -483,7 +483,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         YAHOO,
         None,
         R.BLOCKLISTED,
-        False,
+        True,
     ),
     (
         "553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in "
@@ -675,7 +675,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         MAILGUN,
         Stage.RCPT,
         R.RELAY_DENIED,
-        False,
+        True,
     ),
     (
         "421 Domain example.com is not allowed to send: Free accounts are for test purposes "
@@ -683,7 +683,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         MAILGUN,
         Stage.RCPT,
         R.RELAY_DENIED,
-        False,
+        True,
     ),
     (
         "550 5.7.1 Please activate your Mailgun account. Check your inbox or log in to your "

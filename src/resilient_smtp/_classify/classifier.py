@@ -219,6 +219,14 @@ class Classifier:
             transient = None
         if transient is None:
             transient = code is None or code < 500
+        if code == 421 and not transient:
+            # RFC 5321 §3.8 and §4.2.1: a 421 closes the session and is a
+            # transient negative reply.  Its text may say what it is about
+            # (a policy refusal of one recipient, a block), but it is never
+            # a permanent verdict: the recipients go again, on a new
+            # connection or to the next host (issue 12).
+            transient = True
+            why += "; a 421 is never a permanent verdict, so it stays transient"
         code_says = reply.code_class
         if code_says in (4, 5) and transient != (code_says == 4):
             why += (

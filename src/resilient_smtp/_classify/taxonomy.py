@@ -148,6 +148,9 @@ _PERMANENT_ACTION: dict[Scope, Action] = {
 }
 
 
+_GIVE_UP = frozenset({A.GIVE_UP_RECIPIENT, A.GIVE_UP_MESSAGE})
+
+
 def default_transient(reason: Reason) -> bool | None:
     """The reason's own transience, or ``None`` when the code class decides."""
     return _TABLE[reason][0]
@@ -164,8 +167,13 @@ def action_for(reason: Reason, transient: bool) -> Action:
     default, action, scope = _TABLE[reason]
     if transient:
         # A usually permanent reason that a rule marks transient (Postfix's
-        # "450 4.1.1" for a recipient it cannot verify right now): retry.
-        return action if default is not False else Action.RETRY_LATER
+        # "450 4.1.1" for a recipient it cannot verify right now, any 421):
+        # giving up becomes retrying; suspending the destination or fixing
+        # the configuration still stands (a 421 "TLS required" or Yahoo's
+        # [TSS09] 421 are not fixed by waiting alone).
+        if default is False and action in _GIVE_UP:
+            return Action.RETRY_LATER
+        return action
     if default is False:
         return action
     return _PERMANENT_ACTION[scope]
