@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import smtplib
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -190,6 +191,10 @@ class Classifier:
             return self._cached(reply, host, st)
         if isinstance(reply, Classification):
             return reply
+        if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
+            refused = _refused_replies(reply)
+            if refused:
+                return self._worst_refusal(refused, (host or "").lower(), st or Stage.RCPT)
         parsed, st, failure = _normalise(reply, st)
         if failure is not None:
             reason, transient, why = failure
@@ -197,6 +202,16 @@ class Classifier:
                 reason, transient=transient, explanation=why, reply=parsed, stage=st
             )
         return self._classify_reply(parsed, (host or "").lower(), st)
+
+    def _worst_refusal(self, refused: list[Reply], host: str, stage: Stage) -> Classification:
+        """Every recipient was refused: the news is a session end if any
+        reply ended the session, else a transient refusal if any (the call
+        may succeed for that recipient later), else the first refusal."""
+        results = [self._classify_reply(r, host, stage) for r in refused]
+        return next(
+            (c for c in results if c.session_over),
+            next((c for c in results if c.transient), results[0]),
+        )
 
     def _classify_text(self, text: str, host: str | None, stage: Stage | None) -> Classification:
         return self._classify_reply(Reply.parse(text), (host or "").lower(), stage)
@@ -293,6 +308,35 @@ _STAGE_OF: tuple[tuple[type[BaseException], Stage], ...] = (
 )
 
 
+# smtplib raises these for: the greeting (connect()), EHLO/HELO, AUTH
+# (login()), MAIL FROM and DATA or the end of the message (sendmail()).
+_STDLIB_STAGE_OF: tuple[tuple[type[BaseException], Stage], ...] = (
+    (smtplib.SMTPConnectError, Stage.CONNECT),
+    (smtplib.SMTPHeloError, Stage.EHLO),
+    (smtplib.SMTPAuthenticationError, Stage.AUTH),
+    (smtplib.SMTPSenderRefused, Stage.MAIL),
+    (smtplib.SMTPDataError, Stage.DATA),
+)
+
+
+def _refused_replies(exc: BaseException) -> list[Reply]:
+    """The replies to each refused recipient: aiosmtplib keeps a list of
+    SMTPRecipientRefused, smtplib a dict of address -> (code, message)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return [Reply.parse(r.message, code=r.code) for r in exc.recipients]
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        out = []
+        for value in exc.recipients.values():
+            try:
+                code, message = value
+            except (TypeError, ValueError):
+                continue
+            if isinstance(message, (str, bytes)) and isinstance(code, int):
+                out.append(Reply.parse(message, code=code if code > 0 else None))
+        return out
+    return []
+
+
 def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _Failure | None]:
     """Turn any accepted input into a Reply, or into a connection failure."""
     if isinstance(reply, Reply):
@@ -301,16 +345,23 @@ def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _F
         return Reply.parse(reply), stage, None
     if isinstance(reply, aiosmtplib.SMTPResponse):
         return Reply.parse(reply.message, code=reply.code), stage, None
-    if isinstance(reply, aiosmtplib.SMTPRecipientsRefused):
-        if reply.recipients:
-            # A 421 on any recipient ends the session: that is the news.
-            worst = next((r for r in reply.recipients if r.code == 421), reply.recipients[0])
-            return _normalise(worst, stage or Stage.RCPT)
+    if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
+        # With no recipient in it (the non-empty case is classified per
+        # recipient by the Classifier), all it has is its text.
         return Reply(None, None, str(reply)), stage or Stage.RCPT, None
     if isinstance(reply, aiosmtplib.SMTPResponseException):
         if stage is None:
             stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
         return Reply.parse(reply.message, code=reply.code), stage, None
+    if isinstance(reply, smtplib.SMTPResponseException):
+        # The standard library's errors subclass OSError, but those with a
+        # reply carry it (smtp_code, smtp_error as bytes or str): they are
+        # classified by the server's words like aiosmtplib's, never as a
+        # dropped connection.  smtplib uses -1 for "no readable code".
+        if stage is None:
+            stage = next((s for t, s in _STDLIB_STAGE_OF if isinstance(reply, t)), None)
+        code = reply.smtp_code if isinstance(reply.smtp_code, int) else None
+        return Reply.parse(reply.smtp_error, code=code if code and code > 0 else None), stage, None
     if isinstance(reply, BaseException):
         return Reply(None, None, _describe(reply)), stage, _failure(reply, stage)
     raise TypeError(
@@ -336,7 +387,7 @@ def _failure(exc: BaseException, stage: Stage | None) -> _Failure:
         )
     if isinstance(exc, ssl.SSLError):
         return Reason.CONNECTION_ERROR, True, f"the TLS handshake failed{where}; reconnect"
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+    if isinstance(exc, (aiosmtplib.SMTPNotSupported, smtplib.SMTPNotSupportedError)):
         if stage is Stage.STARTTLS or "starttls" in str(exc).lower():
             return (
                 Reason.TLS_REQUIRED,
@@ -344,6 +395,16 @@ def _failure(exc: BaseException, stage: Stage | None) -> _Failure:
                 "the server does not offer STARTTLS and TLS is required: no plaintext fallback",
             )
         return Reason.PROTOCOL_ERROR, False, f"the server does not support a command{where}"
+    if isinstance(exc, (smtplib.SMTPException, aiosmtplib.SMTPException)) and (
+        "no suitable authentication method" in str(exc).lower()
+    ):
+        # smtplib.login(): "No suitable authentication method found." -- the
+        # server offers no mechanism we can use: configuration, not network.
+        return (
+            Reason.AUTH_CREDENTIALS,
+            False,
+            "no authentication mechanism in common with the server: fix the configuration",
+        )
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiosmtplib.SMTPTimeoutError)):
         return Reason.CONNECTION_ERROR, True, f"timed out{where}: the session is over"
     if isinstance(exc, (aiosmtplib.SMTPException, OSError)):
