@@ -258,14 +258,15 @@ CONFLICTS = [
         True,
         None,
     ),
-    # Postfix's default unknown_client_reject_code is 450; DESIGN.md: a
-    # missing PTR is fixed by configuration, not by waiting.
+    # Postfix's default unknown_client_reject_code is 450, and the reply is
+    # always 450 when the reverse look-up failed temporarily: transient, and
+    # the action still says to fix the PTR record.
     (
         "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
         None,
         Stage.RCPT,
         Reason.AUTH_POLICY,
-        False,
+        True,
         None,
     ),
 ]

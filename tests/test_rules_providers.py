@@ -743,7 +743,8 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         R.BLOCKLISTED,
         False,
     ),
-    ("451 4.2.0 Message blocked AUP#CDRBL", "cxr.mx.a.cox.net", Stage.RCPT, R.BLOCKLISTED, False),
+    # A block in a 4xx: the server chose not to be final (DEFERRED_BY_4XX).
+    ("451 4.2.0 Message blocked AUP#CDRBL", "cxr.mx.a.cox.net", Stage.RCPT, R.BLOCKLISTED, True),
     # --- QQ -----------------------------------------------------------------------------
     ("550 Ip frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),
     ("550 Sender frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),

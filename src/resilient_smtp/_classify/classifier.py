@@ -31,7 +31,16 @@ import aiosmtplib
 from .index import RuleIndex
 from .reply import Reply
 from .rule import Rule, Tier
-from .taxonomy import Action, Reason, Scope, Stage, action_for, default_transient, scope_for
+from .taxonomy import (
+    DEFERRED_BY_4XX,
+    Action,
+    Reason,
+    Scope,
+    Stage,
+    action_for,
+    default_transient,
+    scope_for,
+)
 
 __all__ = ["Classification", "Classifier", "classify", "default_classifier"]
 
@@ -217,8 +226,10 @@ class Classifier:
         return self._classify_reply(Reply.parse(text), (host or "").lower(), stage)
 
     def _classify_reply(self, reply: Reply, host: str, stage: Stage | None) -> Classification:
-        lowered = reply.text.lower()
         code = reply.code
+        if code is not None and 200 <= code < 300:
+            return _accepted(reply, stage)
+        lowered = reply.text.lower()
         session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
         rule = self._index.first_match(reply, lowered, host, stage)
         if rule is not None:
@@ -226,6 +237,8 @@ class Classifier:
             transient = rule.transient
             if transient is None:
                 transient = default_transient(reason)
+                if code is not None and 400 <= code < 500 and reason in DEFERRED_BY_4XX:
+                    transient = True
             why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
         else:
             # No rule matched: the status subject names the reason, but only
@@ -266,6 +279,23 @@ class Classifier:
             stage=stage,
             rule=rule.name if rule is not None else None,
         )
+
+
+def _accepted(reply: Reply, stage: Stage | None) -> Classification:
+    """A 2xx: success, whatever its text says (RFC 5321 §4.2.1); no rule
+    can make it a failure."""
+    return Classification(
+        reason=Reason.ACCEPTED,
+        transient=False,
+        action=Action.NONE,
+        scope=scope_for(Reason.ACCEPTED),
+        session_over=False,
+        retry_after=None,
+        reply=reply,
+        explanation=f"{reply.code}: the server accepted (2xx, positive completion)",
+        stage=stage,
+        rule=None,
+    )
 
 
 _TIER_WORDS = {
