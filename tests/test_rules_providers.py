@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from resilient_smtp import Reason, Stage, classify
+from resilient_smtp import Classifier, Reason, Stage, classify, default_classifier
 from resilient_smtp._classify.rules.providers import PROVIDER_RULES
 
 R = Reason
@@ -799,11 +799,18 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
 ]
 
 
+# The default classifier scans with ahocorasick-rs when it is installed; the
+# pure one always with the pure-Python trie regex: both must agree.
+PURE = Classifier(accelerator=False)
+
+
+@pytest.mark.parametrize("scan", ["default", "pure"])
 @pytest.mark.parametrize(("text", "host", "stage", "reason", "transient"), EXAMPLES)
 def test_documented_provider_replies(
-    text: str, host: str | None, stage: Stage | None, reason: Reason, transient: bool
+    text: str, host: str | None, stage: Stage | None, reason: Reason, transient: bool, scan: str
 ) -> None:
-    c = classify(text, host=host, stage=stage)
+    classifier = PURE if scan == "pure" else default_classifier
+    c = classifier(text, host=host, stage=stage)
     assert (c.reason, c.transient) == (reason, transient), c.explanation
 
 

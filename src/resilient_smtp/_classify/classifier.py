@@ -111,6 +111,9 @@ _RETRY_AFTER = re.compile(
     r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
     r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
 )
+# What every match of _RETRY_AFTER contains (a number then a unit's first
+# letter, or h:mm:ss): one quick scan rules most replies out.
+_RETRY_HINT = re.compile(r"[0-9]\s*[smh]|[0-9]:[0-9]")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
 # what it honours anyway).
@@ -122,6 +125,8 @@ def parse_retry_after(lowered: str) -> float | None:
     "try again in 92 seconds", "retry after 5 minutes", "come back in
     00:05:00", "greylisted for 60 seconds".  (A bare "for 4 hours" is an age,
     not a wait.)"""
+    if _RETRY_HINT.search(lowered) is None:
+        return None
     m = _RETRY_AFTER.search(lowered)
     if m is None:
         return None
@@ -161,9 +166,15 @@ class Classifier:
     Classifications are frozen, so sharing them is safe.
     """
 
-    __slots__ = ("_cache_size", "_cached", "_index", "rules")
+    __slots__ = ("_accelerator", "_cache_size", "_cached", "_index", "_verdicts", "rules")
 
-    def __init__(self, rules: Iterable[Rule] | None = None, *, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule] | None = None,
+        *,
+        cache_size: int = 4096,
+        accelerator: bool | None = None,
+    ) -> None:
         if rules is None:
             from .rules import BUILTIN_RULES
 
@@ -174,13 +185,18 @@ class Classifier:
                 raise TypeError(f"rules must be Rule objects, not {type(r).__name__}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, not {cache_size!r}")
-        self._index = RuleIndex(self.rules)
+        self._accelerator = accelerator
+        self._index = RuleIndex(self.rules, accelerator=accelerator)
+        # What each rule, in the index's order, says: worked out once.
+        self._verdicts = tuple(_Verdict(r) for r in self._index.rules)
         self._cache_size = cache_size
         self._cached = functools.lru_cache(maxsize=cache_size)(self._classify_text)
 
     def with_rules(self, *rules: Rule) -> Classifier:
         """A new classifier with ``rules`` tried before the existing ones."""
-        return Classifier((*rules, *self.rules), cache_size=self._cache_size)
+        return Classifier(
+            (*rules, *self.rules), cache_size=self._cache_size, accelerator=self._accelerator
+        )
 
     def __repr__(self) -> str:
         return f"Classifier(<{len(self.rules)} rules>)"
@@ -195,9 +211,11 @@ class Classifier:
     ) -> Classification:
         """Classify a reply string, :class:`Reply`, aiosmtplib response or
         exception, or an ``OSError`` / ``TimeoutError`` / ``ssl.SSLError``."""
-        st = Stage(stage) if stage is not None else None
-        if type(reply) is str and self._cache_size:
-            return self._cached(reply, host, st)
+        st = stage if stage is None or type(stage) is Stage else Stage(stage)
+        if type(reply) is str:
+            if self._cache_size:
+                return self._cached(reply, host, st)
+            return self._classify_reply(Reply.parse(reply), host.lower() if host else "", st)
         if isinstance(reply, Classification):
             return reply
         if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
@@ -231,54 +249,113 @@ class Classifier:
             return _accepted(reply, stage)
         lowered = reply.text.lower()
         session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
-        rule = self._index.first_match(reply, lowered, host, stage)
-        if rule is not None:
-            reason = rule.reason
-            transient = rule.transient
-            if transient is None:
-                transient = default_transient(reason)
-                if code is not None and 400 <= code < 500 and reason in DEFERRED_BY_4XX:
-                    transient = True
-            why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
+        i = self._index.first_index(reply, lowered, host, stage)
+        if i >= 0:
+            v = self._verdicts[i]
+            reason = v.reason
+            transient = v.transient
+            if v.deferred_by_4xx and code is not None and 400 <= code < 500:
+                transient = True
+            why = v.why
+            rule_name: str | None = v.name
         else:
             # No rule matched: the status subject names the reason, but only
             # the code class can say whether it is transient.
             reason, why = _fallback(reply)
             transient = None
+            rule_name = None
         if transient is None:
             transient = code is None or code < 500
-        if code == 421 and not transient:
-            # RFC 5321 §3.8 and §4.2.1: a 421 closes the session and is a
-            # transient negative reply.  Its text may say what it is about
-            # (a policy refusal of one recipient, a block), but it is never
-            # a permanent verdict: the recipients go again, on a new
-            # connection or to the next host (issue 12).
-            transient = True
-            why += "; a 421 is never a permanent verdict, so it stays transient"
-        code_says = reply.code_class
-        if code_says in (4, 5) and transient != (code_says == 4):
-            why += (
-                f"; the code {code} says {_CLASS_WORDS[code_says]} but the reply means "
-                f"{'transient' if transient else 'permanent'}, and the meaning wins"
-            )
+        if code is not None and code >= 400:
+            if code == 421 and not transient:
+                # RFC 5321 §3.8 and §4.2.1: a 421 closes the session and is
+                # a transient negative reply.  Its text may say what it is
+                # about (a policy refusal of one recipient, a block), but it
+                # is never a permanent verdict: the recipients go again, on a
+                # new connection or to the next host (issue 12).
+                transient = True
+                why += "; a 421 is never a permanent verdict, so it stays transient"
+            if code < 600 and transient != (code < 500):
+                why += (
+                    f"; the code {code} says {_CLASS_WORDS[code // 100]} but the reply means "
+                    f"{'transient' if transient else 'permanent'}, and the meaning wins"
+                )
         if session_over:
             why = (
                 "421: the server closed the session; " + why
                 if code == 421
                 else "the greeting was refused: no session; " + why
             )
-        return Classification(
-            reason=reason,
-            transient=transient,
-            action=action_for(reason, transient),
-            scope=scope_for(reason),
-            session_over=session_over,
-            retry_after=parse_retry_after(lowered),
-            reply=reply,
-            explanation=why,
-            stage=stage,
-            rule=rule.name if rule is not None else None,
+        if i >= 0:
+            action = v.transient_action if transient else v.permanent_action
+            scope = v.scope
+        else:
+            action = action_for(reason, transient)
+            scope = scope_for(reason)
+        # Classification(...) without the frozen dataclass's __init__, whose
+        # ten object.__setattr__ calls were a fifth of a fresh
+        # classification: the same frozen value.
+        c: Classification = _new(Classification)
+        s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = _SETTERS
+        s0(c, reason)
+        s1(c, transient)
+        s2(c, action)
+        s3(c, scope)
+        s4(c, session_over)
+        # A stated wait means something only for a reply worth retrying.
+        s5(c, parse_retry_after(lowered) if transient else None)
+        s6(c, reply)
+        s7(c, why)
+        s8(c, stage)
+        s9(c, rule_name)
+        return c
+
+
+class _Verdict:
+    """What one rule says, worked out when the classifier is built."""
+
+    __slots__ = (
+        "deferred_by_4xx",
+        "name",
+        "permanent_action",
+        "reason",
+        "scope",
+        "transient",
+        "transient_action",
+        "why",
+    )
+
+    def __init__(self, rule: Rule) -> None:
+        self.reason = rule.reason
+        self.name = rule.name
+        # The rule's own transience, else the reason's; None: the code decides.
+        self.transient = (
+            rule.transient if rule.transient is not None else default_transient(rule.reason)
         )
+        # Only a reason's default gives way to a 4xx, never a rule's word.
+        self.deferred_by_4xx = rule.transient is None and rule.reason in DEFERRED_BY_4XX
+        self.why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
+        self.scope = scope_for(rule.reason)
+        self.transient_action = action_for(rule.reason, True)
+        self.permanent_action = action_for(rule.reason, False)
+
+
+_new = object.__new__
+_SETTERS = tuple(
+    Classification.__dict__[name].__set__
+    for name in (
+        "reason",
+        "transient",
+        "action",
+        "scope",
+        "session_over",
+        "retry_after",
+        "reply",
+        "explanation",
+        "stage",
+        "rule",
+    )
+)
 
 
 def _accepted(reply: Reply, stage: Stage | None) -> Classification:
