@@ -178,7 +178,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         "450 4.2.1 Peak SMTP relay limit exceeded for customer. This is a temporary error.",
         RELAY,
         Stage.MAIL,
-        R.SENDING_QUOTA,
+        R.RATE_LIMITED,
         True,
     ),
     ("550 5.7.1 Email quota exceeded.", RELAY, Stage.MAIL, R.SENDING_QUOTA, True),
@@ -322,14 +322,14 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains.",
         "eur01.outbound.protection.outlook.com",
         Stage.MAIL,
-        R.POLICY_REJECTED,
+        R.SENDER_REJECTED,
         False,
     ),
     (
         "550 5.7.705 Access denied, tenant has exceeded threshold.",
         "eur01.outbound.protection.outlook.com",
         Stage.MAIL,
-        R.SENDER_REJECTED,
+        R.BLOCKLISTED,
         False,
     ),
     (
@@ -796,7 +796,49 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         True,
     ),
     ("Too many messages for this session", "mx.netvigator.com", None, R.SESSION_LIMIT, True),
-]
+    # --- Microsoft: Exchange Online NDR list (learn.microsoft.com) ----------------
+    (
+        "550 5.7.502 Access denied, spam abuse detected. The sending account has been banned "
+        "due to detected spam activity.",
+        OUTLOOK,
+        Stage.END_OF_DATA,
+        R.SENDER_REJECTED,
+        False,
+    ),
+    (
+        "550 5.7.134 RESOLVER.RST.SenderNotAuthenticatedForMailbox; authentication required",
+        HOTMAIL,
+        Stage.END_OF_DATA,
+        R.POLICY_REJECTED,
+        False,
+    ),
+    ("432 4.3.2 STOREDRV.Deliver; recipient thread limit exceeded", HOTMAIL, Stage.END_OF_DATA,
+     R.RATE_LIMITED, True),
+    ("550 5.4.310 DNS domain nowhere.invalid does not exist", OUTLOOK, Stage.RCPT,
+     R.DOMAIN_UNKNOWN, False),
+    ("554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process "
+     "message due to a permanent exception", OUTLOOK, Stage.END_OF_DATA, R.SPAM_CONTENT, False),
+    # --- T-Online (postmaster.t-online.de) --------------------------------------------
+    ("554 IP=198.51.100.7 - A problem occurred. (Ask your postmaster for help or to contact "
+     "tosa@rx.t-online.de to clarify.) (BL)", "mx03.t-online.de", Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("554 Dialup/transient IP not allowed. Use a mailgateway or contact toda@rx.t-online.de "
+     "if obsolete. (DIAL)", None, Stage.CONNECT, R.BLOCKLISTED, False),
+    # --- Mimecast (Mimecast SMTP Error Codes) ------------------------------------------
+    ("421 Unable to process connection at this time - https://community.mimecast.com/docs/"
+     "DOC-1369#421", "us-smtp-inbound-2.mimecast.com", Stage.CONNECT, R.SERVER_BUSY, True),
+    ("550 Invalid Recipient - https://community.mimecast.com/docs/DOC-1369#550",
+     "us-smtp-inbound-2.mimecast.com", Stage.RCPT, R.RECIPIENT_UNKNOWN, False),
+    # --- Gateways, Mail.ru -------------------------------------------------------------
+    ("554 5.7.0 Blocked - see https://ipcheck.proofpoint.com/?ip=203.0.113.9",
+     "mx0b-00654321.pphosted.com", Stage.RCPT, R.BLOCKLISTED, False),
+    ("550 Domain of forward path is not allowed", None, Stage.RCPT, R.RELAY_DENIED, False),
+    ("550 message sending for this account is disabled", "smtp.mail.ru", Stage.MAIL,
+     R.AUTH_CREDENTIALS, False),
+    # --- Haraka (connection.js) ------------------------------------------------------
+    ("550 I cannot deliver mail for <someone@elsewhere.test>", "mx.example.net", Stage.RCPT,
+     R.RELAY_DENIED, False),
+]  # fmt: skip
 
 
 # The default classifier scans with ahocorasick-rs when it is installed; the

@@ -175,7 +175,10 @@ _TEXT = (
                    "relay not permitted", "not permitted to relay", "unable to relay",
                    "we do not relay", "relaying not allowed", "not allowed to relay",
                    "relaying disallowed", "relay prohibited", "authentication required",
-                   "not authenticated to send", "must authenticate")),
+                   "not authenticated to send", "must authenticate",
+                   # qmail: "553 sorry, that domain isn't in my list of allowed
+                   # rcpthosts (#5.7.1)" (qmail-smtpd.c).
+                   "allowed rcpthosts")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -215,6 +218,13 @@ _TEXT = (
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.
+    # Cisco Secure Email's HAT throttling and others: "452 Too many recipients
+    # received this hour (throttled)" (listed in SendGrid's "SMTP errors and
+    # troubleshooting", docs.sendgrid.com) is a recipient *rate*, not a
+    # per-transaction limit: splitting the transaction does not help.
+    Rule(R.RATE_LIMITED, "text: too many recipients this hour (a rate)",
+         contains=("recipients received this hour", "recipients per hour",
+                   "too many recipients this hour")),
     Rule(R.TOO_MANY_RECIPIENTS, "text: too many recipients",
          contains=("too many recipients", "recipient limit", "too many rcpt",
                    "maximum number of recipients", "multiple destination domains",
@@ -233,7 +243,7 @@ _TEXT = (
                    "receiving mail at a rate", "receiving mail too quickly", "throttl",
                    "slow down", "exceeded the rate", "rate exceeded", "message rate",
                    "connection rate", "frequency limit", "too many requests",
-                   "sending rate")),
+                   "sending rate", "too frequent")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -254,10 +264,24 @@ _TEXT = (
                    "unknown domain", "no mx record")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
+    # Exchange "421 4.4.2 Connection dropped due to SocketError".
     Rule(R.CONNECTION_ERROR, "text: timeout or network failure",
          contains=("timeout", "timed out", "connection reset", "connection refused",
                    "lost connection", "connection lost", "dns failure", "dns lookup",
-                   "dns query", "name server", "network is unreachable", "no route to host")),
+                   "dns query", "name server", "network is unreachable", "no route to host",
+                   "connection dropped", "socketerror", "socket error")),
+    # A 4xx that names trouble on the server's side, not greylisting: Postfix
+    # "451 4.3.0 <x>: Temporary lookup failure" (a table or DNS look-up
+    # failed), "451 4.3.0 Error: queue file write error"; qmail "451 qq
+    # temporary problem (#4.3.0)", "451 DNS temporary failure (#4.3.0)"; Exim
+    # "451 Could not complete sender verify callout" (the callout itself
+    # failed); Haraka "450 recipient verification temporarily unavailable".
+    Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
+         contains=("temporary lookup failure", "queue file write error", "qq temporary problem",
+                   "dns temporary failure", "could not complete sender verify callout",
+                   "verification temporarily unavailable", "server configuration problem",
+                   "insufficient disk space", "temporary system failure"),
+         codes=_DEFER),
     # A busy or unavailable server is transient (DESIGN.md), but "554
     # Service unavailable" with nothing more is a 5xx that states no cause:
     # its class decides, unless the text itself says to come back later.
