@@ -9,8 +9,11 @@ KumoMTA's shaping rules or Sisimai (shared/research/classifier-anchors.md).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient_smtp import Action, Classification, Reason, Reply, Scope, Stage, classify
 
@@ -449,3 +452,40 @@ def test_a_classification_classifies_to_itself() -> None:
 def test_an_unknown_stage_name_is_refused() -> None:
     with pytest.raises(ValueError, match="nope"):
         classify("250 ok", stage="nope")
+
+
+# The keyword-first regex alone, without parse_retry_after's quick digit
+# scan in front: the reference.
+_REFERENCE_WAIT = re.compile(
+    r"(?:again|retry|wait(?:ing)?|after|(?:greylisted|deferred|delayed) for|back|in)\s+"
+    r"(?:in\s+|after\s+)?"
+    r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
+)
+
+
+def _reference_retry_after(lowered: str) -> float | None:
+    m = _REFERENCE_WAIT.search(lowered)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        value = int(m.group(1)) * 3600.0 + int(m.group(2)) * 60.0 + int(m.group(3))
+    else:
+        value = float(m.group(4)) * {"s": 1.0, "m": 60.0, "h": 3600.0}[m.group(5)[0]]
+    return value if 0 < value <= 7 * 86400.0 else None
+
+
+_WAIT_PIECES = st.sampled_from(
+    ["again", "retry", "wait", "waiting", "after", "greylisted for", "deferred for", "back",
+     "in", "within", " ", "  ", "\t", "\u00a0", "5", "92", "1234567", "1.5", "2.5.5", "00:05:00",
+     "7:5:00", ":", ".", "s", "sec", "seconds", "m", "min", "minutes", "h", "hours", "hrs",
+     "x", "ms", "\u0665", "try ", "later", ","]
+)  # fmt: skip
+
+
+@settings(max_examples=2000)
+@given(st.lists(_WAIT_PIECES, max_size=10).map("".join))
+def test_the_quick_scan_never_hides_a_stated_wait(text: str) -> None:
+    from resilient_smtp._classify.classifier import parse_retry_after
+
+    assert parse_retry_after(text) == _reference_retry_after(text)

@@ -111,9 +111,21 @@ _RETRY_AFTER = re.compile(
     r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
     r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
 )
-# What every match of _RETRY_AFTER contains (a number then a unit's first
-# letter, or h:mm:ss): one quick scan rules most replies out.
-_RETRY_HINT = re.compile(r"[0-9]\s*[smh]|[0-9]:[0-9]")
+# What every match of _RETRY_AFTER contains (a digit then a unit's first
+# letter, or h:mm:ss): a quick scan that skips all but digits rules most
+# replies out before the keyword-first regex runs (tests/test_classify.py
+# checks the two give the same waits).
+_RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
+# A keyword followed by a blank, which every match of _RETRY_AFTER has: the
+# rule index looks for these in the same scan as the rules' literals, so most
+# replies are ruled out before any regex runs.
+_WAIT_MARKERS = tuple(
+    word + blank
+    for word in ("again", "retry", "wait", "waiting", "after", "greylisted for",
+                 "deferred for", "delayed for", "back", "in")
+    for blank in map(chr, range(0x3001))  # every str.isspace() character is below 0x3001
+    if blank.isspace()
+)  # fmt: skip
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
 # what it honours anyway).
@@ -186,7 +198,7 @@ class Classifier:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, not {cache_size!r}")
         self._accelerator = accelerator
-        self._index = RuleIndex(self.rules, accelerator=accelerator)
+        self._index = RuleIndex(self.rules, accelerator=accelerator, markers=_WAIT_MARKERS)
         # What each rule, in the index's order, says: worked out once.
         self._verdicts = tuple(_Verdict(r) for r in self._index.rules)
         self._cache_size = cache_size
@@ -249,7 +261,7 @@ class Classifier:
             return _accepted(reply, stage)
         lowered = reply.text.lower()
         session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
-        i = self._index.first_index(reply, lowered, host, stage)
+        i, may_wait = self._index.first_index(reply, lowered, host, stage)
         if i >= 0:
             v = self._verdicts[i]
             reason = v.reason
@@ -303,7 +315,7 @@ class Classifier:
         s3(c, scope)
         s4(c, session_over)
         # A stated wait means something only for a reply worth retrying.
-        s5(c, parse_retry_after(lowered) if transient else None)
+        s5(c, parse_retry_after(lowered) if transient and may_wait else None)
         s6(c, reply)
         s7(c, why)
         s8(c, stage)

@@ -29,7 +29,7 @@ except ImportError:  # Python 3.10
     import sre_parse as _sre_parser
 
 from .reply import Reply
-from .rule import Rule, Tier
+from .rule import Rule, Tier, host_matches
 from .taxonomy import Stage
 
 __all__ = ["RuleIndex", "accelerator_available", "scanner"]
@@ -173,17 +173,14 @@ def _required(items: list[Any]) -> set[str] | None:
 
 
 def _gate_is_enough(rule: Rule, literal_gated: int) -> bool:
-    """Whether a rule whose gate held needs no further check: its gate was
-    its only condition (literals found, a status, or a set of codes)."""
-    if rule.stages or rule.hosts or rule.regex is not None:
+    """Whether a rule whose gate held, and whose codes, stages and hosts
+    allow the reply (checked as masks), needs no further check: a literal
+    gate leaves its status, a status gate its literals."""
+    if rule.regex is not None:
         return False
     if literal_gated:
-        return not (rule.codes or rule.status is not None)
-    if rule.status is not None:  # gated on the status
-        return not (rule.codes or rule.contains)
-    if rule.codes:  # gated on the code
-        return not rule.contains
-    return False
+        return rule.status is None
+    return not rule.contains
 
 
 class RuleIndex:
@@ -195,21 +192,35 @@ class RuleIndex:
     """
 
     __slots__ = (
+        "_allowed",
         "_always",
         "_by_code",
         "_by_status",
         "_checks",
+        "_code_ok",
+        "_codeless",
+        "_everyone",
         "_free",
+        "_host_rules",
+        "_hostless",
         "_literal_gated",
         "_regex_any",
         "_scan",
+        "_stage_ok",
         "_status_masks",
         "rules",
     )
 
-    def __init__(self, rules: Sequence[Rule], *, accelerator: bool | None = None) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        accelerator: bool | None = None,
+        markers: Sequence[str] = (),
+    ) -> None:
         # Stable: table order is kept within a tier.
         self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.tier or Tier.TEXT))
+        n = len(self.rules)
         by_status: dict[str, int] = defaultdict(int)
         by_code: dict[int | None, int] = defaultdict(int)
         by_literal: dict[str, int] = defaultdict(int)
@@ -242,6 +253,11 @@ class RuleIndex:
                     regex_mask |= bit
             else:
                 always |= bit
+        # Markers ride along in the same scan, above the rules' bits: the
+        # caller learns whether any of them occurs (see first_index).
+        for marker in markers:
+            if marker:
+                by_literal[marker.lower()] |= 1 << n
         self._regex_any: tuple[Callable[[str], Any], int] | None = None
         if regexes:
             try:
@@ -255,8 +271,25 @@ class RuleIndex:
         self._by_code = dict(by_code)
         self._always = always
         self._scan = scanner(dict(by_literal), accelerator=accelerator)
-        # What is left to check once a rule's gate held: nothing (None) for
-        # a rule whose literal was found and that has no other condition.
+        # Codes, stages and hosts are checked for all candidates at once, as
+        # masks of the rules each one lets through.
+        everyone = (1 << n) - 1
+        self._codeless = everyone & ~sum(1 << i for i, r in enumerate(self.rules) if r.codes)
+        code_ok: dict[int | None, int] = defaultdict(lambda: self._codeless)
+        for i, r in enumerate(self.rules):
+            for c in r.codes:
+                code_ok[c] |= 1 << i
+        self._code_ok = dict(code_ok)
+        self._stage_ok: dict[Stage | None, int] = {
+            st: sum(1 << i for i, r in enumerate(self.rules) if not r.stages or st in r.stages)
+            for st in (None, *Stage)
+        }
+        self._host_rules = tuple((1 << i, r.hosts) for i, r in enumerate(self.rules) if r.hosts)
+        self._hostless = everyone & ~sum(bit for bit, _ in self._host_rules)
+        self._allowed: dict[tuple[int | None, Stage | None, str], int] = {}
+        self._everyone = everyone
+        # What is left to check once a rule's gate held and its codes,
+        # stages and hosts passed: nothing (None) for most rules.
         self._checks: tuple[Rule | None, ...] = tuple(
             None if _gate_is_enough(r, literal_gated >> i & 1) else r
             for i, r in enumerate(self.rules)
@@ -274,9 +307,25 @@ class RuleIndex:
             self._status_masks[enh] = mask
         return mask
 
-    def first_index(self, reply: Reply, lowered: str, host: str, stage: Stage | None) -> int:
-        """The position in :attr:`rules` of the first matching rule, or -1."""
-        # The candidates: every rule whose gate holds.
+    def _allow(self, key: tuple[int | None, Stage | None, str]) -> int:
+        """The rules whose codes, stages and hosts allow a reply with this
+        code, at this stage, from this host; remembered per combination."""
+        code, stage, host = key
+        hosts = self._hostless
+        for bit, suffixes in self._host_rules:
+            if host_matches(suffixes, host):
+                hosts |= bit
+        mask = self._code_ok.get(code, self._codeless) & self._stage_ok[stage] & hosts
+        if len(self._allowed) < 4096:
+            self._allowed[key] = mask
+        return mask
+
+    def first_index(
+        self, reply: Reply, lowered: str, host: str, stage: Stage | None
+    ) -> tuple[int, bool]:
+        """The position in :attr:`rules` of the first matching rule (or -1),
+        and whether any of the markers occurs in ``lowered``."""
+        # The candidates: every rule whose gate holds...
         found = self._always | self._scan(lowered) | self._by_code.get(reply.code, 0)
         enh = reply.enhanced
         if enh is not None:
@@ -286,6 +335,11 @@ class RuleIndex:
             search, mask = self._regex_any
             if search(lowered) is not None:
                 found |= mask
+        marked = found > self._everyone  # a marker's bit is above every rule's
+        # ... and whose codes, stages and hosts allow this reply.
+        key = (reply.code, stage, host)
+        allowed = self._allowed.get(key)
+        found &= self._allow(key) if allowed is None else allowed
         # The earliest candidate that needs no further check wins unless a
         # candidate before it passes its checks; usually there is none.
         free = found & self._free
@@ -303,13 +357,13 @@ class RuleIndex:
             if checks[i].matches(  # type: ignore[union-attr]
                 reply, lowered, host, stage, literal_seen=bool(self._literal_gated & low)
             ):
-                return i
+                return i, marked
             found ^= low
-        return first_free.bit_length() - 1
+        return first_free.bit_length() - 1, marked
 
     def first_match(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None
     ) -> Rule | None:
         """The first matching rule, or None."""
-        i = self.first_index(reply, lowered, host, stage)
+        i, _ = self.first_index(reply, lowered, host, stage)
         return None if i < 0 else self.rules[i]

@@ -86,9 +86,9 @@ class Reply:
             # status off its front (the same steps as the loop below).
             m = _HEAD.match(lines[0].strip())
             assert m is not None  # every part of _HEAD is optional
-            if code is None and m.group(1) is not None:
-                code = int(m.group(1))
-            enhanced = m.group(2)
+            head, enhanced = m.group(1, 2)
+            if code is None and head is not None:
+                code = int(head)
             text = m.string[m.end() :]
         else:
             enhanced, text, code = _parse_lines(lines, code)

@@ -15,7 +15,7 @@ from enum import IntEnum
 from .reply import Reply
 from .taxonomy import Reason, Stage
 
-__all__ = ["Rule", "Tier"]
+__all__ = ["Rule", "Tier", "host_matches"]
 
 
 class Tier(IntEnum):
@@ -106,7 +106,7 @@ class Rule:
             return False
         if self.status is not None and not _status_matches(self.status, reply.enhanced):
             return False
-        if self.hosts and not _host_matches(self.hosts, host):
+        if self.hosts and not host_matches(self.hosts, host):
             return False
         if self.contains and not literal_seen:
             for c in self.contains:
@@ -117,7 +117,9 @@ class Rule:
         return self._compiled is None or self._compiled.search(lowered) is not None
 
 
-def _host_matches(suffixes: tuple[str, ...], host: str) -> bool:
+def host_matches(suffixes: tuple[str, ...], host: str) -> bool:
+    """Whether ``host`` ends with one of ``suffixes`` (".example.net" also
+    matches "example.net" itself)."""
     return any(host.endswith(h) or host == h[1:] for h in suffixes)
 
 
