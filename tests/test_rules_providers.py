@@ -812,6 +812,8 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         R.POLICY_REJECTED,
         False,
     ),
+    ("550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for this recipient", HOTMAIL,
+     Stage.END_OF_DATA, R.MESSAGE_TOO_LARGE, False),
     ("432 4.3.2 STOREDRV.Deliver; recipient thread limit exceeded", HOTMAIL, Stage.END_OF_DATA,
      R.RATE_LIMITED, True),
     ("550 5.4.310 DNS domain nowhere.invalid does not exist", OUTLOOK, Stage.RCPT,
@@ -835,6 +837,41 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
     ("550 Domain of forward path is not allowed", None, Stage.RCPT, R.RELAY_DENIED, False),
     ("550 message sending for this account is disabled", "smtp.mail.ru", Stage.MAIL,
      R.AUTH_CREDENTIALS, False),
+    # --- Comcast, Sophos, Trend Micro DDEI, Korean portals ---------------------------
+    ("554 resimta-po-21v.sys.comcast.net comcast 198.51.100.2 blocked, see "
+     "http://postmaster.comcast.net/smtp-error-codes.php#ES000001", COMCAST, Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("550 5.7.1 Message didn't contain a valid DKIM signature. XGEMAIL_0001", None,
+     Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("550 5.7.1 Sender domain failed a DBL test. XGEMAIL_0005", None, Stage.MAIL,
+     R.BLOCKLISTED, False),
+    ("550 5.7.1 Message rejected because the TLS version used doesn't match the version "
+     "configured in your policy. XGEMAIL_0006", None, Stage.MAIL, R.TLS_REQUIRED, False),
+    ("550 5.7.1 Message rejected because your license has expired. XGEMAIL_0007", None,
+     Stage.RCPT, R.POLICY_REJECTED, False),
+    ("550 5.7.1 Message rejected because the recipient's domain isn't a Sophos Email "
+     "protected domain. XGEMAIL_0010", None, Stage.RCPT, R.RELAY_DENIED, False),
+    ("550 5.1.1 Message rejected because the recipient's email address doesn't exist. "
+     "XGEMAIL_0011", None, Stage.RCPT, R.RECIPIENT_UNKNOWN, False),
+    ("552 5.3.4 Message rejected because it exceeded the allowed size. XGEMAIL_0012", None,
+     Stage.END_OF_DATA, R.MESSAGE_TOO_LARGE, False),
+    ("550 5.5.3 Message rejected because it exceeded the maximum number of recipients allowed "
+     "for a large message. XGEMAIL_0013", None, Stage.RCPT, R.TOO_MANY_RECIPIENTS, True),
+    ("550 5.7.1 Message rejected because it exceeded the recipient's total inbound rate limit "
+     "from all senders. XGEMAIL_0015", None, Stage.RCPT, R.RATE_LIMITED, True),
+    ("421 Block temporarily (Sender Filtering/Authentication)", None, Stage.CONNECT,
+     R.POLICY_REJECTED, True),
+    ("450 Temporary denial of connection (450) for Zombie matches (ERS)", None, Stage.CONNECT,
+     R.REPUTATION_DEFERRAL, True),
+    ("550 Permanent denial of connection (550) for RBL+ matches (ERS)", None, Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("421 4.3.2 Your IP(203.0.113.4) is filtered and this connection will be closed. You must "
+     "register your IP to http://realip.naver.com", "mx2.naver.com", Stage.CONNECT,
+     R.BLOCKLISTED, True),
+    ("421 4.3.1 You send too many messages.", "mx2.naver.com", Stage.MAIL, R.RATE_LIMITED,
+     True),
+    ("554 5.7.1 DAS51 203.0.113.4: Your mail is blocked automatically by anti-spam system. "
+     "(E06)", "mx2.hanmail.net", Stage.RCPT, R.BLOCKLISTED, False),
     # --- Haraka (connection.js) ------------------------------------------------------
     ("550 I cannot deliver mail for <someone@elsewhere.test>", "mx.example.net", Stage.RCPT,
      R.RELAY_DENIED, False),

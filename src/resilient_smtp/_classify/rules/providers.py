@@ -195,6 +195,10 @@ _MICROSOFT = (
     # whatever "authentication required" says.
     # (learn.microsoft.com/en-us/exchange/mail-flow-best-practices/
     # non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online)
+    # ... but "550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for
+    # this recipient" and "RESOLVER.RST.SendSizeLimit.Sender" are size limits.
+    Rule(R.MESSAGE_TOO_LARGE, "microsoft: RESOLVER.RST size limit",
+         contains=("resolver.rst.recipsizelimit", "resolver.rst.sendsizelimit"), tier=P),
     Rule(R.POLICY_REJECTED, "microsoft: RESOLVER.RST recipient restriction",
          contains=("resolver.rst.",), tier=P),
     # "432 4.3.2 STOREDRV.Deliver; recipient thread limit exceeded": too many
@@ -423,6 +427,11 @@ _COMCAST = (
     Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
+    # The codes named in the postmaster page's links ("...smtp-error-codes.php#
+    # BL000001", "#ES000010": dynamic/residential space, also a block).
+    Rule(R.BLOCKLISTED, "comcast: ESxxxxxx dynamic/residential IP space",
+         regex=r"\bes0000\d\d\b", tier=P),
+    # ("421 - [Too many sessions opened]" is the generic "too many sessions".)
 )
 
 # QQ Mail (Tencent): "550 Ip frequency limited", "550 Sender frequency
@@ -499,6 +508,62 @@ _GATEWAYS = (
          contains=("domain of forward path is not allowed",), tier=P),
 )
 
+# Sophos Central Email, "SMTP error codes" (docs.sophos.com/central/customer/
+# help/en-us/ManageYourProducts/EmailSecurity/SMTPErrorCodes): each rejection
+# names an XGEMAIL_00nn code.
+_SOPHOS = (
+    Rule(R.AUTH_POLICY, "sophos: XGEMAIL_0001-0003 DKIM, SPF or DMARC failed",
+         contains=("xgemail_0001", "xgemail_0002", "xgemail_0003"), tier=P),
+    Rule(R.BLOCKLISTED, "sophos: XGEMAIL_0004-0005 sender IP or domain on a block list",
+         contains=("xgemail_0004", "xgemail_0005"), tier=P),
+    Rule(R.TLS_REQUIRED, "sophos: XGEMAIL_0006 TLS version refused",
+         contains=("xgemail_0006",), tier=P),
+    Rule(R.POLICY_REJECTED, "sophos: XGEMAIL_0007-0009 licence or admin/user block list",
+         contains=("xgemail_0007", "xgemail_0008", "xgemail_0009"), tier=P),
+    Rule(R.RELAY_DENIED, "sophos: XGEMAIL_0010 recipient domain not protected by Sophos",
+         contains=("xgemail_0010",), tier=P),
+    Rule(R.RECIPIENT_UNKNOWN, "sophos: XGEMAIL_0011 recipient does not exist",
+         contains=("xgemail_0011",), tier=P),
+    Rule(R.MESSAGE_TOO_LARGE, "sophos: XGEMAIL_0012 message too large",
+         contains=("xgemail_0012",), tier=P),
+    Rule(R.TOO_MANY_RECIPIENTS, "sophos: XGEMAIL_0013 too many recipients for a large message",
+         contains=("xgemail_0013",), tier=P),
+    Rule(R.RATE_LIMITED, "sophos: XGEMAIL_0014-0015 recipient's inbound rate limit",
+         contains=("xgemail_0014", "xgemail_0015"), transient=True, tier=P),
+)
+
+# Trend Micro Deep Discovery Email Inspector, "SMTP Error Codes"
+# (docs.trendmicro.com, deep-discovery-email-inspector-51-online-help-smtp-error-codes):
+# "421 Block temporarily (Sender Filtering/Authentication)", "521 Block
+# permanently (...)" (a block, not RFC 7504's "does not accept mail"), "450
+# Temporary denial of connection (450) for Zombie matches (ERS)", "550
+# Permanent denial of connection (550) for RBL+ matches (ERS)".
+_TRENDMICRO = (
+    Rule(R.POLICY_REJECTED, "trend micro: block (sender filtering/authentication)",
+         contains=("permanently (sender filtering", "temporarily (sender filtering"), tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "trend micro: zombie matches (ERS)",
+         contains=("for zombie matches",), tier=P),
+    Rule(R.BLOCKLISTED, "trend micro: RBL+ matches (ERS)", contains=("for rbl+ matches",),
+         tier=P),
+)
+
+# Korean portals, as their replies are collected in puffinknight.tistory.com/102
+# and auctionpro.co.kr/?p=2544: Naver "421 4.3.2 Your IP(<ip>) is filtered
+# and this connection will be closed. You must register your IP to
+# http://realip.naver.com" (an IP block until registered), "421 4.3.1 You
+# send too many messages." (a rate, whatever 4.3.1 says); Daum/Hanmail "554
+# 5.7.1 DAS51 <ip>: Your mail is blocked automatically by anti-spam system.
+# (E06)" (the sending IP is blocked).
+_KOREA = (
+    Rule(R.BLOCKLISTED, "naver: IP filtered, register your IP",
+         contains=("is filtered and this connection will be closed", "realip.naver.com"),
+         tier=P),
+    Rule(R.RATE_LIMITED, "naver: you send too many messages",
+         contains=("you send too many messages",), tier=P),
+    Rule(R.BLOCKLISTED, "daum: blocked automatically by anti-spam system",
+         contains=("blocked automatically by anti-spam system",), tier=P),
+)
+
 # Mail.ru: "550 message sending for this account is disabled" is about our own
 # account (suspected of sending spam; the owner must restore it), not a
 # disabled recipient (mailout.ru/2015/09, on Mail.ru's replies).
@@ -524,6 +589,6 @@ _GREETING = (
 PROVIDER_RULES: tuple[Rule, ...] = (
     *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
     *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
-    *_MAILRU, *_MTA, *_GREETING,
+    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_MAILRU, *_MTA, *_GREETING,
 )
 # fmt: on
