@@ -228,6 +228,8 @@ class Classifier:
             if self._cache_size:
                 return self._cached(reply, host, st)
             return self._classify_reply(Reply.parse(reply), host.lower() if host else "", st)
+        if type(reply) is Reply:
+            return self._classify_reply(reply, host.lower() if host else "", st)
         if isinstance(reply, Classification):
             return reply
         if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):

@@ -34,6 +34,9 @@ from .taxonomy import Stage
 
 __all__ = ["RuleIndex", "accelerator_available", "scanner"]
 
+# (reply code, enhanced status, stage, host name)
+_Key = tuple[int | None, str | None, Stage | None, str]
+
 Scan = Callable[[str], int]
 """A literal scan: the OR of the masks of every literal found in a text."""
 
@@ -192,7 +195,6 @@ class RuleIndex:
     """
 
     __slots__ = (
-        "_allowed",
         "_always",
         "_by_code",
         "_by_status",
@@ -204,10 +206,10 @@ class RuleIndex:
         "_host_rules",
         "_hostless",
         "_literal_gated",
+        "_prepared",
         "_regex_any",
         "_scan",
         "_stage_ok",
-        "_status_masks",
         "rules",
     )
 
@@ -267,7 +269,6 @@ class RuleIndex:
             else:
                 self._regex_any = (combined.search, regex_mask)
         self._by_status = dict(by_status)
-        self._status_masks: dict[str, int] = {}
         self._by_code = dict(by_code)
         self._always = always
         self._scan = scanner(dict(by_literal), accelerator=accelerator)
@@ -286,7 +287,7 @@ class RuleIndex:
         }
         self._host_rules = tuple((1 << i, r.hosts) for i, r in enumerate(self.rules) if r.hosts)
         self._hostless = everyone & ~sum(bit for bit, _ in self._host_rules)
-        self._allowed: dict[tuple[int | None, Stage | None, str], int] = {}
+        self._prepared: dict[_Key, tuple[int, int]] = {}
         self._everyone = everyone
         # What is left to check once a rule's gate held and its codes,
         # stages and hosts passed: nothing (None) for most rules.
@@ -297,49 +298,45 @@ class RuleIndex:
         self._literal_gated = literal_gated
         self._free = sum(1 << i for i, check in enumerate(self._checks) if check is None)
 
-    def _status_mask(self, enh: str) -> int:
-        """The rules gated on this status, its class-free form and its
-        subject; remembered for the few hundred statuses servers use."""
-        get = self._by_status.get
-        subject = enh[: enh.index(".", 2) + 1]
-        mask = get(enh, 0) | get("x" + enh[1:], 0) | get(subject, 0) | get("x" + subject[1:], 0)
-        if len(self._status_masks) < 4096:
-            self._status_masks[enh] = mask
-        return mask
-
-    def _allow(self, key: tuple[int | None, Stage | None, str]) -> int:
-        """The rules whose codes, stages and hosts allow a reply with this
-        code, at this stage, from this host; remembered per combination."""
-        code, stage, host = key
+    def _prepare(self, key: _Key) -> tuple[int, int]:
+        """For a reply with this code and status, at this stage, from this
+        host: the rules whose status or code gate holds, and the rules whose
+        codes, stages and hosts allow it.  Remembered per combination (servers
+        and their codes repeat; the texts do not)."""
+        code, enh, stage, host = key
+        gates = self._always | self._by_code.get(code, 0)
+        if enh is not None:
+            get = self._by_status.get
+            subject = enh[: enh.index(".", 2) + 1]
+            gates |= get(enh, 0) | get("x" + enh[1:], 0) | get(subject, 0)
+            gates |= get("x" + subject[1:], 0)
         hosts = self._hostless
         for bit, suffixes in self._host_rules:
             if host_matches(suffixes, host):
                 hosts |= bit
-        mask = self._code_ok.get(code, self._codeless) & self._stage_ok[stage] & hosts
-        if len(self._allowed) < 4096:
-            self._allowed[key] = mask
-        return mask
+        allowed = self._code_ok.get(code, self._codeless) & self._stage_ok[stage] & hosts
+        if len(self._prepared) < 4096:
+            self._prepared[key] = (gates, allowed)
+        return gates, allowed
 
     def first_index(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None
     ) -> tuple[int, bool]:
         """The position in :attr:`rules` of the first matching rule (or -1),
         and whether any of the markers occurs in ``lowered``."""
-        # The candidates: every rule whose gate holds...
-        found = self._always | self._scan(lowered) | self._by_code.get(reply.code, 0)
-        enh = reply.enhanced
-        if enh is not None:
-            mask = self._status_masks.get(enh)
-            found |= self._status_mask(enh) if mask is None else mask
+        key = (reply.code, reply.enhanced, stage, host)
+        prepared = self._prepared.get(key)
+        gates, allowed = self._prepare(key) if prepared is None else prepared
+        # The candidates: every rule whose gate holds (a literal found, its
+        # status, its code) ...
+        found = self._scan(lowered) | gates
         if self._regex_any is not None:
             search, mask = self._regex_any
             if search(lowered) is not None:
                 found |= mask
         marked = found > self._everyone  # a marker's bit is above every rule's
         # ... and whose codes, stages and hosts allow this reply.
-        key = (reply.code, stage, host)
-        allowed = self._allowed.get(key)
-        found &= self._allow(key) if allowed is None else allowed
+        found &= allowed
         # The earliest candidate that needs no further check wins unless a
         # candidate before it passes its checks; usually there is none.
         free = found & self._free
