@@ -111,3 +111,12 @@ def test_with_rules_keeps_the_choice() -> None:
     for accelerator in (False, True):
         c = Classifier(accelerator=accelerator).with_rules(rule)
         assert c("451 please slow it down").rule == "ours"
+
+
+@needs_accelerator
+@pytest.mark.parametrize(
+    "text", ["\ud800", "550 5.1.1 user unknown \udcff", "421 \ud83d try again later"]
+)
+def test_lone_surrogates_fall_back_to_the_pure_scan(text: str) -> None:
+    # ahocorasick-rs takes UTF-8, which has no lone surrogates.
+    assert fields(FAST(text)) == fields(PURE(text))

@@ -109,10 +109,19 @@ def _automaton_scan(masks: dict[str, int]) -> Scan:
         implementation=ahocorasick_rs.Implementation.DFA,
     )
     find = automaton.find_matches_as_strings
+    fallback: list[Scan] = []
 
     def scan(lowered: str) -> int:
+        try:
+            matches = find(lowered, overlapping=True)
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800") cannot cross into Rust as UTF-8;
+            # the pure scan reads such a text as it is.
+            if not fallback:
+                fallback.append(_pure_scan(masks))
+            return fallback[0](lowered)
         found = 0
-        for w in find(lowered, overlapping=True):
+        for w in matches:
             found |= masks[w]
         return found
 
