@@ -310,18 +310,17 @@ class Classifier:
         # ten object.__setattr__ calls were a fifth of a fresh
         # classification: the same frozen value.
         c: Classification = _new(Classification)
-        s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = _SETTERS
-        s0(c, reason)
-        s1(c, transient)
-        s2(c, action)
-        s3(c, scope)
-        s4(c, session_over)
+        _set_reason(c, reason)
+        _set_transient(c, transient)
+        _set_action(c, action)
+        _set_scope(c, scope)
+        _set_session_over(c, session_over)
         # A stated wait means something only for a reply worth retrying.
-        s5(c, parse_retry_after(lowered) if transient and may_wait else None)
-        s6(c, reply)
-        s7(c, why)
-        s8(c, stage)
-        s9(c, rule_name)
+        _set_retry_after(c, parse_retry_after(lowered) if transient and may_wait else None)
+        _set_reply(c, reply)
+        _set_explanation(c, why)
+        _set_stage(c, stage)
+        _set_rule(c, rule_name)
         return c
 
 
@@ -355,21 +354,17 @@ class _Verdict:
 
 
 _new = object.__new__
-_SETTERS = tuple(
-    Classification.__dict__[name].__set__
-    for name in (
-        "reason",
-        "transient",
-        "action",
-        "scope",
-        "session_over",
-        "retry_after",
-        "reply",
-        "explanation",
-        "stage",
-        "rule",
-    )
-)
+_field = Classification.__dict__
+_set_reason = _field["reason"].__set__
+_set_transient = _field["transient"].__set__
+_set_action = _field["action"].__set__
+_set_scope = _field["scope"].__set__
+_set_session_over = _field["session_over"].__set__
+_set_retry_after = _field["retry_after"].__set__
+_set_reply = _field["reply"].__set__
+_set_explanation = _field["explanation"].__set__
+_set_stage = _field["stage"].__set__
+_set_rule = _field["rule"].__set__
 
 
 def _accepted(reply: Reply, stage: Stage | None) -> Classification:

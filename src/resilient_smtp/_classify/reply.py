@@ -84,12 +84,13 @@ class Reply:
         if len(lines) == 1:
             # Most replies are one line: one match takes the code and the
             # status off its front (the same steps as the loop below).
-            m = _HEAD.match(lines[0].strip())
+            line = lines[0].strip()
+            m = _HEAD.match(line)
             assert m is not None  # every part of _HEAD is optional
             head, enhanced = m.group(1, 2)
             if code is None and head is not None:
                 code = int(head)
-            text = m.string[m.end() :]
+            text = line[m.end() :]
         else:
             enhanced, text, code = _parse_lines(lines, code)
         if enhanced is None and code is not None and "." in text:
