@@ -119,12 +119,14 @@ _RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
 # A keyword followed by a blank, which every match of _RETRY_AFTER has: the
 # rule index looks for these in the same scan as the rules' literals, so most
 # replies are ruled out before any regex runs.
+# (Every character for which str.isspace() holds, as \s matches, is below
+# U+3001.)
+_BLANKS = tuple(c for c in map(chr, range(0x3001)) if c.isspace())
 _WAIT_MARKERS = tuple(
     word + blank
     for word in ("again", "retry", "wait", "waiting", "after", "greylisted for",
                  "deferred for", "delayed for", "back", "in")
-    for blank in map(chr, range(0x3001))  # every str.isspace() character is below 0x3001
-    if blank.isspace()
+    for blank in _BLANKS
 )  # fmt: skip
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps

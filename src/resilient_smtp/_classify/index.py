@@ -11,9 +11,14 @@ holds in one pass over the reply:
   at once, which reports every literal that occurs (see :func:`scanner`);
 - regexes with no literal to gate on are pre-checked with one alternation.
 
-Each gate maps to a bit mask of rules; the candidates are the union, checked
-in tier then table order with :meth:`Rule.matches`, so the first matching
-rule is the one a linear scan would find.
+Each gate maps to a bit mask of rules; the candidates are the union.  The
+codes, stages and hosts of all candidates are then checked at once with
+masks remembered per (code, status, stage, host), and only a rule with a
+condition left over (a regex, a status beside its literals) is checked one
+by one with :meth:`Rule.matches`; the lowest candidate that passes, in tier
+then table order, is the rule a linear scan would find.  Callers may add
+*markers*, literals that gate no rule but whose presence the same scan
+reports (the classifier's wait keywords).
 """
 
 from __future__ import annotations
