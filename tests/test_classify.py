@@ -489,3 +489,21 @@ def test_the_quick_scan_never_hides_a_stated_wait(text: str) -> None:
     from resilient_smtp._classify.classifier import parse_retry_after
 
     assert parse_retry_after(text) == _reference_retry_after(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # A folded bounce: the 503 only followed the refusal of the user.
+        ("550 Unknown user nobody@example.jp 503 Bad sequence of commands", Reason.RECIPIENT_UNKNOWN),
+        ("550 <nobody@example.co.jp>... User not exist", Reason.RECIPIENT_UNKNOWN),
+        # Lotus Domino.
+        ("550 User Someone (nobody@example.jp) not listed in Domino Directory",
+         Reason.RECIPIENT_UNKNOWN),
+        # Exim, for a null MX (RFC 7505).
+        ("550 an MX or SRV record indicated no SMTP service", Reason.DOMAIN_UNKNOWN),
+        ("552 Mail size limit exceeded", Reason.MESSAGE_TOO_LARGE),
+    ],
+)  # fmt: skip
+def test_mta_wordings(text: str, reason: Reason) -> None:
+    assert classify(text).reason is reason

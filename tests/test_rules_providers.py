@@ -875,6 +875,8 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
     # --- Haraka (connection.js) ------------------------------------------------------
     ("550 I cannot deliver mail for <someone@elsewhere.test>", "mx.example.net", Stage.RCPT,
      R.RELAY_DENIED, False),
+    ("553 sorry, your envelope recipient is in my badrcptto list (#5.7.1)", "mx.example.net",
+     Stage.RCPT, R.POLICY_REJECTED, False),
 ]  # fmt: skip
 
 

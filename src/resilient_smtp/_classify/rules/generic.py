@@ -261,7 +261,10 @@ _TEXT = (
          contains=("host unknown", "unknown host", "domain not found", "no such domain",
                    "domain does not exist", "unrouteable address", "unroutable", "null mx",
                    "does not accept mail", "domain is not valid", "invalid domain",
-                   "unknown domain", "no mx record")),
+                   "unknown domain", "no mx record",
+                   # Exim, for a null MX or SRV record (RFC 7505):
+                   # "an MX or SRV record indicated no SMTP service".
+                   "indicated no smtp service")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -290,13 +293,6 @@ _TEXT = (
     Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
          contains=_BUSY_WORDS, codes=_PERMANENT, transient=False),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
-    Rule(R.PROTOCOL_ERROR, "text: protocol or syntax error",
-         contains=("too many errors", "syntax error", "bad sequence of commands",
-                   "command unrecognized", "unrecognized command", "command not recognized",
-                   "protocol violation", "protocol error", "improper use of smtp",
-                   "pipelining", "line too long", "too many unauthenticated commands",
-                   "command not implemented", "invalid command", "malformed smtp response",
-                   "malformed response")),
     Rule(R.RECIPIENT_UNKNOWN, "text: no such recipient",
          contains=("user unknown", "unknown user", "no such user", "mailbox not found",
                    "does not exist", "no mailbox", "recipient not found",
@@ -305,13 +301,27 @@ _TEXT = (
                    "address unknown", "no such mailbox", "mailbox unavailable",
                    "unknown address", "address not found", "no such account",
                    "invalid mailbox", "mailbox does not", "recipient rejected",
-                   "not our customer", "user doesn't exist", "account does not exist")),
+                   "not our customer", "user doesn't exist", "account does not exist",
+                   "user not exist",
+                   # Lotus Domino: "User <x> not listed in Domino Directory",
+                   # "User not listed in public Name & Address Book".
+                   "not listed in domino directory", "not listed in public name")),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",
                    "account is inactive", "mailbox is inactive", "inactive account",
                    "account suspended", "account has been suspended", "deactivated",
                    "account is not active", "mailbox inactive", "disabled account")),
+    # After the recipient and mailbox words: a bounce that folds "550 Unknown
+    # user <x> 503 Bad sequence of commands" is about the user; the 503
+    # only followed the refusal.
+    Rule(R.PROTOCOL_ERROR, "text: protocol or syntax error",
+         contains=("too many errors", "syntax error", "bad sequence of commands",
+                   "command unrecognized", "unrecognized command", "command not recognized",
+                   "protocol violation", "protocol error", "improper use of smtp",
+                   "pipelining", "line too long", "too many unauthenticated commands",
+                   "command not implemented", "invalid command", "malformed smtp response",
+                   "malformed response")),
     Rule(R.SENDER_REJECTED, "text: sender rejected",
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
@@ -319,6 +329,7 @@ _TEXT = (
                    "unverified sender", "sender identity")),
     Rule(R.MESSAGE_TOO_LARGE, "text: message too large",
          contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
+                   "mail size limit",
                    "message length exceeds", "exceeds the maximum size",
                    "message file too big")),
     Rule(R.CONTENT_REJECTED, "text: malformed message",

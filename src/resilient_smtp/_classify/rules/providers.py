@@ -578,6 +578,10 @@ _MAILRU = (
 _MTA = (
     Rule(R.RELAY_DENIED, "haraka: I cannot deliver mail for (no relaying)",
          contains=("i cannot deliver mail for",), tier=P),
+    # qmail-smtpd (cr.yp.to/qmail): "553 sorry, your envelope recipient is in
+    # my badrcptto list (#5.7.1)": the site refuses that recipient by policy.
+    Rule(R.POLICY_REJECTED, "qmail: envelope recipient in my badrcptto list",
+         contains=("badrcptto list",), tier=P),
 )
 
 # Stage-aware provider rules: GMX and Apple refuse the greeting this way.
