@@ -495,7 +495,8 @@ def test_the_quick_scan_never_hides_a_stated_wait(text: str) -> None:
     ("text", "reason"),
     [
         # A folded bounce: the 503 only followed the refusal of the user.
-        ("550 Unknown user nobody@example.jp 503 Bad sequence of commands", Reason.RECIPIENT_UNKNOWN),
+        ("550 Unknown user nobody@example.jp 503 Bad sequence of commands",
+         Reason.RECIPIENT_UNKNOWN),
         ("550 <nobody@example.co.jp>... User not exist", Reason.RECIPIENT_UNKNOWN),
         # Lotus Domino.
         ("550 User Someone (nobody@example.jp) not listed in Domino Directory",
