@@ -229,9 +229,9 @@ class Classifier:
         if type(reply) is str:
             if self._cache_size:
                 return self._cached(reply, host, st)
-            return self._classify_reply(Reply.parse(reply), host.lower() if host else "", st)
+            return self._classify_reply(Reply.parse(reply), _lower(host), st)
         if type(reply) is Reply:
-            return self._classify_reply(reply, host.lower() if host else "", st)
+            return self._classify_reply(reply, _lower(host), st)
         if isinstance(reply, Classification):
             return reply
         if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
@@ -324,6 +324,14 @@ class Classifier:
         _set_stage(c, stage)
         _set_rule(c, rule_name)
         return c
+
+
+def _lower(host: str | None) -> str:
+    """The host name in lower case; the same string when it already is, so
+    its hash (cached on the string) serves the index's look-ups again."""
+    if not host:
+        return ""
+    return host if host.islower() else host.lower()
 
 
 class _Verdict:
