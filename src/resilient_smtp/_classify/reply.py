@@ -25,8 +25,11 @@ _MAX_TEXT = 4096
 
 
 # A status of one class anywhere in the text: the first one that
-# _ENHANCED.finditer would find with that class.
-_LATE_STATUS = {c: re.compile(rf"{c}\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?![0-9.])") for c in "245"}
+# _ENHANCED.finditer would find with that class, and the two characters it
+# starts with (a quick test before the regex).
+_LATE_STATUS = {
+    c: (c + ".", re.compile(rf"{c}\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?![0-9.])")) for c in "245"
+}
 
 # The front of one stripped line: the code and its separator, then the
 # status, each with the blanks after it (what _parse_lines does step by step).
@@ -93,13 +96,14 @@ class Reply:
             text = line[m.end() :]
         else:
             enhanced, text, code = _parse_lines(lines, code)
-        if enhanced is None and code is not None and "." in text:
+        if enhanced is None and code is not None:
             # Relays and bounces sometimes put the status later in the text
             # (after an IP address, say); only trust one whose class matches
             # the code's class (a 3xx has none).
             late = _LATE_STATUS.get(str(code)[0])
-            e = late.search(text) if late is not None else None
-            enhanced = e.group(0) if e is not None else None
+            if late is not None and late[0] in text:
+                e = late[1].search(text)
+                enhanced = e.group(0) if e is not None else None
         if code is not None and not 200 <= code <= 599:
             code = None
         # Reply(code, enhanced, text) without the frozen dataclass's
