@@ -42,7 +42,18 @@ from pathlib import Path
 
 from resilient_smtp import Classification, Reason, Reply, Stage, classify
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+def _find_corpus() -> Path:
+    """shared/corpus in the nearest ancestor of this file that has it (a
+    clone of the repository has shared/ beside it)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "shared" / "corpus").is_dir():
+            return parent / "shared" / "corpus"
+    return here.parents[2] / "shared" / "corpus"
+
+
+DEFAULT_CORPUS = _find_corpus()
 
 # Sisimai's smtp_command -> our stage.  Sisimai's "DATA" covers the replies
 # to DATA and to the end of the message; the latter are by far the more

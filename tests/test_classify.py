@@ -9,8 +9,11 @@ quoted by a provider's documentation, KumoMTA's shaping rules
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient_smtp import Action, Classification, Reason, Reply, Scope, Stage, classify
 
@@ -57,7 +60,9 @@ FAMILY_421 = [
         Reason.REPUTATION_DEFERRAL,
         True,
     ),
-    # Yahoo's [TSS04] deferral, and its [TSS09] that is a block in a 421.
+    # Yahoo's [TSS04] deferral, and its [TSS09] that is a block in a 421:
+    # still a 421, so transient (the destination is suspended, nobody is
+    # rejected).
     (
         "421 4.7.0 [TSS04] Messages from 192.0.2.192 temporarily deferred due to unexpected "
         "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
@@ -69,7 +74,7 @@ FAMILY_421 = [
         TSS09,
         "mta6.am0.yahoodns.net",
         Reason.BLOCKLISTED,
-        False,
+        True,
     ),
     # Postfix postscreen; RFC 5321's own 421 text; smtp-sink -Q.
     ("421 4.3.2 All server ports are busy", None, Reason.SERVER_BUSY, True),
@@ -88,13 +93,14 @@ FAMILY_421 = [
         True,
     ),
     ("421 4.4.5 Server busy, try again later.", None, Reason.SERVER_BUSY, True),
-    # TLS demanded: retrying the same way will not help.
-    ("421 4.7.0 TLS required", None, Reason.TLS_REQUIRED, False),
+    # TLS demanded: retrying the same way will not help, but a 421 is
+    # never a permanent verdict on the recipients; the action says to fix it.
+    ("421 4.7.0 TLS required", None, Reason.TLS_REQUIRED, True),
     (
         "421 4.7.0 TLS required for RCPT domain, closing connection.",
         "aspmx.l.google.com",
         Reason.TLS_REQUIRED,
-        False,
+        True,
     ),
     # Postfix smtpd_timeout (unsolicited, then close); Exim's command timeout.
     ("421 4.4.2 realpeer.test Error: timeout exceeded", None, Reason.CONNECTION_ERROR, True),
@@ -125,16 +131,61 @@ def test_421_family(text: str, host: str | None, reason: Reason, transient: bool
     assert c.explanation.startswith("421: the server closed the session")
 
 
-def test_421_tss09_says_the_meaning_won() -> None:
+def test_421_tss09_is_a_transient_block() -> None:
     c = classify(TSS09, host="mta6.am0.yahoodns.net")
+    assert (c.reason, c.transient) == (Reason.BLOCKLISTED, True)
     assert c.action is Action.SUSPEND_DESTINATION
-    assert "the code 421 says transient but the reply means permanent" in c.explanation
+    assert "a 421 is never a permanent verdict" in c.explanation
+    assert "the meaning wins" not in c.explanation
 
 
 def test_421_tss09_is_a_block_without_the_host_too() -> None:
     # "Retrying will NOT succeed" is distinctive enough to match anywhere.
     c = classify(TSS09)
-    assert (c.reason, c.transient) == (Reason.BLOCKLISTED, False)
+    assert (c.reason, c.transient) == (Reason.BLOCKLISTED, True)
+
+
+# Issue 12: 421s whose text a permanent rule matches.  The reason still says
+# what the reply is about; the verdict stays transient.
+PERMANENT_TEXT_421 = [
+    # Postfix access table (check_recipient_access with a 421 action), as
+    # seen on a real Postfix 3.7 (issue 12).
+    (
+        "421 4.7.0 <bob@example.org>: Recipient address rejected: Access denied",
+        Stage.RCPT,
+        Reason.POLICY_REJECTED,
+    ),
+    ("421 4.7.0 <x@y.test>: Recipient address rejected: user unknown", Stage.RCPT,
+     Reason.RECIPIENT_UNKNOWN),
+    ("421 4.1.1 <x@y.test>: Recipient address rejected: User unknown in local recipient table",
+     Stage.RCPT, Reason.RECIPIENT_UNKNOWN),
+    ("421 4.4.7 Message expired", None, Reason.EXPIRED),
+    ("421 4.1.8 <a@b.test>: Sender address rejected: Domain not found", Stage.MAIL,
+     Reason.SENDER_REJECTED),
+    ("421 4.7.1 Client host rejected: cannot find your hostname", Stage.RCPT,
+     Reason.AUTH_POLICY),
+    ("421 4.2.3 Message size exceeds fixed limit", Stage.END_OF_DATA,
+     Reason.MESSAGE_TOO_LARGE),
+    ("421 4.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+     Stage.CONNECT, Reason.BLOCKLISTED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "stage", "reason"), PERMANENT_TEXT_421)
+def test_421_is_never_permanent(text: str, stage: Stage | None, reason: Reason) -> None:
+    c = classify(text, stage=stage)
+    assert c.reason is reason, c.explanation
+    assert c.transient and not c.permanent
+    assert c.session_over
+    assert c.action not in (Action.GIVE_UP_RECIPIENT, Action.GIVE_UP_MESSAGE)
+
+
+def test_421_never_permanent_even_with_a_user_rule() -> None:
+    from resilient_smtp import Rule, default_classifier
+
+    rule = Rule(Reason.POLICY_REJECTED, "ours: 421 is final", codes=(421,), transient=False)
+    c = default_classifier.with_rules(rule)("421 4.7.0 go away")
+    assert (c.reason, c.transient) == (Reason.POLICY_REJECTED, True)
 
 
 # (reply, remote host, stage, reason, transient, retry_after)
@@ -210,15 +261,15 @@ CONFLICTS = [
         True,
         None,
     ),
-    # Postfix's default unknown_client_reject_code is 450
-    # (https://www.postfix.org/postconf.5.html); a missing PTR is fixed by
-    # configuration, not by waiting.
+    # Postfix's default unknown_client_reject_code is 450, and the reply is
+    # always 450 when the reverse look-up failed temporarily: transient, and
+    # the action still says to fix the PTR record.
     (
         "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
         None,
         Stage.RCPT,
         Reason.AUTH_POLICY,
-        False,
+        True,
         None,
     ),
 ]
@@ -401,3 +452,59 @@ def test_a_classification_classifies_to_itself() -> None:
 def test_an_unknown_stage_name_is_refused() -> None:
     with pytest.raises(ValueError, match="nope"):
         classify("250 ok", stage="nope")
+
+
+# The keyword-first regex alone, without parse_retry_after's quick digit
+# scan in front: the reference.
+_REFERENCE_WAIT = re.compile(
+    r"(?:again|retry|wait(?:ing)?|after|(?:greylisted|deferred|delayed) for|back|in)\s+"
+    r"(?:in\s+|after\s+)?"
+    r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
+)
+
+
+def _reference_retry_after(lowered: str) -> float | None:
+    m = _REFERENCE_WAIT.search(lowered)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        value = int(m.group(1)) * 3600.0 + int(m.group(2)) * 60.0 + int(m.group(3))
+    else:
+        value = float(m.group(4)) * {"s": 1.0, "m": 60.0, "h": 3600.0}[m.group(5)[0]]
+    return value if 0 < value <= 7 * 86400.0 else None
+
+
+_WAIT_PIECES = st.sampled_from(
+    ["again", "retry", "wait", "waiting", "after", "greylisted for", "deferred for", "back",
+     "in", "within", " ", "  ", "\t", "\u00a0", "5", "92", "1234567", "1.5", "2.5.5", "00:05:00",
+     "7:5:00", ":", ".", "s", "sec", "seconds", "m", "min", "minutes", "h", "hours", "hrs",
+     "x", "ms", "\u0665", "try ", "later", ","]
+)  # fmt: skip
+
+
+@settings(max_examples=2000)
+@given(st.lists(_WAIT_PIECES, max_size=10).map("".join))
+def test_the_quick_scan_never_hides_a_stated_wait(text: str) -> None:
+    from resilient_smtp._classify.classifier import parse_retry_after
+
+    assert parse_retry_after(text) == _reference_retry_after(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # A folded bounce: the 503 only followed the refusal of the user.
+        ("550 Unknown user nobody@example.jp 503 Bad sequence of commands",
+         Reason.RECIPIENT_UNKNOWN),
+        ("550 <nobody@example.co.jp>... User not exist", Reason.RECIPIENT_UNKNOWN),
+        # Lotus Domino.
+        ("550 User Someone (nobody@example.jp) not listed in Domino Directory",
+         Reason.RECIPIENT_UNKNOWN),
+        # Exim, for a null MX (RFC 7505).
+        ("550 an MX or SRV record indicated no SMTP service", Reason.DOMAIN_UNKNOWN),
+        ("552 Mail size limit exceeded", Reason.MESSAGE_TOO_LARGE),
+    ],
+)  # fmt: skip
+def test_mta_wordings(text: str, reason: Reason) -> None:
+    assert classify(text).reason is reason

@@ -155,3 +155,27 @@ def _check(reply: Reply) -> None:
     assert reply.code is None or 200 <= reply.code <= 599
     assert reply.enhanced is None or _ENHANCED.match(reply.enhanced)
     assert isinstance(reply.text, str)
+
+
+@given(
+    st.sampled_from(["", "421 ", "250-", "550", "5.1.1 ", "450 4.7.1 ", " 552 5.2.2", "999 "]),
+    st.text(alphabet=st.sampled_from(list("ab 4.5.7[]-\t\u00a0\u3000x0123")), max_size=40),
+    st.none() | st.sampled_from([421, 550, 42, 4211, -1, 250, 354]),
+)
+def test_the_one_line_path_is_the_loop(head: str, rest: str, code: int | None) -> None:
+    # Reply.parse reads a one-line reply with one match; it must give what
+    # the line-by-line loop gives.
+    from resilient_smtp._classify.reply import _parse_lines
+
+    line = head + rest
+    if len(line.splitlines()) != 1:
+        return
+    fast = Reply.parse(line, code=code)
+    enhanced, text, loop_code = _parse_lines([line], code)
+    assert fast.text == text
+    if enhanced is not None:
+        assert fast.enhanced == enhanced
+    assert fast.code == (loop_code if loop_code is not None and 200 <= loop_code <= 599 else None)
+    # Built without the dataclass __init__, it is still the same value.
+    assert fast == Reply(fast.code, fast.enhanced, fast.text)
+    assert hash(fast) == hash(Reply(fast.code, fast.enhanced, fast.text))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from resilient_smtp import Reason, Stage, classify
+from resilient_smtp import Classifier, Reason, Stage, classify, default_classifier
 from resilient_smtp._classify.rules.providers import PROVIDER_RULES
 
 R = Reason
@@ -142,7 +142,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         GMAIL,
         Stage.END_OF_DATA,
         R.TLS_REQUIRED,
-        False,
+        True,
     ),
     (
         "421-4.7.27 Your email has been rate limited because SPF authentication didn't pass\r\n"
@@ -150,7 +150,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         GMAIL,
         Stage.END_OF_DATA,
         R.AUTH_POLICY,
-        False,
+        True,
     ),
     (
         "550-5.7.32 Your email has been blocked because the From: header (RFC5322) in this\r\n"
@@ -162,10 +162,10 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         False,
     ),
     # The status alone, each with Gmail's meaning (not IANA's).
-    ("421 4.7.27 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
-    ("421 4.7.30 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("421 4.7.27 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, True),
+    ("421 4.7.30 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, True),
     ("550 5.7.32 - gsmtp", GMAIL, Stage.END_OF_DATA, R.AUTH_POLICY, False),
-    ("421 4.7.29 - gsmtp", GMAIL, Stage.END_OF_DATA, R.TLS_REQUIRED, False),
+    ("421 4.7.29 - gsmtp", GMAIL, Stage.END_OF_DATA, R.TLS_REQUIRED, True),
     (
         "550-5.4.5 Daily user sending limit exceeded. For more information on Gmail\r\n"
         "550 5.4.5 sending limits go to https://support.google.com/a/answer/166852",
@@ -178,7 +178,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         "450 4.2.1 Peak SMTP relay limit exceeded for customer. This is a temporary error.",
         RELAY,
         Stage.MAIL,
-        R.SENDING_QUOTA,
+        R.RATE_LIMITED,
         True,
     ),
     ("550 5.7.1 Email quota exceeded.", RELAY, Stage.MAIL, R.SENDING_QUOTA, True),
@@ -187,7 +187,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         RELAY,
         Stage.RCPT,
         R.RELAY_DENIED,
-        False,
+        True,
     ),
     (
         "550 5.7.1 Invalid credentials for relay [192.0.2.1]. The IP address you've registered "
@@ -322,14 +322,14 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains.",
         "eur01.outbound.protection.outlook.com",
         Stage.MAIL,
-        R.POLICY_REJECTED,
+        R.SENDER_REJECTED,
         False,
     ),
     (
         "550 5.7.705 Access denied, tenant has exceeded threshold.",
         "eur01.outbound.protection.outlook.com",
         Stage.MAIL,
-        R.SENDER_REJECTED,
+        R.BLOCKLISTED,
         False,
     ),
     (
@@ -452,7 +452,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         "smtp.office365.com",
         Stage.EHLO,
         R.TLS_REQUIRED,
-        False,
+        True,
     ),
     (
         "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
@@ -475,7 +475,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         YAHOO,
         None,
         R.BLOCKLISTED,
-        False,
+        True,
     ),
     (
         "421 4.7.1 [TS03] All messages from 192.0.2.1 will be permanently deferred; Retrying "
@@ -483,7 +483,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         YAHOO,
         None,
         R.BLOCKLISTED,
-        False,
+        True,
     ),
     (
         "553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in "
@@ -675,7 +675,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         MAILGUN,
         Stage.RCPT,
         R.RELAY_DENIED,
-        False,
+        True,
     ),
     (
         "421 Domain example.com is not allowed to send: Free accounts are for test purposes "
@@ -683,7 +683,7 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         MAILGUN,
         Stage.RCPT,
         R.RELAY_DENIED,
-        False,
+        True,
     ),
     (
         "550 5.7.1 Please activate your Mailgun account. Check your inbox or log in to your "
@@ -743,7 +743,8 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         R.BLOCKLISTED,
         False,
     ),
-    ("451 4.2.0 Message blocked AUP#CDRBL", "cxr.mx.a.cox.net", Stage.RCPT, R.BLOCKLISTED, False),
+    # A block in a 4xx: the server chose not to be final (DEFERRED_BY_4XX).
+    ("451 4.2.0 Message blocked AUP#CDRBL", "cxr.mx.a.cox.net", Stage.RCPT, R.BLOCKLISTED, True),
     # --- QQ -----------------------------------------------------------------------------
     ("550 Ip frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),
     ("550 Sender frequency limited", QQ, Stage.MAIL, R.RATE_LIMITED, True),
@@ -795,14 +796,102 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         True,
     ),
     ("Too many messages for this session", "mx.netvigator.com", None, R.SESSION_LIMIT, True),
-]
+    # --- Microsoft: Exchange Online NDR list (learn.microsoft.com) ----------------
+    (
+        "550 5.7.502 Access denied, spam abuse detected. The sending account has been banned "
+        "due to detected spam activity.",
+        OUTLOOK,
+        Stage.END_OF_DATA,
+        R.SENDER_REJECTED,
+        False,
+    ),
+    (
+        "550 5.7.134 RESOLVER.RST.SenderNotAuthenticatedForMailbox; authentication required",
+        HOTMAIL,
+        Stage.END_OF_DATA,
+        R.POLICY_REJECTED,
+        False,
+    ),
+    ("550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for this recipient", HOTMAIL,
+     Stage.END_OF_DATA, R.MESSAGE_TOO_LARGE, False),
+    ("432 4.3.2 STOREDRV.Deliver; recipient thread limit exceeded", HOTMAIL, Stage.END_OF_DATA,
+     R.RATE_LIMITED, True),
+    ("550 5.4.310 DNS domain nowhere.invalid does not exist", OUTLOOK, Stage.RCPT,
+     R.DOMAIN_UNKNOWN, False),
+    ("554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process "
+     "message due to a permanent exception", OUTLOOK, Stage.END_OF_DATA, R.SPAM_CONTENT, False),
+    # --- T-Online (postmaster.t-online.de) --------------------------------------------
+    ("554 IP=198.51.100.7 - A problem occurred. (Ask your postmaster for help or to contact "
+     "tosa@rx.t-online.de to clarify.) (BL)", "mx03.t-online.de", Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("554 Dialup/transient IP not allowed. Use a mailgateway or contact toda@rx.t-online.de "
+     "if obsolete. (DIAL)", None, Stage.CONNECT, R.BLOCKLISTED, False),
+    # --- Mimecast (Mimecast SMTP Error Codes) ------------------------------------------
+    ("421 Unable to process connection at this time - https://community.mimecast.com/docs/"
+     "DOC-1369#421", "us-smtp-inbound-2.mimecast.com", Stage.CONNECT, R.SERVER_BUSY, True),
+    ("550 Invalid Recipient - https://community.mimecast.com/docs/DOC-1369#550",
+     "us-smtp-inbound-2.mimecast.com", Stage.RCPT, R.RECIPIENT_UNKNOWN, False),
+    # --- Gateways, Mail.ru -------------------------------------------------------------
+    ("554 5.7.0 Blocked - see https://ipcheck.proofpoint.com/?ip=203.0.113.9",
+     "mx0b-00654321.pphosted.com", Stage.RCPT, R.BLOCKLISTED, False),
+    ("550 Domain of forward path is not allowed", None, Stage.RCPT, R.RELAY_DENIED, False),
+    ("550 message sending for this account is disabled", "smtp.mail.ru", Stage.MAIL,
+     R.AUTH_CREDENTIALS, False),
+    # --- Comcast, Sophos, Trend Micro DDEI, Korean portals ---------------------------
+    ("554 resimta-po-21v.sys.comcast.net comcast 198.51.100.2 blocked, see "
+     "http://postmaster.comcast.net/smtp-error-codes.php#ES000001", COMCAST, Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("550 5.7.1 Message didn't contain a valid DKIM signature. XGEMAIL_0001", None,
+     Stage.END_OF_DATA, R.AUTH_POLICY, False),
+    ("550 5.7.1 Sender domain failed a DBL test. XGEMAIL_0005", None, Stage.MAIL,
+     R.BLOCKLISTED, False),
+    ("550 5.7.1 Message rejected because the TLS version used doesn't match the version "
+     "configured in your policy. XGEMAIL_0006", None, Stage.MAIL, R.TLS_REQUIRED, False),
+    ("550 5.7.1 Message rejected because your license has expired. XGEMAIL_0007", None,
+     Stage.RCPT, R.POLICY_REJECTED, False),
+    ("550 5.7.1 Message rejected because the recipient's domain isn't a Sophos Email "
+     "protected domain. XGEMAIL_0010", None, Stage.RCPT, R.RELAY_DENIED, False),
+    ("550 5.1.1 Message rejected because the recipient's email address doesn't exist. "
+     "XGEMAIL_0011", None, Stage.RCPT, R.RECIPIENT_UNKNOWN, False),
+    ("552 5.3.4 Message rejected because it exceeded the allowed size. XGEMAIL_0012", None,
+     Stage.END_OF_DATA, R.MESSAGE_TOO_LARGE, False),
+    ("550 5.5.3 Message rejected because it exceeded the maximum number of recipients allowed "
+     "for a large message. XGEMAIL_0013", None, Stage.RCPT, R.TOO_MANY_RECIPIENTS, True),
+    ("550 5.7.1 Message rejected because it exceeded the recipient's total inbound rate limit "
+     "from all senders. XGEMAIL_0015", None, Stage.RCPT, R.RATE_LIMITED, True),
+    ("421 Block temporarily (Sender Filtering/Authentication)", None, Stage.CONNECT,
+     R.POLICY_REJECTED, True),
+    ("450 Temporary denial of connection (450) for Zombie matches (ERS)", None, Stage.CONNECT,
+     R.REPUTATION_DEFERRAL, True),
+    ("550 Permanent denial of connection (550) for RBL+ matches (ERS)", None, Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("421 4.3.2 Your IP(203.0.113.4) is filtered and this connection will be closed. You must "
+     "register your IP to http://realip.naver.com", "mx2.naver.com", Stage.CONNECT,
+     R.BLOCKLISTED, True),
+    ("421 4.3.1 You send too many messages.", "mx2.naver.com", Stage.MAIL, R.RATE_LIMITED,
+     True),
+    ("554 5.7.1 DAS51 203.0.113.4: Your mail is blocked automatically by anti-spam system. "
+     "(E06)", "mx2.hanmail.net", Stage.RCPT, R.BLOCKLISTED, False),
+    # --- Haraka (connection.js) ------------------------------------------------------
+    ("550 I cannot deliver mail for <someone@elsewhere.test>", "mx.example.net", Stage.RCPT,
+     R.RELAY_DENIED, False),
+    ("553 sorry, your envelope recipient is in my badrcptto list (#5.7.1)", "mx.example.net",
+     Stage.RCPT, R.POLICY_REJECTED, False),
+]  # fmt: skip
 
 
+# The default classifier scans with ahocorasick-rs when it is installed; the
+# pure one always with the pure-Python trie regex: both must agree.
+PURE = Classifier(accelerator=False)
+
+
+@pytest.mark.parametrize("scan", ["default", "pure"])
 @pytest.mark.parametrize(("text", "host", "stage", "reason", "transient"), EXAMPLES)
 def test_documented_provider_replies(
-    text: str, host: str | None, stage: Stage | None, reason: Reason, transient: bool
+    text: str, host: str | None, stage: Stage | None, reason: Reason, transient: bool, scan: str
 ) -> None:
-    c = classify(text, host=host, stage=stage)
+    classifier = PURE if scan == "pure" else default_classifier
+    c = classifier(text, host=host, stage=stage)
     assert (c.reason, c.transient) == (reason, transient), c.explanation
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import smtplib
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +31,16 @@ import aiosmtplib
 from .index import RuleIndex
 from .reply import Reply
 from .rule import Rule, Tier
-from .taxonomy import Action, Reason, Scope, Stage, action_for, default_transient, scope_for
+from .taxonomy import (
+    DEFERRED_BY_4XX,
+    Action,
+    Reason,
+    Scope,
+    Stage,
+    action_for,
+    default_transient,
+    scope_for,
+)
 
 __all__ = ["Classification", "Classifier", "classify", "default_classifier"]
 
@@ -101,6 +111,23 @@ _RETRY_AFTER = re.compile(
     r"(?:(\d{1,2}):(\d{2}):(\d{2})\b|(\d{1,6}(?:\.\d+)?)\s*"
     r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b)"
 )
+# What every match of _RETRY_AFTER contains (a digit then a unit's first
+# letter, or h:mm:ss): a quick scan that skips all but digits rules most
+# replies out before the keyword-first regex runs (tests/test_classify.py
+# checks the two give the same waits).
+_RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
+# A keyword followed by a blank, which every match of _RETRY_AFTER has: the
+# rule index looks for these in the same scan as the rules' literals, so most
+# replies are ruled out before any regex runs.
+# (Every character for which str.isspace() holds, as \s matches, is below
+# U+3001.)
+_BLANKS = tuple(c for c in map(chr, range(0x3001)) if c.isspace())
+_WAIT_MARKERS = tuple(
+    word + blank
+    for word in ("again", "retry", "wait", "waiting", "after", "greylisted for",
+                 "deferred for", "delayed for", "back", "in")
+    for blank in _BLANKS
+)  # fmt: skip
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
 # what it honours anyway).
@@ -112,6 +139,8 @@ def parse_retry_after(lowered: str) -> float | None:
     "try again in 92 seconds", "retry after 5 minutes", "come back in
     00:05:00", "greylisted for 60 seconds".  (A bare "for 4 hours" is an age,
     not a wait.)"""
+    if _RETRY_HINT.search(lowered) is None:
+        return None
     m = _RETRY_AFTER.search(lowered)
     if m is None:
         return None
@@ -151,9 +180,15 @@ class Classifier:
     Classifications are frozen, so sharing them is safe.
     """
 
-    __slots__ = ("_cache_size", "_cached", "_index", "rules")
+    __slots__ = ("_accelerator", "_cache_size", "_cached", "_index", "_verdicts", "rules")
 
-    def __init__(self, rules: Iterable[Rule] | None = None, *, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule] | None = None,
+        *,
+        cache_size: int = 4096,
+        accelerator: bool | None = None,
+    ) -> None:
         if rules is None:
             from .rules import BUILTIN_RULES
 
@@ -164,13 +199,18 @@ class Classifier:
                 raise TypeError(f"rules must be Rule objects, not {type(r).__name__}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, not {cache_size!r}")
-        self._index = RuleIndex(self.rules)
+        self._accelerator = accelerator
+        self._index = RuleIndex(self.rules, accelerator=accelerator, markers=_WAIT_MARKERS)
+        # What each rule, in the index's order, says: worked out once.
+        self._verdicts = tuple(_Verdict(r) for r in self._index.rules)
         self._cache_size = cache_size
         self._cached = functools.lru_cache(maxsize=cache_size)(self._classify_text)
 
     def with_rules(self, *rules: Rule) -> Classifier:
         """A new classifier with ``rules`` tried before the existing ones."""
-        return Classifier((*rules, *self.rules), cache_size=self._cache_size)
+        return Classifier(
+            (*rules, *self.rules), cache_size=self._cache_size, accelerator=self._accelerator
+        )
 
     def __repr__(self) -> str:
         return f"Classifier(<{len(self.rules)} rules>)"
@@ -185,11 +225,19 @@ class Classifier:
     ) -> Classification:
         """Classify a reply string, :class:`Reply`, aiosmtplib response or
         exception, or an ``OSError`` / ``TimeoutError`` / ``ssl.SSLError``."""
-        st = Stage(stage) if stage is not None else None
-        if type(reply) is str and self._cache_size:
-            return self._cached(reply, host, st)
+        st = stage if stage is None or type(stage) is Stage else Stage(stage)
+        if type(reply) is str:
+            if self._cache_size:
+                return self._cached(reply, host, st)
+            return self._classify_reply(Reply.parse(reply), _lower(host), st)
+        if type(reply) is Reply:
+            return self._classify_reply(reply, _lower(host), st)
         if isinstance(reply, Classification):
             return reply
+        if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
+            refused = _refused_replies(reply)
+            if refused:
+                return self._worst_refusal(refused, (host or "").lower(), st or Stage.RCPT)
         parsed, st, failure = _normalise(reply, st)
         if failure is not None:
             reason, transient, why = failure
@@ -198,51 +246,152 @@ class Classifier:
             )
         return self._classify_reply(parsed, (host or "").lower(), st)
 
+    def _worst_refusal(self, refused: list[Reply], host: str, stage: Stage) -> Classification:
+        """Every recipient was refused: the news is a session end if any
+        reply ended the session, else a transient refusal if any (the call
+        may succeed for that recipient later), else the first refusal."""
+        results = [self._classify_reply(r, host, stage) for r in refused]
+        return next(
+            (c for c in results if c.session_over),
+            next((c for c in results if c.transient), results[0]),
+        )
+
     def _classify_text(self, text: str, host: str | None, stage: Stage | None) -> Classification:
         return self._classify_reply(Reply.parse(text), (host or "").lower(), stage)
 
     def _classify_reply(self, reply: Reply, host: str, stage: Stage | None) -> Classification:
-        lowered = reply.text.lower()
         code = reply.code
+        if code is not None and 200 <= code < 300:
+            return _accepted(reply, stage)
+        lowered = reply.text.lower()
         session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
-        rule = self._index.first_match(reply, lowered, host, stage)
-        if rule is not None:
-            reason = rule.reason
-            transient = rule.transient
-            if transient is None:
-                transient = default_transient(reason)
-            why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
+        i, may_wait = self._index.first_index(reply, lowered, host, stage)
+        if i >= 0:
+            v = self._verdicts[i]
+            reason = v.reason
+            transient = v.transient
+            if v.deferred_by_4xx and code is not None and 400 <= code < 500:
+                transient = True
+            why = v.why
+            rule_name: str | None = v.name
         else:
             # No rule matched: the status subject names the reason, but only
             # the code class can say whether it is transient.
             reason, why = _fallback(reply)
             transient = None
+            rule_name = None
         if transient is None:
             transient = code is None or code < 500
-        code_says = reply.code_class
-        if code_says in (4, 5) and transient != (code_says == 4):
-            why += (
-                f"; the code {code} says {_CLASS_WORDS[code_says]} but the reply means "
-                f"{'transient' if transient else 'permanent'}, and the meaning wins"
-            )
+        if code is not None and code >= 400:
+            if code == 421 and not transient:
+                # RFC 5321 §3.8 and §4.2.1: a 421 closes the session and is
+                # a transient negative reply.  Its text may say what it is
+                # about (a policy refusal of one recipient, a block), but it
+                # is never a permanent verdict: the recipients go again, on a
+                # new connection or to the next host (issue 12).
+                transient = True
+                why += "; a 421 is never a permanent verdict, so it stays transient"
+            if code < 600 and transient != (code < 500):
+                why += (
+                    f"; the code {code} says {_CLASS_WORDS[code // 100]} but the reply means "
+                    f"{'transient' if transient else 'permanent'}, and the meaning wins"
+                )
         if session_over:
             why = (
                 "421: the server closed the session; " + why
                 if code == 421
                 else "the greeting was refused: no session; " + why
             )
-        return Classification(
-            reason=reason,
-            transient=transient,
-            action=action_for(reason, transient),
-            scope=scope_for(reason),
-            session_over=session_over,
-            retry_after=parse_retry_after(lowered),
-            reply=reply,
-            explanation=why,
-            stage=stage,
-            rule=rule.name if rule is not None else None,
+        if i >= 0:
+            action = v.transient_action if transient else v.permanent_action
+            scope = v.scope
+        else:
+            action = action_for(reason, transient)
+            scope = scope_for(reason)
+        # Classification(...) without the frozen dataclass's __init__, whose
+        # ten object.__setattr__ calls were a fifth of a fresh
+        # classification: the same frozen value.
+        c: Classification = _new(Classification)
+        _set_reason(c, reason)
+        _set_transient(c, transient)
+        _set_action(c, action)
+        _set_scope(c, scope)
+        _set_session_over(c, session_over)
+        # A stated wait means something only for a reply worth retrying.
+        _set_retry_after(c, parse_retry_after(lowered) if transient and may_wait else None)
+        _set_reply(c, reply)
+        _set_explanation(c, why)
+        _set_stage(c, stage)
+        _set_rule(c, rule_name)
+        return c
+
+
+def _lower(host: str | None) -> str:
+    """The host name in lower case; the same string when it already is, so
+    its hash (cached on the string) serves the index's look-ups again."""
+    if not host:
+        return ""
+    return host if host.islower() else host.lower()
+
+
+class _Verdict:
+    """What one rule says, worked out when the classifier is built."""
+
+    __slots__ = (
+        "deferred_by_4xx",
+        "name",
+        "permanent_action",
+        "reason",
+        "scope",
+        "transient",
+        "transient_action",
+        "why",
+    )
+
+    def __init__(self, rule: Rule) -> None:
+        self.reason = rule.reason
+        self.name = rule.name
+        # The rule's own transience, else the reason's; None: the code decides.
+        self.transient = (
+            rule.transient if rule.transient is not None else default_transient(rule.reason)
         )
+        # Only a reason's default gives way to a 4xx, never a rule's word.
+        self.deferred_by_4xx = rule.transient is None and rule.reason in DEFERRED_BY_4XX
+        self.why = f"{rule.name} ({_TIER_WORDS[rule.tier or Tier.TEXT]})"
+        self.scope = scope_for(rule.reason)
+        self.transient_action = action_for(rule.reason, True)
+        self.permanent_action = action_for(rule.reason, False)
+
+
+_new = object.__new__
+_field = Classification.__dict__
+_set_reason = _field["reason"].__set__
+_set_transient = _field["transient"].__set__
+_set_action = _field["action"].__set__
+_set_scope = _field["scope"].__set__
+_set_session_over = _field["session_over"].__set__
+_set_retry_after = _field["retry_after"].__set__
+_set_reply = _field["reply"].__set__
+_set_explanation = _field["explanation"].__set__
+_set_stage = _field["stage"].__set__
+_set_rule = _field["rule"].__set__
+
+
+def _accepted(reply: Reply, stage: Stage | None) -> Classification:
+    """A 2xx: success, whatever its text says (RFC 5321 §4.2.1); no rule
+    can make it a failure."""
+    return Classification(
+        reason=Reason.ACCEPTED,
+        transient=False,
+        action=Action.NONE,
+        scope=scope_for(Reason.ACCEPTED),
+        session_over=False,
+        retry_after=None,
+        reply=reply,
+        explanation=f"{reply.code}: the server accepted (2xx, positive completion)",
+        stage=stage,
+        rule=None,
+    )
 
 
 _TIER_WORDS = {
@@ -285,6 +434,35 @@ _STAGE_OF: tuple[tuple[type[BaseException], Stage], ...] = (
 )
 
 
+# smtplib raises these for: the greeting (connect()), EHLO/HELO, AUTH
+# (login()), MAIL FROM and DATA or the end of the message (sendmail()).
+_STDLIB_STAGE_OF: tuple[tuple[type[BaseException], Stage], ...] = (
+    (smtplib.SMTPConnectError, Stage.CONNECT),
+    (smtplib.SMTPHeloError, Stage.EHLO),
+    (smtplib.SMTPAuthenticationError, Stage.AUTH),
+    (smtplib.SMTPSenderRefused, Stage.MAIL),
+    (smtplib.SMTPDataError, Stage.DATA),
+)
+
+
+def _refused_replies(exc: BaseException) -> list[Reply]:
+    """The replies to each refused recipient: aiosmtplib keeps a list of
+    SMTPRecipientRefused, smtplib a dict of address -> (code, message)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return [Reply.parse(r.message, code=r.code) for r in exc.recipients]
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        out = []
+        for value in exc.recipients.values():
+            try:
+                code, message = value
+            except (TypeError, ValueError):
+                continue
+            if isinstance(message, (str, bytes)) and isinstance(code, int):
+                out.append(Reply.parse(message, code=code if code > 0 else None))
+        return out
+    return []
+
+
 def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _Failure | None]:
     """Turn any accepted input into a Reply, or into a connection failure."""
     if isinstance(reply, Reply):
@@ -293,16 +471,23 @@ def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _F
         return Reply.parse(reply), stage, None
     if isinstance(reply, aiosmtplib.SMTPResponse):
         return Reply.parse(reply.message, code=reply.code), stage, None
-    if isinstance(reply, aiosmtplib.SMTPRecipientsRefused):
-        if reply.recipients:
-            # A 421 on any recipient ends the session: that is the news.
-            worst = next((r for r in reply.recipients if r.code == 421), reply.recipients[0])
-            return _normalise(worst, stage or Stage.RCPT)
+    if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
+        # With no recipient in it (the non-empty case is classified per
+        # recipient by the Classifier), all it has is its text.
         return Reply(None, None, str(reply)), stage or Stage.RCPT, None
     if isinstance(reply, aiosmtplib.SMTPResponseException):
         if stage is None:
             stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
         return Reply.parse(reply.message, code=reply.code), stage, None
+    if isinstance(reply, smtplib.SMTPResponseException):
+        # The standard library's errors subclass OSError, but those with a
+        # reply carry it (smtp_code, smtp_error as bytes or str): they are
+        # classified by the server's words like aiosmtplib's, never as a
+        # dropped connection.  smtplib uses -1 for "no readable code".
+        if stage is None:
+            stage = next((s for t, s in _STDLIB_STAGE_OF if isinstance(reply, t)), None)
+        code = reply.smtp_code if isinstance(reply.smtp_code, int) else None
+        return Reply.parse(reply.smtp_error, code=code if code and code > 0 else None), stage, None
     if isinstance(reply, BaseException):
         return Reply(None, None, _describe(reply)), stage, _failure(reply, stage)
     raise TypeError(
@@ -328,7 +513,7 @@ def _failure(exc: BaseException, stage: Stage | None) -> _Failure:
         )
     if isinstance(exc, ssl.SSLError):
         return Reason.CONNECTION_ERROR, True, f"the TLS handshake failed{where}; reconnect"
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+    if isinstance(exc, (aiosmtplib.SMTPNotSupported, smtplib.SMTPNotSupportedError)):
         if stage is Stage.STARTTLS or "starttls" in str(exc).lower():
             return (
                 Reason.TLS_REQUIRED,
@@ -336,6 +521,16 @@ def _failure(exc: BaseException, stage: Stage | None) -> _Failure:
                 "the server does not offer STARTTLS and TLS is required: no plaintext fallback",
             )
         return Reason.PROTOCOL_ERROR, False, f"the server does not support a command{where}"
+    if isinstance(exc, (smtplib.SMTPException, aiosmtplib.SMTPException)) and (
+        "no suitable authentication method" in str(exc).lower()
+    ):
+        # smtplib.login(): "No suitable authentication method found." -- the
+        # server offers no mechanism we can use: configuration, not network.
+        return (
+            Reason.AUTH_CREDENTIALS,
+            False,
+            "no authentication mechanism in common with the server: fix the configuration",
+        )
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiosmtplib.SMTPTimeoutError)):
         return Reason.CONNECTION_ERROR, True, f"timed out{where}: the session is over"
     if isinstance(exc, (aiosmtplib.SMTPException, OSError)):

@@ -7,22 +7,25 @@ of its literal substrings, or its regex — and finds the rules whose gate
 holds in one pass over the reply:
 
 - status and code gates are dictionary look-ups;
-- literal gates come from one regular expression built as a trie of all the
-  rules' literals; it is searched again from one character after each hit,
-  so it reports the longest literal starting at every position where one
-  starts, and every literal that is a prefix of a reported one is present
-  too: no literal is missed;
+- literal gates come from one scan of the reply for every rule's literals
+  at once, which reports every literal that occurs (see :func:`scanner`);
 - regexes with no literal to gate on are pre-checked with one alternation.
 
-The candidates are then checked in table order with :meth:`Rule.matches`,
-so the first matching rule is the same as a linear scan would find.
+Each gate maps to a bit mask of rules; the candidates are the union.  The
+codes, stages and hosts of all candidates are then checked at once with
+masks remembered per (code, status, stage, host), and only a rule with a
+condition left over (a regex, a status beside its literals) is checked one
+by one with :meth:`Rule.matches`; the lowest candidate that passes, in tier
+then table order, is the rule a linear scan would find.  Callers may add
+*markers*, literals that gate no rule but whose presence the same scan
+reports (the classifier's wait keywords).
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 try:  # Python 3.11+
@@ -31,10 +34,16 @@ except ImportError:  # Python 3.10
     import sre_parse as _sre_parser
 
 from .reply import Reply
-from .rule import Rule, Tier
+from .rule import Rule, Tier, host_matches
 from .taxonomy import Stage
 
-__all__ = ["RuleIndex"]
+__all__ = ["RuleIndex", "accelerator_available", "scanner"]
+
+# (reply code, enhanced status, stage, host name)
+_Key = tuple[int | None, str | None, Stage | None, str]
+
+Scan = Callable[[str], int]
+"""A literal scan: the OR of the masks of every literal found in a text."""
 
 
 def _trie_pattern(words: Sequence[str]) -> str:
@@ -54,6 +63,89 @@ def _trie_pattern(words: Sequence[str]) -> str:
         return "(?:" + body + ")?" if "" in node else body
 
     return walk(root)
+
+
+def accelerator_available() -> bool:
+    """Whether ``ahocorasick-rs`` (the ``fast`` extra) can be imported."""
+    try:
+        import ahocorasick_rs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pure_scan(masks: dict[str, int]) -> Scan:
+    """One regular expression shaped as a trie of all the literals.  It is
+    searched again from one character after each hit, so it reports the
+    longest literal starting at every position where one starts; every
+    literal that is a prefix of a reported one is present too, so its mask
+    is folded into the reported one's: no literal is missed."""
+    words = sorted(masks)
+    search = re.compile(_trie_pattern(words)).search
+    implied: dict[str, int] = {}
+    for w in words:
+        mask = 0
+        for p in words:
+            if w.startswith(p):
+                mask |= masks[p]
+        implied[w] = mask
+
+    def scan(lowered: str) -> int:
+        found = 0
+        m = search(lowered)
+        while m is not None:
+            found |= implied[m.group()]
+            m = search(lowered, m.start() + 1)
+        return found
+
+    return scan
+
+
+def _automaton_scan(masks: dict[str, int]) -> Scan:
+    """An Aho-Corasick automaton (ahocorasick-rs, compiled to a DFA) that
+    reports every occurrence of every literal, overlaps included."""
+    import ahocorasick_rs
+
+    words = sorted(masks)
+    automaton = ahocorasick_rs.AhoCorasick(
+        words,
+        matchkind=ahocorasick_rs.MatchKind.Standard,
+        store_patterns=True,
+        implementation=ahocorasick_rs.Implementation.DFA,
+    )
+    find = automaton.find_matches_as_strings
+    fallback: list[Scan] = []
+
+    def scan(lowered: str) -> int:
+        try:
+            matches = find(lowered, overlapping=True)
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800") cannot cross into Rust as UTF-8;
+            # the pure scan reads such a text as it is.
+            if not fallback:
+                fallback.append(_pure_scan(masks))
+            return fallback[0](lowered)
+        found = 0
+        for w in matches:
+            found |= masks[w]
+        return found
+
+    return scan
+
+
+def scanner(masks: dict[str, int], *, accelerator: bool | None = None) -> Scan:
+    """The literal scan for ``masks`` (non-empty literal -> rule bit mask).
+
+    Both kinds report exactly the literals that occur in the text, so they
+    give the same candidates: ``accelerator=None`` uses the compiled
+    automaton when ``ahocorasick-rs`` is installed, ``False`` always the
+    pure-Python trie regex, ``True`` insists on the automaton.
+    """
+    if not masks:
+        return lambda lowered: 0
+    if accelerator is None:
+        accelerator = accelerator_available()
+    return _automaton_scan(masks) if accelerator else _pure_scan(masks)
 
 
 def regex_literals(pattern: str) -> tuple[str, ...]:
@@ -97,97 +189,192 @@ def _required(items: list[Any]) -> set[str] | None:
     return best
 
 
-class _Gates:
-    __slots__ = ("always", "by_code", "by_literal", "by_status", "literals", "regex_any", "rules")
-
-    def __init__(self, rules: Sequence[Rule]) -> None:
-        self.rules = tuple(rules)
-        self.by_status: dict[str, list[int]] = defaultdict(list)
-        self.by_code: dict[int | None, list[int]] = defaultdict(list)
-        self.by_literal: dict[str, list[int]] = defaultdict(list)
-        self.always: list[int] = []
-        regexes: list[str] = []
-        regex_rules: list[int] = []
-        for i, r in enumerate(self.rules):
-            if r.status is not None:
-                self.by_status[r.status].append(i)
-            elif r.codes:
-                for c in r.codes:
-                    self.by_code[c].append(i)
-            elif r.contains:
-                for lit in r.contains:
-                    self.by_literal[lit].append(i)
-            elif r.regex is not None:
-                gates = regex_literals(r.regex)
-                if gates:
-                    for lit in gates:
-                        self.by_literal[lit].append(i)
-                else:
-                    regexes.append(r.regex)
-                    regex_rules.append(i)
-            else:
-                self.always.append(i)
-        self.regex_any: tuple[re.Pattern[str], list[int]] | None = None
-        if regexes:
-            try:
-                combined = re.compile("|".join(f"(?:{x})" for x in regexes), re.IGNORECASE)
-            except re.error:  # e.g. numbered back-references: check each rule
-                self.always.extend(regex_rules)
-            else:
-                self.regex_any = (combined, regex_rules)
-        self.literals: tuple[re.Pattern[str], dict[str, list[int]]] | None = None
-        if self.by_literal:
-            words = sorted(self.by_literal)
-            look = re.compile(_trie_pattern(words))
-            # A found literal implies every literal that is its prefix.
-            implied = {
-                w: sorted({i for p in words if w.startswith(p) for i in self.by_literal[p]})
-                for w in words
-            }
-            self.literals = (look, implied)
-
-    def candidates(self, reply: Reply, lowered: str) -> list[int]:
-        found: set[int] = set(self.always)
-        enh = reply.enhanced
-        if enh is not None and self.by_status:
-            x = "x" + enh[1:]
-            subject = enh[: enh.index(".", 2) + 1]
-            for key in (enh, x, subject, "x" + subject[1:]):
-                found.update(self.by_status.get(key, ()))
-        if self.by_code:
-            found.update(self.by_code.get(reply.code, ()))
-        if self.literals is not None:
-            look, implied = self.literals
-            m = look.search(lowered)
-            while m is not None:
-                found.update(implied[m.group()])
-                m = look.search(lowered, m.start() + 1)
-        if self.regex_any is not None:
-            pattern, idx = self.regex_any
-            if pattern.search(lowered) is not None:
-                found.update(idx)
-        return sorted(found)
+def _gate_is_enough(rule: Rule, literal_gated: int) -> bool:
+    """Whether a rule whose gate held, and whose codes, stages and hosts
+    allow the reply (checked as masks), needs no further check: a literal
+    gate leaves its status, a status gate its literals."""
+    if rule.regex is not None:
+        return False
+    if literal_gated:
+        return rule.status is None
+    return not rule.contains
 
 
 class RuleIndex:
     """Finds the first rule, in tier then table order, that matches a reply.
 
-    The rules are laid out in that order once, so one pass over the gates
-    (one literal scan of the reply for every tier) gives the candidates,
-    already in the order a linear scan would try them.
+    The rules are laid out in that order once; bit ``i`` of a mask stands
+    for rule ``i``, so the union of the gates' masks, read from the lowest
+    bit, gives the candidates in the order a linear scan would try them.
     """
 
-    __slots__ = ("_gates",)
+    __slots__ = (
+        "_always",
+        "_by_code",
+        "_by_status",
+        "_checks",
+        "_code_ok",
+        "_codeless",
+        "_everyone",
+        "_free",
+        "_host_rules",
+        "_hostless",
+        "_literal_gated",
+        "_prepared",
+        "_regex_any",
+        "_scan",
+        "_stage_ok",
+        "rules",
+    )
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
-        ordered = sorted(rules, key=lambda r: r.tier or Tier.TEXT)  # stable: table order kept
-        self._gates = _Gates(ordered)
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        accelerator: bool | None = None,
+        markers: Sequence[str] = (),
+    ) -> None:
+        # Stable: table order is kept within a tier.
+        self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.tier or Tier.TEXT))
+        n = len(self.rules)
+        by_status: dict[str, int] = defaultdict(int)
+        by_code: dict[int | None, int] = defaultdict(int)
+        by_literal: dict[str, int] = defaultdict(int)
+        always = 0
+        literal_gated = 0
+        regexes: list[str] = []
+        regex_mask = 0
+        for i, r in enumerate(self.rules):
+            bit = 1 << i
+            # The most selective gate first: literals, then the status, then
+            # the codes.
+            if r.contains and "" not in r.contains:
+                for lit in r.contains:
+                    by_literal[lit] |= bit
+                literal_gated |= bit
+            elif r.contains:  # "" occurs in every text
+                always |= bit
+            elif r.status is not None:
+                by_status[r.status] |= bit
+            elif r.codes:
+                for c in r.codes:
+                    by_code[c] |= bit
+            elif r.regex is not None:
+                gates = regex_literals(r.regex)
+                if gates and "" not in gates:
+                    for lit in gates:
+                        by_literal[lit] |= bit
+                else:
+                    regexes.append(r.regex)
+                    regex_mask |= bit
+            else:
+                always |= bit
+        # Markers ride along in the same scan, above the rules' bits: the
+        # caller learns whether any of them occurs (see first_index).
+        for marker in markers:
+            if marker:
+                by_literal[marker.lower()] |= 1 << n
+        self._regex_any: tuple[Callable[[str], Any], int] | None = None
+        if regexes:
+            try:
+                combined = re.compile("|".join(f"(?:{x})" for x in regexes), re.IGNORECASE)
+            except re.error:  # e.g. numbered back-references: check each rule
+                always |= regex_mask
+            else:
+                self._regex_any = (combined.search, regex_mask)
+        self._by_status = dict(by_status)
+        self._by_code = dict(by_code)
+        self._always = always
+        self._scan = scanner(dict(by_literal), accelerator=accelerator)
+        # Codes, stages and hosts are checked for all candidates at once, as
+        # masks of the rules each one lets through.
+        everyone = (1 << n) - 1
+        self._codeless = everyone & ~sum(1 << i for i, r in enumerate(self.rules) if r.codes)
+        code_ok: dict[int | None, int] = defaultdict(lambda: self._codeless)
+        for i, r in enumerate(self.rules):
+            for c in r.codes:
+                code_ok[c] |= 1 << i
+        self._code_ok = dict(code_ok)
+        self._stage_ok: dict[Stage | None, int] = {
+            st: sum(1 << i for i, r in enumerate(self.rules) if not r.stages or st in r.stages)
+            for st in (None, *Stage)
+        }
+        self._host_rules = tuple((1 << i, r.hosts) for i, r in enumerate(self.rules) if r.hosts)
+        self._hostless = everyone & ~sum(bit for bit, _ in self._host_rules)
+        self._prepared: dict[_Key, tuple[int, int]] = {}
+        self._everyone = everyone
+        # What is left to check once a rule's gate held and its codes,
+        # stages and hosts passed: nothing (None) for most rules.
+        self._checks: tuple[Rule | None, ...] = tuple(
+            None if _gate_is_enough(r, literal_gated >> i & 1) else r
+            for i, r in enumerate(self.rules)
+        )
+        self._literal_gated = literal_gated
+        self._free = sum(1 << i for i, check in enumerate(self._checks) if check is None)
+
+    def _prepare(self, key: _Key) -> tuple[int, int]:
+        """For a reply with this code and status, at this stage, from this
+        host: the rules whose status or code gate holds, and the rules whose
+        codes, stages and hosts allow it.  Remembered per combination (servers
+        and their codes repeat; the texts do not)."""
+        code, enh, stage, host = key
+        gates = self._always | self._by_code.get(code, 0)
+        if enh is not None:
+            get = self._by_status.get
+            subject = enh[: enh.index(".", 2) + 1]
+            gates |= get(enh, 0) | get("x" + enh[1:], 0) | get(subject, 0)
+            gates |= get("x" + subject[1:], 0)
+        hosts = self._hostless
+        for bit, suffixes in self._host_rules:
+            if host_matches(suffixes, host):
+                hosts |= bit
+        allowed = self._code_ok.get(code, self._codeless) & self._stage_ok[stage] & hosts
+        if len(self._prepared) < 4096:
+            self._prepared[key] = (gates, allowed)
+        return gates, allowed
+
+    def first_index(
+        self, reply: Reply, lowered: str, host: str, stage: Stage | None
+    ) -> tuple[int, bool]:
+        """The position in :attr:`rules` of the first matching rule (or -1),
+        and whether any of the markers occurs in ``lowered``."""
+        key = (reply.code, reply.enhanced, stage, host)
+        prepared = self._prepared.get(key)
+        gates, allowed = self._prepare(key) if prepared is None else prepared
+        # The candidates: every rule whose gate holds (a literal found, its
+        # status, its code) ...
+        found = self._scan(lowered) | gates
+        if self._regex_any is not None:
+            search, mask = self._regex_any
+            if search(lowered) is not None:
+                found |= mask
+        marked = found > self._everyone  # a marker's bit is above every rule's
+        # ... and whose codes, stages and hosts allow this reply.
+        found &= allowed
+        # The earliest candidate that needs no further check wins unless a
+        # candidate before it passes its checks; usually there is none.
+        free = found & self._free
+        if free:
+            first_free = free & -free
+            found &= first_free - 1
+        else:
+            first_free = 0
+        checks = self._checks
+        while found:
+            low = found & -found
+            i = low.bit_length() - 1
+            # A rule gated on its literals was found because one of them
+            # occurs: only its other conditions are left to check.
+            if checks[i].matches(  # type: ignore[union-attr]
+                reply, lowered, host, stage, literal_seen=bool(self._literal_gated & low)
+            ):
+                return i, marked
+            found ^= low
+        return first_free.bit_length() - 1, marked
 
     def first_match(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None
     ) -> Rule | None:
-        rules = self._gates.rules
-        for i in self._gates.candidates(reply, lowered):
-            if rules[i].matches(reply, lowered, host, stage):
-                return rules[i]
-        return None
+        """The first matching rule, or None."""
+        i, _ = self.first_index(reply, lowered, host, stage)
+        return None if i < 0 else self.rules[i]

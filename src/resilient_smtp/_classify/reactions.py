@@ -350,6 +350,7 @@ REACTIONS = Reactions(
         R.CONTENT_REJECTED: _row(recipient="give_up", why="the content breaks a rule"),
         R.EXPIRED: _row(recipient="give_up", why="the send's time is up"),
         R.UNCLASSIFIED: _row(recipient="by_code", why="the code class decides"),
+        R.ACCEPTED: _row(recipient="by_code", why="a 2xx: the server took it; nothing to do"),
     }
 )
 """The default reactions, one row per :class:`Reason`."""

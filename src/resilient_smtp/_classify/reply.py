@@ -24,6 +24,42 @@ _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
 _MAX_TEXT = 4096
 
 
+# A status of one class anywhere in the text: the first one that
+# _ENHANCED.finditer would find with that class, and the two characters it
+# starts with (a quick test before the regex).
+_LATE_STATUS = {
+    c: (c + ".", re.compile(rf"{c}\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?![0-9.])")) for c in "245"
+}
+
+# The front of one stripped line: the code and its separator, then the
+# status, each with the blanks after it (what _parse_lines does step by step).
+_HEAD = re.compile(
+    r"(?:([2-5][0-9][0-9])(?:[ -]|$)\s*)?(?:([245]\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9.])\s*)?"
+)
+
+
+def _parse_lines(lines: list[str], code: int | None) -> tuple[str | None, str, int | None]:
+    """Several lines: take each line's code and status off, keep the first
+    status and join the texts."""
+    parts: list[str] = []
+    enhanced: str | None = None
+    for line in lines:
+        line = line.strip()
+        m = _LINE.match(line)
+        if m:
+            if code is None:
+                code = int(m.group(1))
+            line = line[m.end() :].lstrip()
+        # Multi-line replies repeat the enhanced code on every line.
+        e = _ENHANCED.match(line)
+        if e and (enhanced is None or e.group(0) == enhanced):
+            enhanced = e.group(0)
+            line = line[e.end() :].lstrip()
+        if line:
+            parts.append(line)
+    return enhanced, " ".join(parts), code
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A parsed SMTP reply.
@@ -47,35 +83,37 @@ class Reply:
         """
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
-        raw = raw[:_MAX_TEXT]
-        parts: list[str] = []
-        enhanced: str | None = None
-        for line in raw.splitlines():
-            line = line.strip()
-            m = _LINE.match(line)
-            if m:
-                if code is None:
-                    code = int(m.group(1))
-                line = line[m.end() :].lstrip()
-            # Multi-line replies repeat the enhanced code on every line.
-            e = _ENHANCED.match(line)
-            if e and (enhanced is None or e.group(0) == enhanced):
-                enhanced = e.group(0)
-                line = line[e.end() :].lstrip()
-            if line:
-                parts.append(line)
-        text = " ".join(parts)
+        lines = raw[:_MAX_TEXT].splitlines()
+        if len(lines) == 1:
+            # Most replies are one line: one match takes the code and the
+            # status off its front (the same steps as the loop below).
+            line = lines[0].strip()
+            m = _HEAD.match(line)
+            assert m is not None  # every part of _HEAD is optional
+            head, enhanced = m.group(1, 2)
+            if code is None and head is not None:
+                code = int(head)
+            text = line[m.end() :]
+        else:
+            enhanced, text, code = _parse_lines(lines, code)
         if enhanced is None and code is not None:
             # Relays and bounces sometimes put the status later in the text
             # (after an IP address, say); only trust one whose class matches
-            # the code's class.
-            first = str(code)[0]
-            enhanced = next(
-                (e.group(0) for e in _ENHANCED.finditer(text) if e.group(1) == first), None
-            )
+            # the code's class (a 3xx has none).
+            late = _LATE_STATUS.get(str(code)[0])
+            if late is not None and late[0] in text:
+                e = late[1].search(text)
+                enhanced = e.group(0) if e is not None else None
         if code is not None and not 200 <= code <= 599:
             code = None
-        return cls(code=code, enhanced=enhanced, text=text)
+        # Reply(code, enhanced, text) without the frozen dataclass's
+        # __init__, whose object.__setattr__ calls cost a tenth of a fresh
+        # classification: the same frozen value.
+        reply: Reply = _new(Reply)
+        _set_code(reply, code)
+        _set_enhanced(reply, enhanced)
+        _set_text(reply, text)
+        return reply
 
     @property
     def code_class(self) -> int | None:
@@ -84,3 +122,9 @@ class Reply:
 
     def __str__(self) -> str:
         return " ".join(str(p) for p in (self.code, self.enhanced, self.text) if p)
+
+
+_new = object.__new__
+_set_code = Reply.__dict__["code"].__set__
+_set_enhanced = Reply.__dict__["enhanced"].__set__
+_set_text = Reply.__dict__["text"].__set__

@@ -15,7 +15,7 @@ from enum import IntEnum
 from .reply import Reply
 from .taxonomy import Reason, Stage
 
-__all__ = ["Rule", "Tier"]
+__all__ = ["Rule", "Tier", "host_matches"]
 
 
 class Tier(IntEnum):
@@ -86,19 +86,41 @@ class Rule:
             )
             object.__setattr__(self, "tier", tier)
 
-    def matches(self, reply: Reply, lowered: str, host: str, stage: Stage | None) -> bool:
-        """Whether every condition of the rule holds for this reply."""
+    def matches(
+        self,
+        reply: Reply,
+        lowered: str,
+        host: str,
+        stage: Stage | None,
+        *,
+        literal_seen: bool = False,
+    ) -> bool:
+        """Whether every condition of the rule holds for this reply.
+
+        ``literal_seen`` says one of ``contains`` is already known to occur
+        in ``lowered`` (the rule index found it), so it is not looked for
+        again."""
         if self.codes and reply.code not in self.codes:
             return False
         if self.stages and stage not in self.stages:
             return False
         if self.status is not None and not _status_matches(self.status, reply.enhanced):
             return False
-        if self.hosts and not any(host.endswith(h) or host == h[1:] for h in self.hosts):
+        if self.hosts and not host_matches(self.hosts, host):
             return False
-        if self.contains and not any(c in lowered for c in self.contains):
-            return False
-        return not (self._compiled is not None and self._compiled.search(lowered) is None)
+        if self.contains and not literal_seen:
+            for c in self.contains:
+                if c in lowered:
+                    break
+            else:
+                return False
+        return self._compiled is None or self._compiled.search(lowered) is not None
+
+
+def host_matches(suffixes: tuple[str, ...], host: str) -> bool:
+    """Whether ``host`` ends with one of ``suffixes`` (".example.net" also
+    matches "example.net" itself)."""
+    return any(host.endswith(h) or host == h[1:] for h in suffixes)
 
 
 _STATUS_RULE = re.compile(r"^[245x]\.[0-9]{1,3}\.([0-9]{1,3})?$")

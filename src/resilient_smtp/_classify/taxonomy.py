@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["Action", "Reason", "Scope", "Stage", "action_for", "default_transient", "scope_for"]
+__all__ = [
+    "DEFERRED_BY_4XX",
+    "Action",
+    "Reason",
+    "Scope",
+    "Stage",
+    "action_for",
+    "default_transient",
+    "scope_for",
+]
 
 
 class _StrEnum(str, Enum):
@@ -50,6 +59,8 @@ class Reason(_StrEnum):
     CONTENT_REJECTED = "content_rejected"
     EXPIRED = "expired"
     UNCLASSIFIED = "unclassified"
+    ACCEPTED = "accepted"
+    """A 2xx reply: the server did what was asked; nothing to retry or fix."""
 
 
 class Action(_StrEnum):
@@ -77,6 +88,8 @@ class Action(_StrEnum):
     """This recipient will not get the message."""
     GIVE_UP_MESSAGE = "give_up_message"
     """This message will not be delivered as it is."""
+    NONE = "none"
+    """Nothing to do: the server accepted (a 2xx reply)."""
 
 
 class Scope(_StrEnum):
@@ -136,6 +149,9 @@ _TABLE: dict[Reason, tuple[bool | None, Action, Scope]] = {
     R.CONTENT_REJECTED: (False, A.FIX_CONFIGURATION, S.MESSAGE),
     R.EXPIRED: (False, A.GIVE_UP_MESSAGE, S.MESSAGE),
     R.UNCLASSIFIED: (None, A.RETRY_LATER, S.MESSAGE),
+    # RFC 5321 §4.2.1: 2yz "positive completion".  Not transient: there is
+    # nothing to try again.
+    R.ACCEPTED: (False, A.NONE, S.MESSAGE),
 }
 
 # What to do when a reason that is usually transient turns out permanent
@@ -147,6 +163,48 @@ _PERMANENT_ACTION: dict[Scope, Action] = {
     S.DESTINATION: A.GIVE_UP_MESSAGE,
     S.SENDER: A.FIX_CONFIGURATION,
 }
+
+
+_GIVE_UP = frozenset({A.GIVE_UP_RECIPIENT, A.GIVE_UP_MESSAGE})
+
+DEFERRED_BY_4XX: frozenset[Reason] = frozenset(
+    {
+        R.RECIPIENT_UNKNOWN,
+        R.MAILBOX_DISABLED,
+        R.DOMAIN_UNKNOWN,
+        R.POLICY_REJECTED,
+        R.AUTH_POLICY,
+        R.BLOCKLISTED,
+        R.RELAY_DENIED,
+        R.CONTENT_REJECTED,
+    }
+)
+"""Reasons that are permanent with a 5xx but transient with a 4xx.
+
+A server that knows its verdict is final says 5xx; a 4xx for the same words
+is the server choosing not to be final, usually because the check itself may
+have failed for a passing reason, and its own clients retry it.  Postfix:
+
+- ``unknown_address_reject_code = 450`` (default): "450 4.1.2 <x>: Recipient
+  address rejected: Domain not found" is also what a DNS time-out gives
+  (``reject_unknown_recipient_domain``);
+- ``unknown_client_reject_code = 450``, and "450 4.7.25 Client host
+  rejected: cannot find your hostname" is always 450 when the reverse
+  look-up failed temporarily (``reject_unknown_client_hostname``,
+  src/smtpd/smtpd_check.c);
+- ``unverified_recipient_reject_code = 450`` (address verification);
+- ``soft_bounce = yes`` turns every 5xx reject into a 4xx, "to keep mail
+  queued that would otherwise be returned"; Sendmail's ``SoftBounce`` does
+  the same;
+- ``smtpd_delay_reject = yes`` (default) moves client, HELO and sender
+  restrictions to RCPT, so these 450s arrive there;
+- ``access_map_defer_code = 450`` and ``defer_if_permit``/``defer_if_reject``
+  give 450 4.7.1 for policy decisions that are not final.
+
+(https://www.postfix.org/postconf.5.html, those parameters.)  A rule can
+still mark its text permanent explicitly ("Retrying will NOT succeed").
+TLS, credentials, size and expiry are not in the set: waiting does not fix
+them, whatever the code."""
 
 
 def default_transient(reason: Reason) -> bool | None:
@@ -165,8 +223,11 @@ def action_for(reason: Reason, transient: bool) -> Action:
     default, action, scope = _TABLE[reason]
     if transient:
         # A usually permanent reason that a rule marks transient (Postfix's
-        # "450 4.1.1" for a recipient it cannot verify right now): retry.
-        return action if default is not False else Action.RETRY_LATER
+        # "450 4.1.1" for a recipient it cannot verify right now, any 421):
+        # giving up becomes retrying; suspending the destination or fixing
+        # the configuration still stands (a 421 "TLS required" or Yahoo's
+        # [TSS09] 421 are not fixed by waiting alone).
+        return Action.RETRY_LATER if action in _GIVE_UP else action
     if default is False:
         return action
     return _PERMANENT_ACTION[scope]

@@ -23,6 +23,7 @@ import functools
 import inspect
 import math
 import random
+import smtplib
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -293,6 +294,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # understands.
 _DEFAULT_EXCEPTIONS: tuple[type[Exception], ...] = (
     aiosmtplib.SMTPException,
+    smtplib.SMTPException,  # an OSError too, but classified by its reply code
     OSError,
     asyncio.TimeoutError,
     TimeoutError,
@@ -469,9 +471,10 @@ class RetryPolicy:
         """A ``backoff`` decorator that retries your own function with this policy.
 
         The decorated function (async or sync) is retried when it raises one
-        of ``exception`` (by default aiosmtplib's errors, ``OSError``,
-        timeouts) and the
-        classification is transient; a permanent one is re-raised at once.
+        of ``exception`` (by default aiosmtplib's and the standard library
+        smtplib's errors, ``OSError`` and timeouts) and the classification is
+        transient; a permanent one (a 550 in ``SMTPRecipientsRefused``, a
+        535 in ``SMTPAuthenticationError``) is re-raised at once.
         Waits, attempts (``max_tries``) and the deadline (``max_time``) come
         from this policy, decisions reach its hooks, and a shared budget is
         drawn from and refilled as in the mailer.

@@ -176,7 +176,10 @@ _TEXT = (
                    "relay not permitted", "not permitted to relay", "unable to relay",
                    "we do not relay", "relaying not allowed", "not allowed to relay",
                    "relaying disallowed", "relay prohibited", "authentication required",
-                   "not authenticated to send", "must authenticate")),
+                   "not authenticated to send", "must authenticate",
+                   # qmail: "553 sorry, that domain isn't in my list of allowed
+                   # rcpthosts (#5.7.1)" (qmail-smtpd.c).
+                   "allowed rcpthosts")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -216,6 +219,13 @@ _TEXT = (
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.
+    # Cisco Secure Email's HAT throttling and others: "452 Too many recipients
+    # received this hour (throttled)" (listed in SendGrid's "SMTP errors and
+    # troubleshooting", docs.sendgrid.com) is a recipient *rate*, not a
+    # per-transaction limit: splitting the transaction does not help.
+    Rule(R.RATE_LIMITED, "text: too many recipients this hour (a rate)",
+         contains=("recipients received this hour", "recipients per hour",
+                   "too many recipients this hour")),
     Rule(R.TOO_MANY_RECIPIENTS, "text: too many recipients",
          contains=("too many recipients", "recipient limit", "too many rcpt",
                    "maximum number of recipients", "multiple destination domains",
@@ -234,7 +244,7 @@ _TEXT = (
                    "receiving mail at a rate", "receiving mail too quickly", "throttl",
                    "slow down", "exceeded the rate", "rate exceeded", "message rate",
                    "connection rate", "frequency limit", "too many requests",
-                   "sending rate")),
+                   "sending rate", "too frequent")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -252,13 +262,30 @@ _TEXT = (
          contains=("host unknown", "unknown host", "domain not found", "no such domain",
                    "domain does not exist", "unrouteable address", "unroutable", "null mx",
                    "does not accept mail", "domain is not valid", "invalid domain",
-                   "unknown domain", "no mx record")),
+                   "unknown domain", "no mx record",
+                   # Exim, for a null MX or SRV record (RFC 7505):
+                   # "an MX or SRV record indicated no SMTP service".
+                   "indicated no smtp service")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
+    # Exchange "421 4.4.2 Connection dropped due to SocketError".
     Rule(R.CONNECTION_ERROR, "text: timeout or network failure",
          contains=("timeout", "timed out", "connection reset", "connection refused",
                    "lost connection", "connection lost", "dns failure", "dns lookup",
-                   "dns query", "name server", "network is unreachable", "no route to host")),
+                   "dns query", "name server", "network is unreachable", "no route to host",
+                   "connection dropped", "socketerror", "socket error")),
+    # A 4xx that names trouble on the server's side, not greylisting: Postfix
+    # "451 4.3.0 <x>: Temporary lookup failure" (a table or DNS look-up
+    # failed), "451 4.3.0 Error: queue file write error"; qmail "451 qq
+    # temporary problem (#4.3.0)", "451 DNS temporary failure (#4.3.0)"; Exim
+    # "451 Could not complete sender verify callout" (the callout itself
+    # failed); Haraka "450 recipient verification temporarily unavailable".
+    Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
+         contains=("temporary lookup failure", "queue file write error", "qq temporary problem",
+                   "dns temporary failure", "could not complete sender verify callout",
+                   "verification temporarily unavailable", "server configuration problem",
+                   "insufficient disk space", "temporary system failure"),
+         codes=_DEFER),
     # A busy or unavailable server is transient (taxonomy.py), but "554
     # Service unavailable" with nothing more is a 5xx that states no cause:
     # its class decides, unless the text itself says to come back later.
@@ -267,13 +294,6 @@ _TEXT = (
     Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
          contains=_BUSY_WORDS, codes=_PERMANENT, transient=False),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
-    Rule(R.PROTOCOL_ERROR, "text: protocol or syntax error",
-         contains=("too many errors", "syntax error", "bad sequence of commands",
-                   "command unrecognized", "unrecognized command", "command not recognized",
-                   "protocol violation", "protocol error", "improper use of smtp",
-                   "pipelining", "line too long", "too many unauthenticated commands",
-                   "command not implemented", "invalid command", "malformed smtp response",
-                   "malformed response")),
     Rule(R.RECIPIENT_UNKNOWN, "text: no such recipient",
          contains=("user unknown", "unknown user", "no such user", "mailbox not found",
                    "does not exist", "no mailbox", "recipient not found",
@@ -282,13 +302,27 @@ _TEXT = (
                    "address unknown", "no such mailbox", "mailbox unavailable",
                    "unknown address", "address not found", "no such account",
                    "invalid mailbox", "mailbox does not", "recipient rejected",
-                   "not our customer", "user doesn't exist", "account does not exist")),
+                   "not our customer", "user doesn't exist", "account does not exist",
+                   "user not exist",
+                   # Lotus Domino: "User <x> not listed in Domino Directory",
+                   # "User not listed in public Name & Address Book".
+                   "not listed in domino directory", "not listed in public name")),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",
                    "account is inactive", "mailbox is inactive", "inactive account",
                    "account suspended", "account has been suspended", "deactivated",
                    "account is not active", "mailbox inactive", "disabled account")),
+    # After the recipient and mailbox words: a bounce that folds "550 Unknown
+    # user <x> 503 Bad sequence of commands" is about the user; the 503
+    # only followed the refusal.
+    Rule(R.PROTOCOL_ERROR, "text: protocol or syntax error",
+         contains=("too many errors", "syntax error", "bad sequence of commands",
+                   "command unrecognized", "unrecognized command", "command not recognized",
+                   "protocol violation", "protocol error", "improper use of smtp",
+                   "pipelining", "line too long", "too many unauthenticated commands",
+                   "command not implemented", "invalid command", "malformed smtp response",
+                   "malformed response")),
     Rule(R.SENDER_REJECTED, "text: sender rejected",
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
@@ -296,6 +330,7 @@ _TEXT = (
                    "unverified sender", "sender identity")),
     Rule(R.MESSAGE_TOO_LARGE, "text: message too large",
          contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
+                   "mail size limit",
                    "message length exceeds", "exceeds the maximum size",
                    "message file too big")),
     Rule(R.CONTENT_REJECTED, "text: malformed message",

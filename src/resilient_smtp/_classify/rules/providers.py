@@ -109,10 +109,13 @@ _GMAIL = (
     # "550 5.4.5 Daily user sending limit exceeded", "550 5.4.5 Daily sending
     # quota exceeded", "550 5.7.1 Daily SMTP relay limit exceeded for
     # customer", "450 4.2.1 Peak SMTP relay limit exceeded for customer".
-    Rule(R.SENDING_QUOTA, "gmail: daily or peak sending limit",
+    Rule(R.SENDING_QUOTA, "gmail: daily sending limit",
          contains=("daily user sending limit", "daily smtp relay limit",
-                   "daily sending quota", "peak smtp relay limit"),
+                   "daily sending quota"),
          tier=P),
+    # "Peak" is a short-term rate, not the daily quota: slow down.
+    Rule(R.RATE_LIMITED, "gmail: 450 4.2.1 peak SMTP relay limit",
+         contains=("peak smtp relay limit",), tier=P),
     Rule(R.SENDING_QUOTA, "gmail: 550 5.7.1 email quota exceeded (SMTP relay)",
          contains=("email quota exceeded",), hosts=GMAIL),
     # "421 4.7.0 IP not in whitelist for RCPT domain, closing connection",
@@ -168,13 +171,46 @@ _MICROSOFT = (
     Rule(R.BLOCKLISTED, "microsoft: 5.7.513 customer block list",
          contains=("customer block list",), tier=P),
     # "550 5.7.750 Service unavailable. Client blocked from sending from
-    # unregistered domains."
-    Rule(R.POLICY_REJECTED, "microsoft: 5.7.750 unregistered domains",
+    # unregistered domains.": the sender's domain is not one of the tenant's
+    # accepted domains; fix the sender identity.
+    # (learn.microsoft.com/en-us/exchange/mail-flow-best-practices/
+    # non-delivery-reports-in-exchange-online/fix-error-code-5-7-700-through-5-7-750)
+    Rule(R.SENDER_REJECTED, "microsoft: 5.7.750 unregistered domains",
          contains=("sending from unregistered domains",), tier=P),
-    # "550 5.7.705 Access denied, tenant has exceeded threshold": the sending
-    # tenant itself is blocked.
-    Rule(R.SENDER_REJECTED, "microsoft: 5.7.70x tenant has exceeded threshold",
+    # "550 5.7.705 Access denied, tenant has exceeded threshold": the relay
+    # refuses everything from a tenant that sent too much spam (same page),
+    # like an IP block: stop sending through it.
+    Rule(R.BLOCKLISTED, "microsoft: 5.7.70x tenant has exceeded threshold",
          contains=("tenant has exceeded threshold",), tier=P),
+    # "550 5.7.501/502/503 Access denied, spam abuse detected. The sending
+    # account has been banned due to detected spam activity." (Exchange
+    # Online NDR list): our account may not send; not a verdict on content.
+    Rule(R.SENDER_REJECTED, "microsoft: 5.7.501-503 sending account banned",
+         contains=("sending account has been banned",), tier=P),
+    # Recipient restrictions: "550 5.7.1 RESOLVER.RST.AuthRequired;
+    # authentication required", "5.7.133 RESOLVER.RST.SenderNotAuthenticated
+    # ForGroup", "5.7.134 ...ForMailbox", "RESOLVER.RST.NotAuthorized": the
+    # recipient takes mail from internal senders only.  Not a relay refusal,
+    # whatever "authentication required" says.
+    # (learn.microsoft.com/en-us/exchange/mail-flow-best-practices/
+    # non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online)
+    # ... but "550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for
+    # this recipient" and "RESOLVER.RST.SendSizeLimit.Sender" are size limits.
+    Rule(R.MESSAGE_TOO_LARGE, "microsoft: RESOLVER.RST size limit",
+         contains=("resolver.rst.recipsizelimit", "resolver.rst.sendsizelimit"), tier=P),
+    Rule(R.POLICY_REJECTED, "microsoft: RESOLVER.RST recipient restriction",
+         contains=("resolver.rst.",), tier=P),
+    # "432 4.3.2 STOREDRV.Deliver; recipient thread limit exceeded": too many
+    # deliveries at once to one mailbox; comes back by itself (same page).
+    Rule(R.RATE_LIMITED, "microsoft: 4.3.2 STOREDRV recipient thread limit",
+         contains=("recipient thread limit",), tier=P),
+    # "550 5.4.310 DNS domain <d> does not exist" (same page).
+    Rule(R.DOMAIN_UNKNOWN, "microsoft: 5.4.310 DNS domain does not exist", status="5.4.310",
+         tier=P),
+    # "554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; ...":
+    # the outbound filter judged the message spam (same page).
+    Rule(R.SPAM_CONTENT, "microsoft: OutboundSpamException",
+         contains=("outboundspamexception",), tier=P),
     # "451 4.7.650 The mail server [ip] has been temporarily rate limited due
     # to IP reputation."  4.7.651 and 4.7.652 are the same family.
     Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.650 rate limited due to IP reputation",
@@ -390,6 +426,11 @@ _COMCAST = (
     Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
+    # The codes named in the postmaster page's links ("...smtp-error-codes.php#
+    # BL000001", "#ES000010": dynamic/residential space, also a block).
+    Rule(R.BLOCKLISTED, "comcast: ESxxxxxx dynamic/residential IP space",
+         regex=r"\bes0000\d\d\b", tier=P),
+    # ("421 - [Too many sessions opened]" is the generic "too many sessions".)
 )
 
 # QQ Mail (Tencent): "550 Ip frequency limited", "550 Sender frequency
@@ -425,6 +466,123 @@ _OTHERS = (
          contains=("too many messages for this session",), tier=P),
 )
 
+# T-Online (postmaster.t-online.de, "Notes for mail server operators"):
+# "554 IP=<ip> - A problem occurred. (Ask your postmaster for help or to
+# contact tosa@rx.t-online.de to clarify.) (BL)", "554 IP=<ip> - None/bad
+# reputation. ... (NOWL)" (an unknown or bad sender, reset on request),
+# "554 Dialup/transient IP not allowed. ... (DIAL)": all refuse the sending
+# IP until its owner acts.
+TONLINE = (".t-online.de",)
+_TONLINE = (
+    Rule(R.BLOCKLISTED, "t-online: (BL)/(NOWL)/(DIAL) sending IP refused",
+         regex=r"\((?:bl|nowl|dial)\)", hosts=TONLINE),
+    Rule(R.BLOCKLISTED, "t-online: dialup/transient IP not allowed",
+         contains=("dialup/transient ip not allowed",), tier=P),
+)
+
+# Mimecast, "Mimecast SMTP Error Codes"
+# (mimecastsupport.zendesk.com/hc/en-us/articles/34000709564691): "421
+# Unable to process connection at this time" (Mimecast is at maximum load),
+# "550 Invalid Recipient", "550 Administrative prohibition - envelope
+# blocked", "550 Envelope blocked - User Entry", "550 Rejected by header
+# based Blocked Senders", "550 Email rejected due to security policies".
+MIMECAST = (".mimecast.com", ".mimecast.co.za", ".mimecast-offshore.com")
+_MIMECAST = (
+    Rule(R.SERVER_BUSY, "mimecast: unable to process connection at this time",
+         contains=("unable to process connection at this time",), tier=P),
+    Rule(R.RECIPIENT_UNKNOWN, "mimecast: invalid recipient",
+         contains=("invalid recipient",), hosts=MIMECAST),
+)
+
+# Gateways that name their own block list in the reply.
+# Proofpoint: "554 5.7.0 Blocked - see https://ipcheck.proofpoint.com/?ip=<ip>"
+# (Proofpoint Dynamic Reputation; www.proofpoint.com/us/postmaster).
+# Trend Micro InterScan: "550 Domain of forward path is not allowed" when the
+# recipient domain is not one it relays for (success.trendmicro.com, solution
+# 1106332).
+_GATEWAYS = (
+    Rule(R.BLOCKLISTED, "proofpoint: blocked, see ipcheck.proofpoint.com",
+         contains=("ipcheck.proofpoint.com", "proofpoint.com/dnsbl-lookup"), tier=P),
+    Rule(R.RELAY_DENIED, "trend micro: domain of forward path is not allowed",
+         contains=("domain of forward path is not allowed",), tier=P),
+)
+
+# Sophos Central Email, "SMTP error codes" (docs.sophos.com/central/customer/
+# help/en-us/ManageYourProducts/EmailSecurity/SMTPErrorCodes): each rejection
+# names an XGEMAIL_00nn code.
+_SOPHOS = (
+    Rule(R.AUTH_POLICY, "sophos: XGEMAIL_0001-0003 DKIM, SPF or DMARC failed",
+         contains=("xgemail_0001", "xgemail_0002", "xgemail_0003"), tier=P),
+    Rule(R.BLOCKLISTED, "sophos: XGEMAIL_0004-0005 sender IP or domain on a block list",
+         contains=("xgemail_0004", "xgemail_0005"), tier=P),
+    Rule(R.TLS_REQUIRED, "sophos: XGEMAIL_0006 TLS version refused",
+         contains=("xgemail_0006",), tier=P),
+    Rule(R.POLICY_REJECTED, "sophos: XGEMAIL_0007-0009 licence or admin/user block list",
+         contains=("xgemail_0007", "xgemail_0008", "xgemail_0009"), tier=P),
+    Rule(R.RELAY_DENIED, "sophos: XGEMAIL_0010 recipient domain not protected by Sophos",
+         contains=("xgemail_0010",), tier=P),
+    Rule(R.RECIPIENT_UNKNOWN, "sophos: XGEMAIL_0011 recipient does not exist",
+         contains=("xgemail_0011",), tier=P),
+    Rule(R.MESSAGE_TOO_LARGE, "sophos: XGEMAIL_0012 message too large",
+         contains=("xgemail_0012",), tier=P),
+    Rule(R.TOO_MANY_RECIPIENTS, "sophos: XGEMAIL_0013 too many recipients for a large message",
+         contains=("xgemail_0013",), tier=P),
+    Rule(R.RATE_LIMITED, "sophos: XGEMAIL_0014-0015 recipient's inbound rate limit",
+         contains=("xgemail_0014", "xgemail_0015"), transient=True, tier=P),
+)
+
+# Trend Micro Deep Discovery Email Inspector, "SMTP Error Codes"
+# (docs.trendmicro.com, deep-discovery-email-inspector-51-online-help-smtp-error-codes):
+# "421 Block temporarily (Sender Filtering/Authentication)", "521 Block
+# permanently (...)" (a block, not RFC 7504's "does not accept mail"), "450
+# Temporary denial of connection (450) for Zombie matches (ERS)", "550
+# Permanent denial of connection (550) for RBL+ matches (ERS)".
+_TRENDMICRO = (
+    Rule(R.POLICY_REJECTED, "trend micro: block (sender filtering/authentication)",
+         contains=("permanently (sender filtering", "temporarily (sender filtering"), tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "trend micro: zombie matches (ERS)",
+         contains=("for zombie matches",), tier=P),
+    Rule(R.BLOCKLISTED, "trend micro: RBL+ matches (ERS)", contains=("for rbl+ matches",),
+         tier=P),
+)
+
+# Korean portals, as their replies are collected in puffinknight.tistory.com/102
+# and auctionpro.co.kr/?p=2544: Naver "421 4.3.2 Your IP(<ip>) is filtered
+# and this connection will be closed. You must register your IP to
+# http://realip.naver.com" (an IP block until registered), "421 4.3.1 You
+# send too many messages." (a rate, whatever 4.3.1 says); Daum/Hanmail "554
+# 5.7.1 DAS51 <ip>: Your mail is blocked automatically by anti-spam system.
+# (E06)" (the sending IP is blocked).
+_KOREA = (
+    Rule(R.BLOCKLISTED, "naver: IP filtered, register your IP",
+         contains=("is filtered and this connection will be closed", "realip.naver.com"),
+         tier=P),
+    Rule(R.RATE_LIMITED, "naver: you send too many messages",
+         contains=("you send too many messages",), tier=P),
+    Rule(R.BLOCKLISTED, "daum: blocked automatically by anti-spam system",
+         contains=("blocked automatically by anti-spam system",), tier=P),
+)
+
+# Mail.ru: "550 message sending for this account is disabled" is about our own
+# account (suspected of sending spam; the owner must restore it), not a
+# disabled recipient (mailout.ru/2015/09, on Mail.ru's replies).
+_MAILRU = (
+    Rule(R.AUTH_CREDENTIALS, "mail.ru: message sending for this account is disabled",
+         contains=("sending for this account is disabled",), tier=P),
+)
+
+# Haraka (github.com/haraka/Haraka, connection.js): "550 I cannot deliver mail
+# for <x>" when no plugin accepted the recipient, that is, relaying was not
+# allowed for it.
+_MTA = (
+    Rule(R.RELAY_DENIED, "haraka: I cannot deliver mail for (no relaying)",
+         contains=("i cannot deliver mail for",), tier=P),
+    # qmail-smtpd (cr.yp.to/qmail): "553 sorry, your envelope recipient is in
+    # my badrcptto list (#5.7.1)": the site refuses that recipient by policy.
+    Rule(R.POLICY_REJECTED, "qmail: envelope recipient in my badrcptto list",
+         contains=("badrcptto list",), tier=P),
+)
+
 # Stage-aware provider rules: GMX and Apple refuse the greeting this way.
 _GREETING = (
     Rule(R.BLOCKLISTED, "554 greeting with an IP block text", codes=(554,),
@@ -433,6 +591,7 @@ _GREETING = (
 
 PROVIDER_RULES: tuple[Rule, ...] = (
     *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
-    *_COMCAST, *_QQ, *_OTHERS, *_GREETING,
+    *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
+    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_MAILRU, *_MTA, *_GREETING,
 )
 # fmt: on
