@@ -195,3 +195,15 @@ class RawSMTPServer:
         finally:
             self.open_connections -= 1
             writer.close()
+
+
+async def _main(port: int, chunking: bool) -> None:
+    async with RawSMTPServer(chunking=chunking, port=port) as server:
+        print(server.port, flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # for the benchmarks: a server in its own process
+    import sys
+
+    asyncio.run(_main(int(sys.argv[1]), "--chunking" in sys.argv))
