@@ -50,10 +50,10 @@ from pathlib import Path
 import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _latency_proxy import LatencyProxy, ping_pong  # noqa: E402
+from _latency_proxy import LatencyProxy, ping_pong
 
-from resilient_smtp import AiosmtplibTransport, Connection, Mailer, PoolLimits, RateLimiter  # noqa: E402
-from resilient_smtp._classify.reply import Reply  # noqa: E402
+from resilient_smtp import AiosmtplibTransport, Connection, Mailer, PoolLimits, RateLimiter
+from resilient_smtp._classify.reply import Reply
 
 HOST = "127.0.0.1"
 SENDER = "bench@example.org"
@@ -78,13 +78,13 @@ def _free_port() -> int:
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(500):
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.args}")
+            raise SystemExit(f"server exited: {proc.args!r}")
         try:
             socket.create_connection((HOST, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.01)
-    raise SystemExit(f"server did not start: {proc.args}")
+    raise SystemExit(f"server did not start: {proc.args!r}")
 
 
 @contextlib.contextmanager
@@ -262,6 +262,10 @@ async def measure(
     return Row(srv, client, round(rtt * 1000), rcpts, conns, n / elapsed, flights / n)
 
 
+def _stamp(mark: list[float]) -> Start:
+    return lambda: mark.append(time.perf_counter())
+
+
 async def loopback(n: int) -> None:
     """No proxy, one connection, one recipient: the Mailer's CPU cost."""
     print(f"\nLoopback smtp-sink, 1 connection, 1 recipient, {n} messages (best of 3):")
@@ -270,9 +274,7 @@ async def loopback(n: int) -> None:
             best = 0.0
             for _ in range(3):
                 mark: list[float] = []
-                await CLIENTS[client](
-                    port, n, 1, ["rcpt@example.com"], lambda: mark.append(time.perf_counter())
-                )
+                await CLIENTS[client](port, n, 1, ["rcpt@example.com"], _stamp(mark))
                 best = max(best, n / (time.perf_counter() - mark[0]))
             print(f"  {client:<16} {best:8.0f} msgs/s")
 
