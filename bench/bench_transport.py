@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,10 @@ async def run_smtplib(port: int, n: int, conns: int, rcpts: list[str], start: St
             for i in range(k, n, conns):
                 s.sendmail(SENDER, rcpts, message(i, rcpts))
 
-    await asyncio.gather(*(asyncio.to_thread(worker, k) for k in range(conns)))
+    # One thread per connection (the default executor has fewer than 16).
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=conns) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, worker, k) for k in range(conns)))
 
 
 async def run_aiosmtplib(port: int, n: int, conns: int, rcpts: list[str], start: Start) -> None:
@@ -302,7 +306,11 @@ async def main() -> None:
                         for client in CLIENTS:
                             if client == "Mailer chunking" and srv == "smtp-sink":
                                 continue  # smtp-sink offers no CHUNKING
-                            rows.append(await measure(client, port, rtt, rcpts, conns, n, srv))
+                            row = await asyncio.wait_for(
+                                measure(client, port, rtt, rcpts, conns, n, srv), 300
+                            )
+                            rows.append(row)
+                            print(row, flush=True)
     print(
         "\n| server | RTT | rcpts | conns | client | msgs/s | flights/msg | vs smtplib |"
         "\n|---|---|---|---|---|---|---|---|"
