@@ -258,3 +258,28 @@ async def test_cancellation_at_each_wait_closes_the_socket(point: str, chunking:
                 break
             await asyncio.sleep(0.005)
         assert server.open_connections == 0
+
+
+@pytest.mark.parametrize("chunking", [False, True])
+async def test_cancellation_in_the_before_end_of_data_hook_closes_the_socket(
+    chunking: bool,
+) -> None:
+    entered = asyncio.Event()
+
+    async def hook(recipients: list[str]) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # an outbox write that never finishes
+
+    async with RawSMTPServer(chunking=chunking) as server:
+        async with mailer(server, chunking=chunking) as m:
+            task = asyncio.create_task(m.send(message(), before_end_of_data=hook))
+            await asyncio.wait_for(entered.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for _ in range(200):
+            if server.open_connections == 0:
+                break
+            await asyncio.sleep(0.005)
+        assert server.open_connections == 0
+        assert server.stored == []  # nothing of the message left
