@@ -21,7 +21,6 @@ from resilient_smtp import (
     InvalidMessageError,
     Mailer,
     PoolLimits,
-    Reply,
     RetryPolicy,
     RichProgress,
     Sent,
@@ -93,17 +92,15 @@ class _Counting(Transport):
             def __getattr__(self, name: str) -> object:
                 return getattr(conn, name)
 
-            async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
-                outer.active += 1
-                outer.most = max(outer.most, outer.active)
-                for _ in range(5):  # a network would let the others run here
-                    await asyncio.sleep(0)
-                return await conn.mail(sender, options)
-
-            async def send_body(self, body: bytes) -> Reply:
-                reply = await conn.send_body(body)
-                outer.active -= 1
-                return reply
+            async def send(self, commands: Sequence[bytes], payload: bytes = b"") -> None:
+                if commands and commands[0].startswith(b"MAIL"):
+                    outer.active += 1
+                    outer.most = max(outer.most, outer.active)
+                    for _ in range(5):  # a network would let the others run here
+                        await asyncio.sleep(0)
+                await conn.send(commands, payload)
+                if payload:  # the message: this transaction's last flight
+                    outer.active -= 1
 
         return Wrapped()  # type: ignore[return-value]
 

@@ -34,7 +34,9 @@ SENDS_PER_ROUND = 40
 RANDOM_SENDS = 200
 # Cancel points the server can trigger: its name for the moment a command
 # arrived (CONNECT: the socket was accepted, before the banner).
-VERBS = ("CONNECT", "EHLO", "MAIL", "RCPT", "DATA", "BODY", "NOOP", "RSET", "QUIT")
+# No RSET: the pipelined transaction (MAIL, RCPT and DATA in one flight) ends a
+# wholly refused one at its DATA reply, with no RSET to wait on.
+VERBS = ("CONNECT", "EHLO", "MAIL", "RCPT", "DATA", "BODY", "NOOP", "QUIT")
 
 
 class CountingServer:

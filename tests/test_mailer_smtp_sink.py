@@ -214,8 +214,12 @@ async def test_messages_per_connection_are_capped(smtp_sink: SinkFactory) -> Non
 
 async def test_slow_rcpt_reply_times_out_and_ends_deferred(smtp_sink: SinkFactory) -> None:
     # smtp-sink waits 5 s before answering RCPT; the Mailer gives up after
-    # 0.2 s, twice (about 0.4 s of real time).
-    sink = smtp_sink("-W", "RCPT:5")
+    # 0.2 s, twice (about 0.4 s of real time).  -p: no PIPELINING, because
+    # smtp-sink's -W delay answers a pipelined DATA ("503 need RCPT") before
+    # the delayed RCPT reply, out of order (RFC 2920 §3.1 forbids it), and
+    # step by step is what this test is about; the pipelined timeouts are in
+    # test_transport_faults.py.
+    sink = smtp_sink("-p", "-W", "RCPT:5")
     msg, mid = make_message()
     async with mailer_for(sink, attempts=2, timeout=0.2) as mailer:
         result = await mailer.send(msg)

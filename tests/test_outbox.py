@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from _pg_server import pg_store_factory
-from resilient_smtp import Event, InvalidMessageError, Mailer, RetryPolicy
+from resilient_smtp import Event, InvalidMessageError, Limiter, Mailer, RetryPolicy
 from resilient_smtp.outbox import (
     Outbox,
     OutboxPolicy,
@@ -517,7 +517,7 @@ async def test_a_mailer_bug_before_the_final_dot_defers_instead_of_ambiguous(rig
     await broken.close()
 
 
-class _TimeWarp:
+class _TimeWarp(Limiter):
     """A limiter that lets the fake clock jump while a send waits for its
     permit: the claim's lease lapses in the middle of the send."""
 

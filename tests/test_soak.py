@@ -264,17 +264,14 @@ class _Counted:
     def is_open(self) -> bool:
         return self._inner.is_open()
 
-    async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
-        return await self._inner.mail(sender, options)
+    async def send(self, commands: Sequence[bytes], payload: bytes = b"") -> None:
+        await self._inner.send(commands, payload)
 
-    async def rcpt(self, recipient: str) -> Reply:
-        return await self._inner.rcpt(recipient)
+    async def read_reply(self) -> Reply:
+        return await self._inner.read_reply()
 
-    async def data(self) -> Reply:
-        return await self._inner.data()
-
-    async def send_body(self, body: bytes) -> Reply:
-        return await self._inner.send_body(body)
+    def reply_waiting(self) -> bool:
+        return self._inner.reply_waiting()
 
     async def reset(self) -> Reply:
         return await self._inner.reset()

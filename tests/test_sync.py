@@ -89,17 +89,14 @@ class CountingTransport(Transport):
             def is_open(self) -> bool:
                 return conn.is_open()
 
-            async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
-                return await conn.mail(sender, options)
+            async def send(self, commands: Sequence[bytes], payload: bytes = b"") -> None:
+                await conn.send(commands, payload)
 
-            async def rcpt(self, recipient: str) -> Reply:
-                return await conn.rcpt(recipient)
+            async def read_reply(self) -> Reply:
+                return await conn.read_reply()
 
-            async def data(self) -> Reply:
-                return await conn.data()
-
-            async def send_body(self, body: bytes) -> Reply:
-                return await conn.send_body(body)
+            def reply_waiting(self) -> bool:
+                return conn.reply_waiting()
 
             async def reset(self) -> Reply:
                 return await conn.reset()

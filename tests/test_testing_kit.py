@@ -113,3 +113,43 @@ def test_replies_strategy_gives_strings(reply: str) -> None:
 def test_classifications_strategy_gives_classifications(c: Classification) -> None:
     assert isinstance(c, Classification)
     assert isinstance(c.reason, Reason)
+
+
+async def test_scripted_transport_pipelines_and_chunks_like_a_real_server() -> None:
+    from email.message import EmailMessage
+
+    from resilient_smtp import Mailer, State
+    from resilient_smtp.testing import FakeClock, ScriptedTransport
+
+    msg = EmailMessage()
+    msg["From"] = "app@example.org"
+    msg["To"] = "a@example.com, b@example.com"
+    msg["Subject"] = "hi"
+    msg.set_content("Hello.\n.dot\n")
+    transport = ScriptedTransport(extensions=("pipelining", "chunking")).on(
+        "rcpt", "550 5.1.1 no", recipient="b@example.com"
+    )
+    async with Mailer("mx.test", transport=transport, clock=FakeClock(), chunking=True) as m:
+        result = await m.send(msg)
+    assert [r.state for r in result] == [State.DELIVERED, State.REJECTED]
+    assert transport.commands[1:] == ["MAIL", "RCPT", "RCPT", "BDAT"]
+    assert transport.messages[0].recipients == ("a@example.com",)
+    assert b"\r\n.dot\r\n" in transport.messages[0].data
+
+
+async def test_scripted_354_merged_with_250_is_not_a_delivery() -> None:
+    from email.message import EmailMessage
+
+    from resilient_smtp import Mailer, RetryPolicy, State
+    from resilient_smtp.testing import FakeClock, ScriptedTransport
+
+    msg = EmailMessage()
+    msg["From"] = "app@example.org"
+    msg["To"] = "a@example.com"
+    msg.set_content("Hello.\n")
+    transport = ScriptedTransport().on("data", "354 go ahead\r\n250 2.0.0 ok")
+    retry = RetryPolicy(max_attempts=1)
+    async with Mailer("mx.test", transport=transport, clock=FakeClock(), retry=retry) as m:
+        result = await m.send(msg)
+    assert [r.state for r in result] == [State.DEFERRED]
+    assert transport.messages == []

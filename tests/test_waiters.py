@@ -146,17 +146,14 @@ class _Conn:
     def is_open(self) -> bool:
         return self.open
 
-    async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
-        return Reply(250, None, "ok")
+    async def send(self, commands: Sequence[bytes], payload: bytes = b"") -> None:
+        raise AssertionError("the pool tests send no transaction")
 
-    async def rcpt(self, recipient: str) -> Reply:
-        return Reply(250, None, "ok")
+    async def read_reply(self) -> Reply:
+        raise AssertionError("the pool tests send no transaction")
 
-    async def data(self) -> Reply:
-        return Reply(354, None, "go ahead")
-
-    async def send_body(self, body: bytes) -> Reply:
-        return Reply(250, None, "ok")
+    def reply_waiting(self) -> bool:
+        return False
 
     async def reset(self) -> Reply:
         return Reply(250, None, "ok")

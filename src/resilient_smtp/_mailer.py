@@ -88,6 +88,13 @@ class Mailer:
     recipients whose connection broke after the end of the data (they may
     get the message twice); by default they end ``ambiguous``.
 
+    Where the server offers PIPELINING, MAIL, every RCPT and DATA go in one
+    flight (two round trips per message).  ``chunking=True`` (opt-in, for
+    bulk senders) also sends the message in that flight as ``BDAT ... LAST``
+    where the server offers CHUNKING: one round trip, but a connection lost
+    after the flight leaves every recipient not known to be refused
+    ``ambiguous`` (see docs/transport.md).
+
     Use it as an async context manager, or call :meth:`close`.
     """
 
@@ -114,6 +121,7 @@ class Mailer:
         hooks: Iterable[Hook] = (),
         reactions: Reactions = REACTIONS,
         oauth_token: TokenProvider | None = None,
+        chunking: bool = False,
     ) -> None:
         self.mx: MXResolver | None = None
         self.mx_port = port or 25
@@ -171,6 +179,10 @@ class Mailer:
         self.classifier = classifier or default_classifier
         self.pool = Pool(transport, pool, clock=self.clock, reactions=reactions)
         self.resend_ambiguous = resend_ambiguous
+        # Opt-in: BDAT LAST pipelined behind the envelope where the server
+        # offers PIPELINING and CHUNKING (one round trip per message; a
+        # wider ambiguity window, see _transport/transaction.py).
+        self.chunking = chunking
         self._orphans: set[asyncio.Task[Any]] = set()
         """Attempts stopped at a deadline that are still closing their connection."""
         self._failing: dict[str, Classification] = {}
@@ -652,6 +664,7 @@ class Mailer:
             reused=lease.reused,
             resend_ambiguous=self.resend_ambiguous,
             before_end_of_data=wire.hook(hook),
+            chunking=self.chunking,
         )
         return wire.restore(out)
 

@@ -250,6 +250,7 @@ class Mailer:
         hooks: Iterable[Hook] = (),
         reactions: Reactions = REACTIONS,
         oauth_token: TokenProvider | None = None,
+        chunking: bool = False,
     ) -> None:
         hooks = tuple(hooks)
 
@@ -275,6 +276,7 @@ class Mailer:
                 hooks=hooks,
                 reactions=reactions,
                 oauth_token=oauth_token,
+                chunking=chunking,
             )
 
         # Built here, in the caller's thread, so bad arguments raise here.

@@ -1,12 +1,23 @@
-"""The wire: one SMTP connection driven step by step, over aiosmtplib.
+"""The wire: one SMTP connection, its commands and the reading of its replies.
 
 The Mailer needs every reply of a transaction, each with its stage, so it
 never calls aiosmtplib's ``sendmail()`` (which loses a 421 at RCPT and the
 recipients already accepted, and cannot tell a failure at DATA from one after
-the final dot, which RFC 5321 §4.1.1.4 tells apart).  A :class:`Connection`
-returns the server's :class:`Reply` for MAIL, RCPT, DATA and the end of the
-data, and raises (aiosmtplib's ``SMTPServerDisconnected``,
-``SMTPTimeoutError``, ``OSError``) only when there was no reply at all.
+the final dot, which RFC 5321 §4.1.1.4 tells apart).  aiosmtplib opens the
+session (connect, EHLO, STARTTLS, AUTH: what it does well, through its public
+API); then the connection takes the socket over (``SMTP.transport`` and the
+asyncio ``set_protocol()``) and reads replies with its own parser
+(:mod:`.replies`), so it knows which bytes answer which command.  That is what
+pipelining needs (RFC 2920: a flight of commands, replies read back in order)
+and what keeps a reply sent before the message from passing for the verdict
+on it.
+
+A :class:`Connection` writes flights (:meth:`Connection.send`) and reads the
+replies one by one (:meth:`Connection.read_reply`), which raises only when
+there was no reply: ``aiosmtplib.SMTPServerDisconnected``,
+``aiosmtplib.SMTPReadTimeoutError`` or :class:`UnreadableReply`.  The
+transaction (:mod:`.transaction`) decides what to send and what each reply
+means.
 
 :class:`Transport` opens connections; tests swap in
 ``resilient_smtp.testing.ScriptedTransport``.
@@ -20,13 +31,15 @@ import contextlib
 import inspect
 import re
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, cast
 
 import aiosmtplib
 
 from .._classify.reply import Reply
 from .._errors import BodyNotSent
+from .replies import ReplyParser, UnreadableReply
 
 __all__ = [
     "AiosmtplibTransport",
@@ -35,7 +48,9 @@ __all__ = [
     "TLSMode",
     "TokenProvider",
     "Transport",
+    "UnreadableReply",
     "dot_stuff",
+    "dot_unstuff",
 ]
 
 TLSMode = Literal["starttls", "implicit", "none"]
@@ -52,6 +67,7 @@ _R = TypeVar("_R")
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+_STUFFED_DOT = re.compile(rb"^\.\.", re.MULTILINE)
 
 
 def dot_stuff(body: bytes) -> bytes:
@@ -67,13 +83,29 @@ def dot_stuff(body: bytes) -> bytes:
     return body + b".\r\n"
 
 
+def dot_unstuff(stuffed: bytes) -> bytes:
+    """The message as :func:`dot_stuff` got it, with CRLF line endings: what
+    ``BDAT`` sends (RFC 3030 §2: chunks are not dot-stuffed)."""
+    if stuffed.endswith(b"\r\n.\r\n"):
+        stuffed = stuffed[:-3]
+    if stuffed.startswith(b"..") or b"\n.." in stuffed:
+        stuffed = _STUFFED_DOT.sub(b".", stuffed)
+    return stuffed
+
+
 class Connection(Protocol):
-    """One open SMTP session, past EHLO, STARTTLS and AUTH."""
+    """One open SMTP session, past EHLO, STARTTLS and AUTH.
+
+    Commands go out in flights and replies come back in order: a caller
+    that sends ``n`` commands reads ``n`` replies (fewer if the session ends
+    half-way).  Without PIPELINING a flight is one command.
+    """
 
     host: str
     created_at: float
     """When it was opened; the pool stamps it on the Mailer's clock."""
     messages: int
+    """Messages the server accepted on this connection."""
 
     def supports(self, extension: str) -> bool:
         """Whether EHLO advertised ``extension`` (case-insensitive)."""
@@ -83,18 +115,24 @@ class Connection(Protocol):
         """False once the server closed the connection (an idle 421)."""
         ...
 
-    async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply: ...
-
-    async def rcpt(self, recipient: str) -> Reply: ...
-
-    async def data(self) -> Reply:
-        """The DATA command: 354 means go ahead."""
+    async def send(self, commands: Sequence[bytes], payload: bytes = b"") -> None:
+        """Write ``commands`` (each without its CRLF) and then ``payload``
+        (a dot-stuffed message after a 354, a ``BDAT`` chunk) in one write:
+        one flight.  Raises :class:`BodyNotSent` if the connection was
+        already closed, so nothing of the flight left."""
         ...
 
-    async def send_body(self, body: bytes) -> Reply:
-        """The message and its final dot; the reply is the end-of-data one.
-        ``body`` is already dot-stuffed (see :func:`dot_stuff`).  Raises
-        :class:`BodyNotSent` if the connection was gone before writing."""
+    async def read_reply(self) -> Reply:
+        """The next reply, in the order the server sent them.  Raises when
+        there is none: the connection dropped, timed out, or sent something
+        that is not a reply (:class:`UnreadableReply`); the connection is
+        closed then, as after a 421."""
+        ...
+
+    def reply_waiting(self) -> bool:
+        """A reply (or the close) has arrived that nobody read yet: after
+        the last reply a flight asked for, that is the server speaking out
+        of turn."""
         ...
 
     async def reset(self) -> Reply: ...
@@ -102,7 +140,8 @@ class Connection(Protocol):
     async def noop(self) -> Reply: ...
 
     async def close(self) -> None:
-        """QUIT if possible, then close; never raises."""
+        """QUIT if the session is between transactions, then close; never
+        raises."""
         ...
 
 
@@ -125,86 +164,130 @@ class Transport(Protocol):
         return
 
 
-def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
-    if 200 <= response.code < 400:
-        # Success and "go ahead" replies are never classified: skip parsing
-        # them (four of them a message).
-        return Reply(response.code, None, response.message)
-    return Reply.parse(response.message, code=response.code)
+class _Wire(asyncio.Protocol):
+    """The asyncio protocol of a taken-over connection: bytes in, replies
+    queued in order; write flow control for large messages."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.parser = ReplyParser()
+        self.replies: deque[Reply | UnreadableReply] = deque()
+        self.lost: str | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        items = self.parser.feed(data)
+        if items:
+            self.replies.extend(items)
+            if isinstance(items[-1], UnreadableReply):
+                self.transport.close()
+            self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = f"Connection lost: {exc}" if exc else "Unexpected EOF received"
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def closed(self) -> bool:
+        return self.lost is not None or self.transport.is_closing()
+
+    async def next(self, timeout: float) -> Reply:
+        if not self.replies:
+            if self.closed():
+                raise aiosmtplib.SMTPServerDisconnected(self.lost or "Connection closed")
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self.replies:
+                self.transport.close()
+                if self.lost is not None:
+                    raise aiosmtplib.SMTPServerDisconnected(self.lost)
+                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+        item = self.replies.popleft()
+        if isinstance(item, UnreadableReply):
+            raise UnreadableReply(*item.args)
+        if item.code == 421:
+            self.transport.close()  # RFC 5321 §3.8: the server closes after 421
+        return item
+
+    async def write(self, data: bytes) -> None:
+        if self.closed():
+            raise BodyNotSent(self.lost or "the connection is closed")
+        self.transport.write(data)
+        if self._drain is not None and not self._drain.done():
+            await self._drain
+            if self.lost is not None:
+                raise aiosmtplib.SMTPServerDisconnected(self.lost)
 
 
-class _AiosmtplibConnection:
-    __slots__ = ("_smtp", "_timeout", "created_at", "host", "messages")
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
-    def __init__(self, smtp: aiosmtplib.SMTP, host: str, timeout: float):
-        self._smtp = smtp
+
+class _WireConnection:
+    """A :class:`Connection` over a socket taken over from aiosmtplib."""
+
+    __slots__ = ("_extensions", "_owed", "_timeout", "_wire", "created_at", "host", "messages")
+
+    def __init__(
+        self, transport: asyncio.BaseTransport, extensions: set[str], host: str, timeout: float
+    ) -> None:
+        self._wire = _Wire(cast(asyncio.Transport, transport))
+        transport.set_protocol(self._wire)
+        self._extensions = extensions
         self._timeout = timeout
+        self._owed = 0  # replies the commands sent so far still wait for
         self.host = host
         self.created_at = 0.0  # the pool stamps it on its own clock
         self.messages = 0
 
     def supports(self, extension: str) -> bool:
-        return self._smtp.supports_extension(extension)
+        return extension.lower() in self._extensions
 
     def is_open(self) -> bool:
-        return self._smtp.is_connected
+        return not self._wire.closed()
 
-    async def _command(self, *args: bytes) -> Reply:
-        # execute_command returns any reply; it raises only when there was
-        # none, and closes the client itself on a 421 or a timeout.
-        return _reply(await self._smtp.execute_command(*args, timeout=self._timeout))
+    async def send(self, commands: Sequence[bytes], payload: bytes = b"") -> None:
+        data = b"".join([b"%s\r\n" % c for c in commands]) + payload if commands else payload
+        await self._wire.write(data)
+        self._owed += len(commands)
 
-    async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
-        return await self._command(
-            b"MAIL", f"FROM:<{sender}>".encode(), *(o.encode() for o in options)
-        )
-
-    async def rcpt(self, recipient: str) -> Reply:
-        return await self._command(b"RCPT", f"TO:<{recipient}>".encode())
-
-    async def data(self) -> Reply:
-        reply = await self._command(b"DATA")
-        protocol = self._smtp.protocol
-        if reply.code == 354 and protocol is not None:
-            # Keep listening: a server may answer before it has the message
-            # (smtp-sink -A sends "550" right behind the "354" and closes).
-            # aiosmtplib drops a reply that comes with no command pending;
-            # marked pending, it lands in the waiter send_body looks at.
-            protocol._response_pending = True
+    async def read_reply(self) -> Reply:
+        self._owed -= 1
+        reply = await self._wire.next(self._timeout)
+        if reply.code == 354:
+            self._owed += 1  # the server now reads a message, then answers it
         return reply
 
-    async def send_body(self, body: bytes) -> Reply:
-        # One turn of the loop lets a reply or a close that the server sent
-        # right behind its 354 arrive before any of the message is written;
-        # once the message is out, a close makes the recipients ambiguous.
-        protocol = self._smtp.protocol
-        early = bytes(getattr(protocol, "_buffer", b""))
-        if not early.strip():
-            await asyncio.sleep(0)
-            early = bytes(getattr(protocol, "_buffer", b""))
-        if early.strip():
-            # A reply that came in the same read as the 354, before any of
-            # the message was sent: that is the server's verdict.
-            self._smtp.close()
-            return Reply.parse(early.decode("utf-8", "replace"))
-        waiter = getattr(protocol, "_response_waiter", None)
-        if waiter is not None and waiter.done():
-            # The server answered, or closed, before we sent anything.
-            self._smtp.close()
-            if waiter.cancelled() or waiter.exception() is not None:
-                raise BodyNotSent("the server closed the connection after 354")
-            return _reply(waiter.result())
-        if protocol is None or not self._smtp.is_connected:
-            raise BodyNotSent("the server closed the connection after 354")
-        try:
-            protocol.write(body)
-            response = await protocol.read_response(timeout=self._timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-            self._smtp.close()
-            raise
-        if response.code == 421:
-            self._smtp.close()
-        return _reply(response)
+    def reply_waiting(self) -> bool:
+        return bool(self._wire.replies) or self._wire.parser.pending or self._wire.closed()
+
+    async def _command(self, command: bytes) -> Reply:
+        await self.send([command])
+        return await self.read_reply()
 
     async def reset(self) -> Reply:
         return await self._command(b"RSET")
@@ -214,13 +297,14 @@ class _AiosmtplibConnection:
 
     async def close(self) -> None:
         try:
-            if self._smtp.is_connected:
-                # QUIT is a courtesy; the socket goes anyway, also when the
-                # caller is cancelled while waiting for the reply.
+            if self._owed <= 0 and not self._wire.closed():
+                # QUIT is a courtesy, and only between transactions (mid-flight
+                # the server would read it as part of the message); the socket
+                # goes anyway, also when the caller is cancelled meanwhile.
                 with contextlib.suppress(Exception):
-                    await self._smtp.quit(timeout=min(self._timeout, 5.0))
+                    await asyncio.wait_for(self._command(b"QUIT"), min(self._timeout, 5.0))
         finally:
-            self._smtp.close()
+            self._wire.transport.close()
 
     def __repr__(self) -> str:
         return f"<Connection {self.host} messages={self.messages}>"
@@ -332,7 +416,18 @@ class AiosmtplibTransport(Transport):
         except BaseException:
             smtp.close()
             raise
-        return _AiosmtplibConnection(smtp, host, self.timeout)
+        return _take_over(smtp, host, self.timeout)
+
+
+def _take_over(smtp: aiosmtplib.SMTP, host: str, timeout: float) -> Connection:
+    """From here on the connection reads its own replies: aiosmtplib's
+    protocol is detached from the socket (public ``SMTP.transport`` and
+    asyncio's ``BaseTransport.set_protocol``)."""
+    transport = smtp.transport
+    if transport is None or transport.is_closing():
+        raise aiosmtplib.SMTPServerDisconnected("the server closed the connection")
+    extensions = {e.lower() for e in smtp.esmtp_extensions}
+    return _WireConnection(transport, extensions, host, timeout)
 
 
 async def _xoauth2(

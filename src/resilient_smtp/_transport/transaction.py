@@ -1,14 +1,55 @@
-"""One SMTP transaction, step by step, with every reply classified.
+"""One SMTP transaction, with every reply classified and every recipient
+keeping its own outcome.
 
 :func:`run_transaction` sends MAIL, RCPT for each recipient, DATA and the
 message on an open connection and sorts the recipients of the batch by what
 the server said.  It never raises for a server's answer or a broken
 connection: the outcome records where it stopped and why, so the Mailer
 knows each recipient's reply even when the server says 421 half-way.
+
+Three ways to send, the same semantics:
+
+``step``
+    Without PIPELINING: one command, its reply, the next command (four round
+    trips for one recipient, ``3 + n`` for ``n``).
+``pipelined``
+    Where the server offers PIPELINING (RFC 2920): MAIL, every RCPT and DATA
+    in one flight, the replies read back in order and classified one by one;
+    after the 354 the message and its final dot.  Two round trips whatever
+    the number of recipients.  The ambiguity window is the step-by-step one:
+    nothing of the message leaves before the 354.
+``chunking`` (opt-in, ``Mailer(chunking=True)``)
+    Where the server offers PIPELINING and CHUNKING (RFC 3030): MAIL, every
+    RCPT and ``BDAT <size> LAST`` with the message in one flight; one round
+    trip.  The message leaves before any reply is read, which widens the
+    ambiguity window: if the connection is lost after the flight, every
+    recipient whose RCPT reply was 2xx or never read is ``ambiguous`` (the
+    server may have taken MAIL, the RCPT and the chunk and delivered
+    before the connection went), where in the other modes they would wait
+    for another attempt.  A recipient whose RCPT reply was read as a refusal,
+    or a transaction whose MAIL reply was read as a refusal or any read 421,
+    is still certain.  So ``before_end_of_data`` is called with the whole
+    batch, before the flight.
+
+Reply rules (RFC 5321 §4.2.1, §3.8; RFC 2920 §3.1):
+
+- a reply concerns the command it answers: an RCPT reply decides that
+  recipient only;
+- a session-ending reply (a 421, a drop, a timeout, bytes that are not a
+  reply) defers the recipients already accepted and those whose replies
+  never came, for a new connection; a 421 is never a permanent verdict;
+- only a reply that follows the final dot (or BDAT LAST) can make a
+  recipient delivered, and any 2xx there does; an unreadable one there is
+  ambiguous;
+- a reply that arrives after the 354 and before the message was sent is the
+  server speaking out of turn: the message is not sent; a 4xx/5xx there is
+  the verdict, anything else a protocol violation that defers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -16,18 +57,24 @@ import aiosmtplib
 
 from .._classify.classifier import Classification
 from .._classify.reply import Reply
-from .._classify.taxonomy import Reason, Scope, Stage
-from .connection import BodyNotSent, Connection
+from .._classify.taxonomy import Reason, Scope, Stage, action_for
+from .connection import BodyNotSent, Connection, UnreadableReply, dot_unstuff
 
-__all__ = ["BeforeEndOfData", "Outcome", "run_transaction"]
+__all__ = ["NO_REPLY", "BeforeEndOfData", "Outcome", "ProtocolViolation", "run_transaction"]
 
 Classify = Callable[..., Classification]
 BeforeEndOfData = Callable[[list[str]], Awaitable[None]]
-"""Called with the accepted recipients just before the final dot is sent."""
+"""Called with the recipients the server may take the message for, just
+before the first byte of the message is written."""
 
 # Exceptions that mean "no reply": the connection dropped, timed out or sent
 # something that is not SMTP.
-NO_REPLY = (aiosmtplib.SMTPException, OSError, TimeoutError)
+NO_REPLY = (aiosmtplib.SMTPException, OSError, TimeoutError, UnreadableReply)
+
+
+class ProtocolViolation(aiosmtplib.SMTPException):
+    """The server said something no command asked for (a 2xx right behind
+    the 354, before the message was sent).  The session is out of step."""
 
 
 @dataclass(slots=True)
@@ -61,6 +108,19 @@ class Outcome:
         for a in addresses:
             (self.pending if c.transient else self.rejected)[a] = c
 
+    def defer(self, addresses: list[str], c: Classification) -> None:
+        """Wait for another attempt, whatever ``c`` says of itself: the
+        session ended, which is never a verdict on these recipients."""
+        if addresses and not c.transient:
+            c = dataclasses.replace(
+                c,
+                transient=True,
+                action=action_for(c.reason, True),
+                explanation=c.explanation + "; the session ended: not a verdict on the recipient",
+            )
+        for a in addresses:
+            self.pending[a] = c
+
 
 async def run_transaction(
     conn: Connection,
@@ -74,36 +134,28 @@ async def run_transaction(
     reused: bool,
     resend_ambiguous: bool,
     before_end_of_data: BeforeEndOfData | None = None,
+    chunking: bool = False,
 ) -> Outcome:
     """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed.
 
-    ``before_end_of_data(accepted)`` is awaited after the server's 354 and
-    before the message and its final dot are written: from then on, a broken
-    connection leaves those recipients ambiguous.  A durable queue records
-    that here.  If it raises, nothing is sent and the error propagates.
+    ``before_end_of_data(recipients)`` is awaited just before the message
+    is written: from then on, a broken connection leaves those recipients
+    ambiguous.  A durable queue records that here.  In the default modes it
+    comes after the 354, with the accepted recipients; with ``chunking``
+    (used only where the server offers PIPELINING and CHUNKING) before the
+    one flight, with the whole batch.  If it raises, nothing of the message
+    is sent and the error propagates.
     """
-    out = Outcome()
-
-    def judge(reply: Reply | BaseException, stage: Stage) -> Classification:
-        c = classify(reply, host=host, stage=stage)
-        out.note(c)
-        return c
-
+    run = _Run(conn, batch, classify, host, reused, resend_ambiguous, before_end_of_data)
+    pipelined = conn.supports("pipelining")
     try:
-        return await _steps(
-            conn,
-            out,
-            sender,
-            batch,
-            body,
-            options,
-            judge,
-            reused,
-            resend_ambiguous,
-            before_end_of_data,
-        )
+        if chunking and pipelined and conn.supports("chunking"):
+            await run.chunked(sender, options, body)
+        else:
+            await run.envelope_then_data(sender, options, body, pipelined)
     except _CallerError as wrapped:
         raise wrapped.error from None
+    return run.out
 
 
 class _CallerError(Exception):
@@ -115,106 +167,308 @@ class _CallerError(Exception):
         self.error = error
 
 
-async def _steps(
-    conn: Connection,
-    out: Outcome,
-    sender: str,
-    batch: list[str],
-    body: bytes,
-    options: list[str],
-    judge: Callable[[Reply | BaseException, Stage], Classification],
-    reused: bool,
-    resend_ambiguous: bool,
-    before_end_of_data: BeforeEndOfData | None,
-) -> Outcome:
-    stage = Stage.MAIL
-    accepted: list[str] = []
-    untried = list(batch)
-    try:
-        reply = await conn.mail(sender, options)
-        if reply.code != 250:
-            c = judge(reply, stage)
-            if reused and c.session_over and c.reason is Reason.CONNECTION_ERROR:
-                # "421 4.4.2 ... timeout exceeded": the server had given up
-                # on the idle connection; any other 421 is real pushback.
-                out.stale = True
-            out.settle(untried, c)
-            return out
-        stage = Stage.RCPT
-        while untried:
-            rcpt = untried[0]
-            reply = await conn.rcpt(rcpt)
-            untried.pop(0)
-            if reply.code in (250, 251):
-                accepted.append(rcpt)
-                continue
-            c = judge(reply, stage)
-            if c.reason is Reason.TOO_MANY_RECIPIENTS and accepted:
-                # RFC 5321 §4.5.3.1.10: send the rest in another transaction.
-                # (A 452 to the first RCPT leaves nothing to split: it is a
-                # temporary failure of them all, for the retry policy.)
-                out.split = [rcpt, *untried]
-                untried = []
-                break
-            out.settle([rcpt], c)
-            if c.session_over:
-                # The replies already received stand; the accepted ones were
-                # never sent the message, so they wait with the rest.
-                out.settle(accepted + untried, c)
-                return out
-        if not accepted:
-            await _reset(conn, out)
-            return out
-        stage = Stage.DATA
-        reply = await conn.data()
-        if reply.code != 354:
-            out.settle(accepted, judge(reply, stage))
-            if not out.broken:
-                await _reset(conn, out)
-            return out
-        if before_end_of_data is not None:
-            try:
-                await before_end_of_data(list(accepted))
-            except BaseException as exc:
-                out.broken = True  # the DATA phase is open: the session is unusable
-                raise _CallerError(exc) from exc
-        stage = Stage.END_OF_DATA
-        try:
-            reply = await conn.send_body(body)
-        except BodyNotSent as exc:
-            # The server closed right after its 354 (smtp-sink -A): the
-            # message never left, so this is not the ambiguous window.
-            stage = Stage.DATA
-            out.broken = True
-            out.settle(accepted, judge(exc, stage))
-            return out
-        conn.messages += 1
-        if reply.code == 250:
-            out.delivered = accepted
+def _mail(sender: str, options: list[str]) -> bytes:
+    return " ".join([f"MAIL FROM:<{sender}>", *options]).encode()
+
+
+def _rcpt(recipient: str) -> bytes:
+    return f"RCPT TO:<{recipient}>".encode()
+
+
+class _Run:
+    """The state of one transaction while its replies come in."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        batch: list[str],
+        classify: Classify,
+        host: str,
+        reused: bool,
+        resend_ambiguous: bool,
+        hook: BeforeEndOfData | None,
+    ) -> None:
+        self.conn = conn
+        self.batch = batch
+        self.classify = classify
+        self.host = host
+        self.reused = reused
+        self.resend_ambiguous = resend_ambiguous
+        self.hook = hook
+        self.out = Outcome()
+        self.accepted: list[str] = []
+        self.too_many: dict[str, Classification] = {}
+        self.answered = 0
+        """RCPT replies read so far."""
+
+    def judge(self, reply: Reply | BaseException, stage: Stage) -> Classification:
+        c = self.classify(reply, host=self.host, stage=stage)
+        self.out.note(c)
+        return c
+
+    # -- the envelope -----------------------------------------------------
+
+    async def mail_reply(self) -> bool:
+        """Read MAIL's reply; False (and everyone settled) if refused."""
+        reply = await self.conn.read_reply()
+        if reply.code is not None and 200 <= reply.code < 300:
+            return True
+        c = self.judge(reply, Stage.MAIL)
+        if self.reused and c.session_over and c.reason is Reason.CONNECTION_ERROR:
+            # "421 4.4.2 ... timeout exceeded": the server had given up on
+            # the idle connection; any other 421 is real pushback.
+            self.out.stale = True
+        if c.session_over:
+            self.out.defer(self.batch, c)
         else:
-            out.settle(accepted, judge(reply, stage))
-        return out
-    except NO_REPLY as exc:
+            self.out.settle(self.batch, c)
+        return False
+
+    async def rcpt_reply(self, rcpt: str) -> bool:
+        """Read one RCPT reply and decide that recipient; False if the
+        session ended (the rest are then deferred)."""
+        reply = await self.conn.read_reply()
+        self.answered += 1
+        if reply.code is not None and 200 <= reply.code < 300:
+            self.accepted.append(rcpt)
+            return True
+        c = self.judge(reply, Stage.RCPT)
+        if c.session_over:
+            # The replies already read stand; the accepted recipients were
+            # never sent the message, so they wait with the untried ones.
+            self.out.defer([rcpt, *self.accepted, *self.batch[self.answered :]], c)
+            return False
+        if c.reason is Reason.TOO_MANY_RECIPIENTS and self.accepted:
+            # RFC 5321 §4.5.3.1.10: send the rest in another transaction.
+            # (A 452 before any recipient was accepted leaves nothing to
+            # split: a temporary failure of that recipient, for the retry
+            # policy.)
+            self.too_many[rcpt] = c
+            return True
+        self.out.settle([rcpt], c)
+        return True
+
+    def settle_too_many(self) -> None:
+        """The recipients refused as too many go in another transaction."""
+        self.out.split.extend(self.too_many)
+        self.too_many = {}
+
+    async def drain(self, n: int) -> bool:
+        """Read ``n`` replies nobody needs (RFC 2920 §3.1: the client reads
+        every reply of a flight); False if the session ended meanwhile."""
+        for _ in range(n):
+            try:
+                reply = await self.conn.read_reply()
+            except NO_REPLY:
+                self.out.broken = True
+                return False
+            if reply.code == 421:
+                self.out.broken = True
+                return False
+        return True
+
+    # -- default modes ----------------------------------------------------
+
+    async def envelope_then_data(
+        self, sender: str, options: list[str], body: bytes, pipelined: bool
+    ) -> None:
+        conn, out, batch = self.conn, self.out, self.batch
+        stage = Stage.MAIL
+        try:
+            if pipelined:
+                await conn.send([_mail(sender, options), *map(_rcpt, batch), b"DATA"])
+            else:
+                await conn.send([_mail(sender, options)])
+            if not await self.mail_reply():
+                if pipelined and not out.broken and await self.drain(len(batch) + 1):
+                    await self.reset()
+                return
+            stage = Stage.RCPT
+            for i, rcpt in enumerate(batch):
+                if not pipelined:
+                    await conn.send([_rcpt(rcpt)])
+                if not await self.rcpt_reply(rcpt):
+                    return
+                if not pipelined and self.too_many and self.accepted:
+                    out.split.extend(batch[i + 1 :])
+                    break
+            self.settle_too_many()
+            stage = Stage.DATA
+            if not pipelined:
+                if not self.accepted:
+                    await self.reset()
+                    return
+                await conn.send([b"DATA"])
+            reply = await conn.read_reply()
+            if reply.code is not None and reply.code < 400 and reply.code != 354:
+                # A 2xx to DATA: the replies are out of step with the
+                # commands (an extra reply somewhere in the flight).
+                self.violation(f"the server answered DATA with {reply.code}", list(self.accepted))
+                return
+            if reply.code != 354:
+                if self.accepted:
+                    c = self.judge(reply, stage)
+                    (out.defer if c.session_over else out.settle)(self.accepted, c)
+                elif reply.code == 421:
+                    out.broken = True
+                if not out.broken:
+                    await self.reset()
+                return
+            if not self.accepted:
+                # RFC 2920 §3.1 has the server refuse DATA when no RCPT
+                # succeeded; this one said go ahead.  Sending no message means
+                # ending the session.
+                out.broken = True
+                return
+            await self.message(body)
+        except NO_REPLY as exc:
+            self.lost(exc, stage)
+
+    async def message(self, body: bytes) -> None:
+        """After the 354: the hook, a look for an out-of-turn reply, then the
+        message and the reply that follows its final dot."""
+        conn = self.conn
+        if self.hook is not None:
+            await self.call_hook(list(self.accepted))
+        if not conn.reply_waiting():
+            # One loop turn lets a reply or a close that the server sent
+            # right behind its 354 arrive before any of the message leaves.
+            await asyncio.sleep(0)
+        if conn.reply_waiting():
+            await self.out_of_turn()
+            return
+        try:
+            await conn.send([], body)
+        except BodyNotSent as exc:
+            self.lost(exc, Stage.DATA)
+            return
+        try:
+            reply = await conn.read_reply()
+        except NO_REPLY as exc:
+            self.lost(exc, Stage.END_OF_DATA)
+            return
+        self.verdict(reply, self.accepted)
+
+    async def out_of_turn(self) -> None:
+        """The server spoke after its 354 and before the message: it is not
+        sent, and the session is over."""
+        self.out.broken = True
+        try:
+            reply = await self.conn.read_reply()
+        except NO_REPLY as exc:
+            self.lost(exc, Stage.DATA)
+            return
+        finally:
+            await self.conn.close()
+        if reply.code is not None and reply.code >= 400:
+            # smtp-sink -A: "354" and "550 ..." in one write, then a close.
+            c = self.judge(reply, Stage.DATA)
+            (self.out.defer if c.session_over else self.out.settle)(self.accepted, c)
+            return
+        self.violation(
+            f"the server answered {reply.code} after its 354, before the message was sent "
+            "(the message was not sent)",
+            list(self.accepted),
+        )
+
+    def violation(self, what: str, recipients: list[str]) -> None:
+        """Replies that cannot answer the commands sent: the session is out
+        of step, and nothing it said about ``recipients`` can be trusted."""
+        self.out.broken = True
+        c = self.judge(ProtocolViolation(what + "; the session is out of step"), Stage.DATA)
+        self.out.defer(recipients, c)
+
+    def verdict(self, reply: Reply, accepted: list[str]) -> None:
+        """The reply after the final dot (or BDAT LAST): any 2xx is
+        acceptance (RFC 5321 §4.2.1)."""
+        self.conn.messages += 1
+        if reply.code is not None and 200 <= reply.code < 300:
+            self.out.delivered = list(accepted)
+            return
+        c = self.judge(reply, Stage.END_OF_DATA)
+        (self.out.defer if c.session_over else self.out.settle)(accepted, c)
+
+    # -- opt-in: BDAT LAST behind the envelope ------------------------------
+
+    async def chunked(self, sender: str, options: list[str], body: bytes) -> None:
+        conn, out, batch = self.conn, self.out, self.batch
+        chunk = dot_unstuff(body)
+        if self.hook is not None:
+            await self.call_hook(list(batch))
+        commands = [_mail(sender, options), *map(_rcpt, batch), b"BDAT %d LAST" % len(chunk)]
+        try:
+            await conn.send(commands, chunk)
+        except BodyNotSent as exc:
+            self.lost(exc, Stage.MAIL)
+            return
+        stage = Stage.MAIL
+        try:
+            if not await self.mail_reply():
+                if not out.broken and await self.drain(len(batch) + 1):
+                    await self.reset()
+                return
+            stage = Stage.RCPT
+            for rcpt in batch:
+                if not await self.rcpt_reply(rcpt):
+                    return
+            self.settle_too_many()
+            stage = Stage.END_OF_DATA
+            reply = await conn.read_reply()
+        except NO_REPLY as exc:
+            out.broken = True
+            c = self.judge(exc, stage)
+            # The chunk has left: whoever may have been taken is ambiguous.
+            if stage is Stage.MAIL:
+                self.ambiguous(list(batch), c)
+                return
+            self.ambiguous([*self.accepted, *batch[self.answered :]], c)
+            # Refused as too many: certainly not taken.
+            out.defer(list(self.too_many), c)
+            return
+        if self.accepted:
+            self.verdict(reply, self.accepted)
+        elif reply.code == 421:
+            out.broken = True
+        if (reply.code is None or not 200 <= reply.code < 300) and not out.broken:
+            await self.reset()
+
+    # -- shared ends ------------------------------------------------------
+
+    async def call_hook(self, recipients: list[str]) -> None:
+        assert self.hook is not None
+        try:
+            await self.hook(recipients)
+        except BaseException as exc:
+            self.out.broken = True  # the DATA phase is open: the session is unusable
+            raise _CallerError(exc) from exc
+
+    def ambiguous(self, addresses: list[str], c: Classification) -> None:
+        if self.resend_ambiguous:
+            self.out.defer(addresses, c)
+        else:
+            self.out.ambiguous.update(dict.fromkeys(addresses, c))
+
+    def lost(self, exc: BaseException, stage: Stage) -> None:
+        """No reply (drop, timeout, unreadable bytes) at ``stage`` in the
+        default modes."""
+        out = self.out
         out.broken = True
-        c = judge(exc, stage)
+        c = self.judge(exc, stage)
         if stage is Stage.END_OF_DATA:
             # The final dot was sent: the server may have taken the message.
-            if resend_ambiguous:
-                out.settle(accepted, c)
-            else:
-                out.ambiguous.update(dict.fromkeys(accepted, c))
-        else:
-            if reused and stage is Stage.MAIL:
-                out.stale = True
-            out.settle(accepted + untried, c)
-        return out
+            self.ambiguous(self.accepted, c)
+            return
+        if self.reused and stage is Stage.MAIL:
+            out.stale = True
+        settled = out.pending.keys() | out.rejected.keys()
+        rest = [a for a in self.batch if a not in settled and a not in out.split]
+        out.defer(rest, c)
 
-
-async def _reset(conn: Connection, out: Outcome) -> None:
-    """RSET after a transaction that sent no data, so the connection can be
-    reused; any trouble marks it broken."""
-    try:
-        if (await conn.reset()).code != 250:
-            out.broken = True
-    except NO_REPLY:
-        out.broken = True
+    async def reset(self) -> None:
+        """RSET after a transaction that did not complete, so the connection
+        can be reused; any trouble marks it broken."""
+        try:
+            if (await self.conn.reset()).code != 250:
+                self.out.broken = True
+        except NO_REPLY:
+            self.out.broken = True
