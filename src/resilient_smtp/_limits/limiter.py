@@ -240,8 +240,8 @@ class KeyedLimiter:
         """
         return self._touch(key).limiter
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        self._touch(key).limiter.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        return self._touch(key).limiter.feedback(key, classification)
 
     def _touch(self, key: str) -> _Entry:
         now = self._clock.monotonic()
@@ -344,9 +344,10 @@ class _AllOf:
             return _NOOP
         return _AllOfPermit(self.limiters, key)
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        for lim in self.limiters:
-            lim.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool | None:
+        # Every limiter hears it; one that paces the retry is enough.
+        took = [lim.feedback(key, classification) for lim in self.limiters]
+        return True if any(took) else None
 
     def __repr__(self) -> str:
         return f"all_of({', '.join(map(repr, self.limiters))})"
