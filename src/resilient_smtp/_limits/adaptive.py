@@ -285,6 +285,7 @@ class _KeyRate:
         "answered",
         "bucket",
         "cut_at",
+        "delivered",
         "delivered_since_cut",
         "exited",
         "granted",
@@ -332,6 +333,7 @@ class _KeyRate:
         self.recover_seq = -1  # pushbacks on permits up to this one are old news
         self.cut_at: float | None = None
         self.delivered_since_cut = 0
+        self.delivered = 0  # deliveries heard in all
         self.min_rtt = math.inf
         self.min_rtt_at = now
         self.meter = _Meter()
@@ -356,13 +358,16 @@ class _KeyRate:
             # The server refuses everything for now: one probe at a time.
             self.win = 1
             return 1
+        first = self.owner.initial_window
         bw = self.meter.recent(now)
         if bw is None or self.min_rtt == math.inf:
-            self.win = self.owner.initial_window
+            self.win = first
         else:
-            self.win = max(
-                self.owner.initial_window, math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
-            )
+            # TCP's slow start bounds it too: at most one more per delivery
+            # (doubling per round trip), so a server's initial burst, which
+            # makes the delivery rate look high, cannot open it wide at once.
+            bdp = math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
+            self.win = max(first, min(bdp, first + self.delivered))
         return self.win
 
     async def take_slot(self) -> None:
@@ -408,6 +413,7 @@ class _KeyRate:
         if classification is None:
             self.meter.add(now)
             self.delivered_since_cut += 1
+            self.delivered += 1
             self.window(now)
             if self.phase == _PROBE:
                 self._ramp(now)
