@@ -68,6 +68,10 @@ __all__ = ["AdaptiveLimiter"]
 # probing pace (the multiplicative decrease of TCP Reno); the target stays.
 _HALVE = 0.5
 
+# How far above the measured delivery rate the pace may grow (BBR's probing
+# gain).
+_PROBE_GAIN = 1.25
+
 # BBR's in-flight bound: twice the bandwidth-delay product.
 _WINDOW_GAIN = 2.0
 
@@ -442,7 +446,15 @@ class _KeyRate:
         # Cap the credit so a long quiet spell before one wait is not counted.
         pace = self.pace if self.pace is not None else self.owner.initial_rate
         self.growth += min(dt, 2.0 / pace + 0.5)
-        self._set_pace(self._curve())
+        rate = self._curve()
+        took = self.meter.average(now) if self.phase == _CUBIC else None
+        if took is not None and self.pace is not None:
+            # Grow no further than a little ahead of what the server is
+            # taking (BBR probes at 1.25x the measured bandwidth): when its
+            # refusals come late, the curve must not run away before they
+            # arrive.  (The ramp back to a known rate is not held back.)
+            rate = min(rate, max(self.pace, _PROBE_GAIN * took))
+        self._set_pace(rate)
 
     def _curve(self) -> float:
         owner = self.owner
