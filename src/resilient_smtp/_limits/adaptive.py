@@ -288,6 +288,7 @@ class _KeyRate:
     __slots__ = (
         "answered",
         "bucket",
+        "conn_cap",
         "cut_at",
         "delivered",
         "delivered_since_cut",
@@ -342,6 +343,9 @@ class _KeyRate:
         self.min_rtt_at = now
         self.meter = _Meter()
         self.win = owner.initial_window  # the window, recomputed as measures come
+        # After "too many connections": at most this many permits out at once
+        # (None: no such cap).  Concurrency, not the pace, is what it limits.
+        self.conn_cap: float | None = None
 
     # -- the Limiter protocol (KeyedLimiter keeps one per key) ----------------
 
@@ -372,6 +376,8 @@ class _KeyRate:
             # makes the delivery rate look high, cannot open it wide at once.
             bdp = math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
             self.win = max(first, min(bdp, first + self.delivered))
+        if self.conn_cap is not None:
+            self.win = min(self.win, int(self.conn_cap))
         return self.win
 
     async def take_slot(self) -> None:
@@ -418,6 +424,10 @@ class _KeyRate:
             self.meter.add(now)
             self.delivered_since_cut += 1
             self.delivered += 1
+            if self.conn_cap is not None:
+                # Postfix's concurrency feedback with hysteresis: one more
+                # connection per `recovery_messages` deliveries.
+                self.conn_cap += 1.0 / max(1, self.owner.recovery_messages)
             self.window(now)
             if self.phase == _PROBE:
                 self._ramp(now)
@@ -428,8 +438,28 @@ class _KeyRate:
             return False
         # A pushback on a permit granted before the last cut belongs to the
         # congestion event already acted on (TCP's recovery point).
-        if seq > self.recover_seq:
-            self._cut(key, now, classification.reason)
+        if seq <= self.recover_seq:
+            return True
+        if classification.reason == Reason.TOO_MANY_CONNECTIONS:
+            # Too many at once, not too fast: one fewer permit out at once
+            # (Postfix's negative concurrency feedback); the pace stays.
+            self.conn_cap = float(max(1, min(self.win, self.inflight + 1) - 1))
+            self.recover_seq = self.granted
+            self.window(now)
+            emit(
+                Event(
+                    "rate_changed",
+                    f"{key}: at most {int(self.conn_cap)} at once after {classification.reason}",
+                    {
+                        "destination": key,
+                        "reason": str(classification.reason),
+                        "concurrency": int(self.conn_cap),
+                    },
+                ),
+                owner._hooks,
+            )
+            return True
+        self._cut(key, now, classification.reason)
         return True
 
     # -- the curve -------------------------------------------------------------
