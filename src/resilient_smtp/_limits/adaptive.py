@@ -72,6 +72,10 @@ _HALVE = 0.5
 # gain).
 _PROBE_GAIN = 1.25
 
+# How often a window waiter looks at a clock that is not the loop's (see
+# take_slot).
+_TEST_CLOCK_TICK = 0.05
+
 # BBR's in-flight bound: twice the bandwidth-delay product.
 _WINDOW_GAIN = 2.0
 
@@ -308,6 +312,7 @@ class _KeyRate:
         "ramp_from",
         "recover_seq",
         "slots",
+        "ticker",
         "waited",
         "waiting",
         "w_max",
@@ -334,6 +339,7 @@ class _KeyRate:
         self.answered = 0
         self.inflight = 0  # window slots taken (granted or being paced), not yet left
         self.slots: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.ticker: asyncio.Future[None] | None = None
         self.exited: int | None = None  # stamp of the permit that left last
         self.recover_seq = -1  # pushbacks on permits up to this one are old news
         self.cut_at: float | None = None
@@ -387,12 +393,25 @@ class _KeyRate:
             return
         me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.slots.append(me)
+        if self.owner._clock is not system_clock and (self.ticker is None or self.ticker.done()):
+            # A slot frees when a send ends: real I/O, not the clock.  A test
+            # clock that jumps to the next sleeper when the loop is idle
+            # (FakeClock) would jump straight past a send's deadline while a
+            # real socket is busy; a short sleep of our own on that clock,
+            # while anyone waits for a slot, keeps its jumps small.
+            self.ticker = asyncio.ensure_future(self._tick())
         try:
             await me  # the slot is counted for us when we are woken
         except asyncio.CancelledError:
             if me.done() and not me.cancelled():
                 self.give_slot()  # handed a slot, cancelled before using it
+            else:
+                me.cancel()  # skipped by wake()
             raise
+
+    async def _tick(self) -> None:
+        while any(not f.done() for f in self.slots):
+            await self.owner._clock.sleep(_TEST_CLOCK_TICK)
 
     def give_slot(self) -> None:
         self.inflight -= 1
