@@ -460,9 +460,10 @@ class _KeyRate:
         if seq <= self.recover_seq:
             return True
         if classification.reason == Reason.TOO_MANY_CONNECTIONS:
-            # Too many at once, not too fast: one fewer permit out at once
-            # (Postfix's negative concurrency feedback); the pace stays.
-            self.conn_cap = float(max(1, min(self.win, self.inflight + 1) - 1))
+            # Too many at once, not too fast: halve how many permits may be
+            # out at once (many of them may only be queued for a connection);
+            # the pace stays.
+            self.conn_cap = float(max(1, min(self.win, self.inflight + 1) // 2))
             self.recover_seq = self.granted
             self.window(now)
             emit(
