@@ -70,14 +70,16 @@ _HALVE = 0.5
 
 # How far above the measured delivery rate the pace may grow (BBR's probing
 # gain).
-_PROBE_GAIN = 1.25
+_PROBE_GAIN = 1.1
 
 # How often a window waiter looks at a clock that is not the loop's (see
 # take_slot).
 _TEST_CLOCK_TICK = 0.05
 
-# BBR's in-flight bound: twice the bandwidth-delay product.
-_WINDOW_GAIN = 2.0
+# The in-flight bound: four times the bandwidth-delay product (BBR uses
+# twice; the pool queues sends behind their permits, so a little more keeps
+# its connections busy).
+_WINDOW_GAIN = 4.0
 
 # The shortest round trip is forgotten after this long (BBR: 10 s), so a
 # path that became slower is measured again.
@@ -190,7 +192,7 @@ class AdaptiveLimiter:
         doubling_time: float = 0.125,
         recovery_time: float = 2.0,
         recovery_messages: int = 50,
-        initial_window: int = 16,
+        initial_window: int = 8,
         pushback: Collection[Reason] = DEFAULT_PUSHBACK,
         idle_timeout: float = 300.0,
         clock: Clock = system_clock,
@@ -558,13 +560,7 @@ class _KeyRate:
         else:
             # What the server took is the target: one cut lands under it,
             # however far over it we were.
-            took = min(old, measured)
-            if self.cut_at is not None and now - self.cut_at >= self.k:
-                # A pushback after a full recovery, near the last target,
-                # confirms it: the meter's span may hold the ramp and the
-                # stalls of late refusals, which say less about the limit.
-                took = max(took, min(old, self.w_max))
-            self.w_max = max(owner.min_rate, took)
+            self.w_max = max(owner.min_rate, min(old, measured))
             new = owner.beta * self.w_max
             self.phase = _CUBIC
         self.k = max(owner.recovery_time, owner.recovery_messages / self.w_max)
