@@ -223,7 +223,9 @@ class ThrottleServer:
                 return
             verb = line[:4].upper()
             if verb == b"EHLO":
-                writer.write(b"250-throttle.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE\r\n")
+                writer.write(
+                    b"250-throttle.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE\r\n"
+                )
             elif verb == b"HELO":
                 writer.write(b"250 throttle.test\r\n")
             elif verb == b"MAIL":

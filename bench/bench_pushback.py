@@ -52,13 +52,12 @@ from typing import Any
 import aiosmtplib
 import backoff
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _postfix_server import PrivatePostfix, postfix_missing
 from _throttle_models import ConnectionCount, FixedWindow, ThrottleServer, TokenBucket
 
+from _postfix_server import PrivatePostfix, postfix_missing
 from resilient_smtp import (
     AdaptiveLimiter,
     Classification,
@@ -226,7 +225,7 @@ async def smtp_sink() -> AsyncIterator[int]:
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220  (started once, before the clock runs)
         [sink, "-u", "nobody", f"{HOST}:{port}", "256"], stdout=subprocess.DEVNULL
     )
     try:
@@ -290,10 +289,11 @@ async def scenario(
 
 
 def table(name: str, outcomes: list[Outcome], base: Outcome, naive: Outcome | None) -> str:
+    vs = "vs oracle" if "oracle" in base.client else "vs base"
     lines = [
         f"\n## {name}",
-        f"{'client':<44} {'msgs/s':>7} {'vs ' + ('oracle' if 'oracle' in base.client else 'base'):>9}"
-        f" {'vs naive':>8} {'att/msg':>7} {'refused':>7} {'slowest':>8} {'vs base':>7}  states",
+        f"{'client':<44} {'msgs/s':>7} {vs:>9} {'vs naive':>8} {'att/msg':>7}"
+        f" {'refused':>7} {'slowest':>8} {'vs base':>7}  states",
     ]
     for o in outcomes:
         per = o.attempts / o.delivered if o.delivered else float("inf")
@@ -380,9 +380,7 @@ async def main(argv: list[str] | None = None) -> int:
                     order = clients if i % 2 == 0 else clients[::-1]
                     for o in await scenario(name, factory, sustainable, n, order):
                         runs.setdefault(o.client, []).append(o)
-                outcomes = [
-                    sorted(v, key=lambda o: o.goodput)[len(v) // 2] for v in runs.values()
-                ]
+                outcomes = [sorted(v, key=lambda o: o.goodput)[len(v) // 2] for v in runs.values()]
             else:
                 outcomes = await scenario(name, factory, sustainable, n, clients)
             base = next(

@@ -31,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
+POSTFIX = shutil.which("postfix") or (
+    "/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None
+)
 
 
 def postfix_missing() -> str | None:
@@ -102,7 +104,9 @@ class PrivatePostfix:
         subprocess.run(
             [POSTFIX, "-c", str(conf), "set-permissions"], check=True, env=env, capture_output=True
         )
-        subprocess.run([POSTFIX, "-c", str(conf), "start"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            [POSTFIX, "-c", str(conf), "start"], check=True, env=env, capture_output=True
+        )
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:
             try:

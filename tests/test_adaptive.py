@@ -89,14 +89,13 @@ async def simulate(
 
     async def one() -> None:
         while run.attempts < 5 * messages:  # bounded
-            async with limiter.acquire(KEY):
-                async with pool:
-                    run.attempts += 1
-                    run.attempt_times.append(clock.monotonic())
-                    await clock.sleep(rtt)
-                    ok = server(clock.monotonic())
-                    if not ok:
-                        await clock.sleep(pause)  # the server sits on its refusal
+            async with limiter.acquire(KEY), pool:
+                run.attempts += 1
+                run.attempt_times.append(clock.monotonic())
+                await clock.sleep(rtt)
+                ok = server(clock.monotonic())
+                if not ok:
+                    await clock.sleep(pause)  # the server sits on its refusal
             limiter.feedback(KEY, None if ok else PUSHBACK)
             if ok:
                 run.delivered += 1

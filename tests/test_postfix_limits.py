@@ -17,8 +17,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from _postfix_server import PrivatePostfix, postfix_missing
 
+from _postfix_server import PrivatePostfix, postfix_missing
 from resilient_smtp import (
     AdaptiveLimiter,
     Classification,

@@ -8,12 +8,13 @@ permits may be out at once) and, once the destination has pushed back, a
 borrows what TCP learned, adapted to a server that counts messages:
 
 * **Start without pacing.**  Until the first pushback only the window holds
-  permits back: ``max(initial_window, 2 x delivery rate x shortest round
-  trip)``, BBR's in-flight bound (twice the bandwidth-delay product).  A
-  relay that never pushes back is not slowed down at all (the window keeps
-  ahead of the connection pool), and a server that starts refusing has at
-  most a window's worth of attempts committed when its first refusal comes
-  back: the slow start stops before a large overshoot.
+  permits back: ``max(initial_window, min(4 x delivery rate x shortest round
+  trip, initial_window + deliveries))``: BBR's in-flight bound (a multiple of
+  the bandwidth-delay product) and TCP's slow start (one more per delivery).
+  A relay that never pushes back is not paced (the window keeps ahead of the
+  connection pool), and a server that starts refusing has at most a
+  window's worth of attempts committed when its first refusal comes back:
+  the slow start stops before a large overshoot.
 * **One cut per congestion event.**  Every permit is stamped with a sequence
   number; a cut records the last number granted (TCP's recovery point).
   Pushbacks on permits granted before the cut are the same event (a server
@@ -24,16 +25,20 @@ borrows what TCP learned, adapted to a server that counts messages:
   measured over the last few seconds (never more than the pace we were
   granting), not a fraction of a rate that may have overshot; the pace drops
   to ``beta * W``.
+* **Too many connections** halves how many permits may be out at once and
+  leaves the pace alone (concurrency, not rate; one back per
+  ``recovery_messages`` deliveries, Postfix's feedback with hysteresis).
 * **A refusing server is probed, not forgotten.**  A new event with nothing
   delivered since the last cut (a fixed window whose count is spent: it
-  refuses everything until the window ends) halves the probing pace, but
-  keeps ``W``.  The first delivery after that re-measures ``W`` and the pace
-  doubles every ``doubling_time`` back to ``beta * W``: recovery in well under
-  a second, not a climb from the bottom.
+  refuses everything until the window ends) halves the probing pace and lets
+  one probe out at a time, but keeps ``W``.  The first delivery after that
+  re-measures ``W`` and the pace doubles every ``doubling_time`` back to
+  ``beta * W``: recovery in well under a second, not a climb from the bottom.
 * **Grow back along the CUBIC curve**, ``W * (1 - (1 - beta) * (1 - t / K) ** 3)``:
   fast at first, flat near ``W``, then past ``K`` probing above it to learn
-  whether the limit rose.  ``K`` is ``recovery_time`` or the time to send
-  ``recovery_messages`` at ``W``, whichever is longer.  Time counts only while
+  whether the limit rose, but never beyond 1.1x the measured delivery rate.
+  ``K`` is ``recovery_time`` or the time to send ``recovery_messages`` at
+  ``W``, whichever is longer.  Time counts only while
   callers wait on the limiter (an application-limited sender does not grow
   its rate, as RFC 9438 asks).
 
@@ -68,8 +73,8 @@ __all__ = ["AdaptiveLimiter"]
 # probing pace (the multiplicative decrease of TCP Reno); the target stays.
 _HALVE = 0.5
 
-# How far above the measured delivery rate the pace may grow (BBR's probing
-# gain).
+# How far above the measured delivery rate the pace may grow (BBR probes at
+# 1.25x; lower here, since a probe past a fixed window costs a refusing spell).
 _PROBE_GAIN = 1.1
 
 # How often a window waiter looks at a clock that is not the loop's (see
@@ -315,9 +320,9 @@ class _KeyRate:
         "recover_seq",
         "slots",
         "ticker",
+        "w_max",
         "waited",
         "waiting",
-        "w_max",
         "win",
     )
 
