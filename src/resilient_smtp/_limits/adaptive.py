@@ -84,7 +84,7 @@ _TEST_CLOCK_TICK = 0.05
 # The in-flight bound: four times the bandwidth-delay product (BBR uses
 # twice; the pool queues sends behind their permits, so a little more keeps
 # its connections busy).
-_WINDOW_GAIN = 4.0
+_WINDOW_GAIN = 2.0
 
 # The shortest round trip is forgotten after this long (BBR: 10 s), so a
 # path that became slower is measured again.
@@ -504,7 +504,7 @@ class _KeyRate:
         pace = self.pace if self.pace is not None else self.owner.initial_rate
         self.growth += min(dt, 2.0 / pace + 0.5)
         rate = self._curve()
-        took = self.meter.average(now) if self.phase == _CUBIC else None
+        took = self.meter.recent(now) if self.phase == _CUBIC else None
         if took is not None and self.pace is not None:
             # Grow no further than a little ahead of what the server is
             # taking (BBR probes at 1.25x the measured bandwidth): when its
@@ -565,7 +565,10 @@ class _KeyRate:
         else:
             # What the server took is the target: one cut lands under it,
             # however far over it we were.
-            self.w_max = max(owner.min_rate, min(old, measured))
+            # The pace we were granting bounds what got through, except on
+            # the way back from a probe, where it is still low by choice.
+            ceiling = old if self.phase in (_STARTUP, _CUBIC) else max(old, self.w_max)
+            self.w_max = max(owner.min_rate, min(ceiling, measured))
             new = owner.beta * self.w_max
             self.phase = _CUBIC
         self.k = max(owner.recovery_time, owner.recovery_messages / self.w_max)
