@@ -104,7 +104,8 @@ async def test_postfix_message_rate_limit_is_found_and_everything_arrives(
     assert refused, "the limit was never hit: the test shows nothing"
     assert {c.reason for c in refused} == {Reason.RATE_LIMITED}
     assert "too much mail" in (refused[0].reply.text if refused[0].reply else "")
-    assert len(refused) <= 0.25 * 120  # a short run: the first overshoot dominates
+    # A short run with 1-2 s windows: the first overshoot and its probes dominate.
+    assert len(refused) <= 0.5 * 120
     cuts = [e for e in events if e.kind == "rate_changed"]
     assert 1 <= len(cuts) <= len(refused)
 
