@@ -7,9 +7,9 @@
 # tests and bench/bench_pushback.py start private instances of their own
 # (tests/_postfix_server.py: own config_directory and queue under a temporary
 # directory, smtpd on a 127.0.0.1 port, mail discarded).  The package also
-# brings smtp-sink.  Nothing is started here.
+# brings smtp-sink.  Nothing is started here, so `--stop` has nothing to do.
 
-if ! command -v postfix >/dev/null 2>&1 && [ ! -x /usr/sbin/postfix ]; then
+if [ "${service_action:-start}" != stop ] && ! command -v postfix >/dev/null 2>&1 && [ ! -x /usr/sbin/postfix ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing postfix (not configured, not started)"
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
