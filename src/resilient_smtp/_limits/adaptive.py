@@ -196,7 +196,7 @@ class AdaptiveLimiter:
         beta: float = 0.9,
         doubling_time: float = 0.125,
         recovery_time: float = 2.0,
-        recovery_messages: int = 50,
+        recovery_messages: int = 200,
         initial_window: int = 8,
         pushback: Collection[Reason] = DEFAULT_PUSHBACK,
         idle_timeout: float = 300.0,
