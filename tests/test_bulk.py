@@ -168,7 +168,9 @@ async def test_the_input_is_read_lazily_and_closing_stops_the_rest() -> None:
             if got == 3:
                 break
     # A few more than were yielded were started; nowhere near all of them.
-    assert 3 <= len(taken) <= 3 + 2 + 1
+    # (How many depends on loop turns: the default limiter does not pace a
+    # destination that never pushed back, so sends finish sooner.)
+    assert 3 <= len(taken) <= 3 + 2 + 4
     assert len(transport.messages) < 10
     # Iterating after close yields nothing more.
     assert [s async for s in sends] == []

@@ -302,8 +302,10 @@ def test_shutdown_closes_open_mailers_and_stops_the_loop() -> None:
 
 
 def test_shutdown_cancels_a_send_still_waiting() -> None:
-    policy = RetryPolicy(max_attempts=3, deadline=600.0, min_waits={Reason.RATE_LIMITED: 300.0})
-    transport = ScriptedTransport().on("rcpt", "450 4.7.1 Too many messages, slow down")
+    # Greylisting keeps its floor (a rate limit the adaptive limiter took is
+    # retried through the limiter instead, with no floor).
+    policy = RetryPolicy(max_attempts=3, deadline=600.0, min_waits={Reason.GREYLISTED: 300.0})
+    transport = ScriptedTransport().on("rcpt", "450 4.2.0 Greylisted, try again later")
     mailer = sync.Mailer("mx.test", tls="none", transport=transport, retry=policy)
     outcome: list[object] = []
 

@@ -1,75 +1,110 @@
 """The adaptive limiter: find a destination's unknown rate limit, and stay under it.
 
 Servers rarely publish their limits; they say so when we cross them
-(``421 4.7.0 Try again later``).  :class:`AdaptiveLimiter` keeps a GCRA
-bucket per destination whose rate follows CUBIC (RFC 9438, the curve
-botocore's adaptive retry mode uses for its client-side rate):
+(``421 4.7.0 Try again later``, ``450 4.7.1 Error: too much mail``).
+:class:`AdaptiveLimiter` keeps, per destination, a *window* (how many
+permits may be out at once) and, once the destination has pushed back, a
+*pace* (a GCRA bucket whose rate follows CUBIC, RFC 9438).  The control loop
+borrows what TCP learned, adapted to a server that counts messages:
 
-* **Start** at ``initial_rate`` and, until the first pushback, double the rate
-  every ``doubling_time`` seconds *spent waiting on the limiter* (slow start).
-* **Cut** on pushback (``rate_limited``, ``too_many_connections``,
-  ``session_limit``, ``reputation_deferral``): take as ``W`` the lowest of the
-  rate we were granting, the recent delivery rate, and (when well below our
-  rate) the delivery rate since the last cut: what the server actually took.
-  Drop to ``beta * W``, or to half the rate if nothing at all was delivered
-  since the last cut.  Pushbacks on permits granted *before* the cut are the
-  same congestion event (TCP's "one cut per round trip"): they are counted
-  but not acted on.  The bucket is emptied, as the server's is.
-* **Grow back** along ``W * (1 - (1 - beta) * (1 - t / K) ** 3)``: fast at
-  first, flat near ``W`` (the last rate known to be too high, but only just),
-  then, past ``K``, slowly and then faster above it, to find out whether the
-  limit has risen.  ``K`` is ``recovery_time`` seconds or the time to send
-  ``recovery_messages`` at ``W``, whichever is longer, so a destination that
-  takes one message a second is probed every minute, not every few messages.
-* Time counts only while callers are waiting on the limiter: a sender that
-  does not use its rate does not grow it (as RFC 9438 asks for
-  application-limited flows).
-* Never below ``min_rate``, never above ``max_rate``.
+* **Start without pacing.**  Until the first pushback only the window holds
+  permits back: ``max(initial_window, min(4 x delivery rate x shortest round
+  trip, initial_window + deliveries))``: BBR's in-flight bound (a multiple of
+  the bandwidth-delay product) and TCP's slow start (one more per delivery).
+  A relay that never pushes back is not paced (the window keeps ahead of the
+  connection pool), and a server that starts refusing has at most a
+  window's worth of attempts committed when its first refusal comes back:
+  the slow start stops before a large overshoot.
+* **One cut per congestion event.**  Every permit is stamped with a sequence
+  number; a cut records the last number granted (TCP's recovery point).
+  Pushbacks on permits granted before the cut are the same event (a server
+  that starts refusing refuses everything already on its way, and a server
+  that pauses after each error delivers those refusals late and together)
+  and do not cut again.
+* **Cut to what the server took.**  The new target ``W`` is the delivery rate
+  measured over the last few seconds (never more than the pace we were
+  granting), not a fraction of a rate that may have overshot; the pace drops
+  to ``beta * W``.
+* **Too many connections** halves how many permits may be out at once and
+  leaves the pace alone (concurrency, not rate; one back per
+  ``recovery_messages`` deliveries, Postfix's feedback with hysteresis).
+* **A refusing server is probed, not forgotten.**  A new event with nothing
+  delivered since the last cut (a fixed window whose count is spent: it
+  refuses everything until the window ends) halves the probing pace and lets
+  one probe out at a time, but keeps ``W``.  The first delivery after that
+  re-measures ``W`` and the pace doubles every ``doubling_time`` back to
+  ``beta * W``: recovery in well under a second, not a climb from the bottom.
+* **Grow back along the CUBIC curve**, ``W * (1 - (1 - beta) * (1 - t / K) ** 3)``:
+  fast at first, flat near ``W``, then past ``K`` probing above it to learn
+  whether the limit rose, but never beyond 1.1x the measured delivery rate.
+  ``K`` is ``recovery_time`` or the time to send ``recovery_messages`` at
+  ``W``, whichever is longer.  Time counts only while
+  callers wait on the limiter (an application-limited sender does not grow
+  its rate, as RFC 9438 asks).
 
-Why CUBIC and not AIMD (Postfix's concurrency feedback adds one per success
-and subtracts one per failed connection): an additive increase either
-creeps back too slowly after a cut or, made faster, overshoots the limit as
-fast as it approached it, so it spends its time far from the limit.  CUBIC's
-plateau keeps the rate near the last known limit for most of a cycle and
-probes past it gently, which is what a destination with a fixed limit wants;
-each cut costs one refused attempt and a reconnect.  ``beta`` is 0.9 (CUBIC
-for TCP and botocore use 0.7): SMTP limits are steady settings, and the cut
-starts from the measured delivery rate, so when we were far over the limit
-one cut lands just under it.
+:meth:`AdaptiveLimiter.feedback` returns ``True`` for a pushback it took:
+the limiter paces the retry itself, so the caller need not add a fixed
+per-message wait on top.  ``docs/limits.md`` has the figures.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import math
 from collections.abc import Collection, Iterable
 from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .._checks import positive_number
+from .._checks import positive_number as _check_rate
 from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
 from .gcra import RateLimiter
-from .limiter import KeyedLimiter, Limiter, NothingToGiveBack
+from .limiter import KeyedLimiter, Limiter
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
 
 __all__ = ["AdaptiveLimiter"]
 
-# A fresh pushback with nothing delivered since the last cut: halve (the
-# multiplicative decrease of TCP Reno) rather than take another small step.
+# A fresh pushback with nothing delivered since the last cut: halve the
+# probing pace (the multiplicative decrease of TCP Reno); the target stays.
 _HALVE = 0.5
 
-# The delivery-rate meter: counts in _SLOTS slots of _SLOT seconds, in O(1)
-# memory.  The estimate uses the newest slots that hold at least _MIN_COUNT
-# deliveries: a short window at high rates (it must not lag a fast-rising
-# rate), up to _SLOTS * _SLOT = 2 s at low ones; fewer deliveries than that
-# in two seconds say too little to act on.
+# How far above the measured delivery rate the pace may grow (BBR probes at
+# 1.25x; lower here, since a probe past a fixed window costs a refusing spell).
+_PROBE_GAIN = 1.1
+
+# How often a window waiter looks at a clock that is not the loop's (see
+# take_slot).
+_TEST_CLOCK_TICK = 0.05
+
+# The in-flight bound: four times the bandwidth-delay product (BBR uses
+# twice; the pool queues sends behind their permits, so a little more keeps
+# its connections busy).
+_WINDOW_GAIN = 2.0
+
+# The shortest round trip is forgotten after this long (BBR: 10 s), so a
+# path that became slower is measured again.
+_MIN_RTT_LIFE = 10.0
+
+# The delivery meter: counts in _SLOTS slots of _SLOT seconds (4 s), O(1)
+# memory.  ``average`` spans the whole meter: long enough to see through a
+# per-second window's bunching and a token bucket's initial burst.  ``recent``
+# uses the newest slots holding _MIN_COUNT deliveries (a short window at high
+# rates, for the in-flight bound).  Fewer than _MIN_COUNT say too little.
 _SLOT = 0.0625
-_SLOTS = 32
+_SLOTS = 64
 _MIN_COUNT = 4
+
+# Phases of a destination's pace.
+_STARTUP = 0  # no pushback yet: the window only (or max_rate)
+_CUBIC = 1  # after a measured cut: the CUBIC curve around W
+_PROBE = 2  # refusing everything: a low, constant pace until a delivery
+_RAMP = 3  # deliveries again: doubling back to beta * W
 
 
 class _Meter:
@@ -97,23 +132,37 @@ class _Meter:
         if now < self.first:
             self.first = now
 
-    def rate(self, now: float) -> float | None:
-        """The delivery rate, or ``None`` when too few were seen lately."""
+    def _rate(self, now: float, need: int) -> float | None:
         idx = self._roll(now)
         total = 0
         for back in range(_SLOTS):
             total += self.counts[(idx - back) % _SLOTS]
-            if total >= _MIN_COUNT and back >= 1:
+            if total >= need and back >= 1:
                 start = max((idx - back) * _SLOT, self.first)
                 return total / (now - start) if now > start else None
         return None
 
+    def recent(self, now: float) -> float | None:
+        """The delivery rate over the shortest recent span that says something."""
+        return self._rate(now, _MIN_COUNT)
+
+    def average(self, now: float) -> float | None:
+        """The delivery rate over the meter's whole span (4 s, or since the first)."""
+        idx = self._roll(now)
+        total = sum(self.counts)
+        if total < _MIN_COUNT:
+            return None
+        start = max((idx - _SLOTS + 1) * _SLOT, self.first)
+        return total / (now - start) if now > start else None
+
 
 class AdaptiveLimiter(Limiter):
-    """A per-destination rate that backs off on pushback and probes back up.
+    """A per-destination pace that finds a server's limit and stays under it.
 
-    The Mailer's default limiter.  Call :meth:`feedback` once per permit
-    (``None`` for a delivered message); see the module docstring for the
+    The Mailer's default limiter.  Call :meth:`feedback` once per permit,
+    right after leaving the ``async with`` block (``None`` for a delivered
+    message): the permit's stamp tells a new congestion event from the
+    echoes of one already acted on.  See the module docstring for the
     algorithm and ``docs/limits.md`` for the reasoning and the figures.
     Emits a ``"rate_changed"`` event on every cut.
     """
@@ -130,6 +179,7 @@ class AdaptiveLimiter(Limiter):
         "burst",
         "doubling_time",
         "initial_rate",
+        "initial_window",
         "max_rate",
         "min_rate",
         "pushback",
@@ -142,21 +192,23 @@ class AdaptiveLimiter(Limiter):
         *,
         initial_rate: float = 10.0,
         min_rate: float = 0.1,
-        max_rate: float = 1000.0,
+        max_rate: float | None = None,
         burst: int = 2,
         beta: float = 0.9,
         doubling_time: float = 0.125,
         recovery_time: float = 2.0,
-        recovery_messages: int = 50,
+        recovery_messages: int = 200,
+        initial_window: int = 8,
         pushback: Collection[Reason] = DEFAULT_PUSHBACK,
         idle_timeout: float = 300.0,
         clock: Clock = system_clock,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self.initial_rate = positive_number("initial_rate", initial_rate)
-        self.min_rate = positive_number("min_rate", min_rate)
-        self.max_rate = positive_number("max_rate", max_rate)
-        if not self.min_rate <= self.initial_rate <= self.max_rate:
+        self.initial_rate = _check_rate("initial_rate", initial_rate)
+        self.min_rate = _check_rate("min_rate", min_rate)
+        self.max_rate = None if max_rate is None else _check_rate("max_rate", max_rate)
+        top = math.inf if self.max_rate is None else self.max_rate
+        if not self.min_rate <= self.initial_rate <= top:
             raise ValueError(
                 "need min_rate <= initial_rate <= max_rate, got "
                 f"{min_rate!r}, {initial_rate!r}, {max_rate!r}"
@@ -165,27 +217,42 @@ class AdaptiveLimiter(Limiter):
             raise ValueError(f"burst must be an int >= 1, got {burst!r}")
         if not 0.0 < beta < 1.0:
             raise ValueError(f"beta must be between 0 and 1 (exclusive), got {beta!r}")
+        if isinstance(initial_window, bool) or not isinstance(initial_window, int):
+            raise TypeError("initial_window must be an int")
+        if initial_window < 1:
+            raise ValueError(f"initial_window must be >= 1, got {initial_window}")
         self.burst = burst
         self.beta = float(beta)
-        self.doubling_time = positive_number("doubling_time", doubling_time)
-        self.recovery_time = positive_number("recovery_time", recovery_time)
+        self.doubling_time = _check_rate("doubling_time", doubling_time)
+        self.recovery_time = _check_rate("recovery_time", recovery_time)
         if isinstance(recovery_messages, bool) or not isinstance(recovery_messages, int):
             raise TypeError("recovery_messages must be an int")
         if recovery_messages < 0:
             raise ValueError(f"recovery_messages must be >= 0, got {recovery_messages}")
         self.recovery_messages = recovery_messages
+        self.initial_window = initial_window
         self.pushback = frozenset(Reason(r) for r in pushback)
         self._clock = clock
         self._hooks = tuple(hooks)
         self._keys = KeyedLimiter(self._new_key, idle_timeout=idle_timeout, clock=clock)
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
-        # A key's state is not dropped while callers wait on it (its bucket
-        # is not idle then), and a rate permit holds nothing once granted.
-        return self._keys.limiter_for(key).acquire(key)
+        # A key's state is not dropped while a permit is held or awaited
+        # (it is not idle then).
+        state = self._keys.limiter_for(key)
+        assert isinstance(state, _KeyRate)
+        return _AdaptivePermit(state)
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        self._keys.feedback(key, classification)
+    def feedback(self, key: str, classification: Classification | None) -> bool:
+        """Hear how the attempt on the last permit left went.
+
+        Returns ``True`` when ``classification`` is pushback (one of
+        :attr:`pushback`): the limiter has taken it and paces the retry, so
+        no fixed per-message wait is needed on top.
+        """
+        state = self._keys.limiter_for(key)
+        assert isinstance(state, _KeyRate)
+        return state.hear(key, classification)
 
     @property
     def clock(self) -> Clock:
@@ -193,12 +260,23 @@ class AdaptiveLimiter(Limiter):
         return self._clock
 
     def rate(self, key: str) -> float:
-        """The current rate for ``key`` (``initial_rate`` for a key it does not know)."""
+        """The pace for ``key`` in permits per second.
+
+        ``math.inf`` (or ``max_rate``) until the destination first pushes
+        back: only the in-flight window holds permits back then.
+        """
         state = self._keys.get(key)
         if not isinstance(state, _KeyRate):
-            return self.initial_rate
+            return math.inf if self.max_rate is None else self.max_rate
         state.update(self._clock.monotonic())
-        return state.bucket.rate
+        return math.inf if state.pace is None else state.pace
+
+    def window(self, key: str) -> int:
+        """How many permits for ``key`` may be out at once right now."""
+        state = self._keys.get(key)
+        if not isinstance(state, _KeyRate):
+            return self.initial_window
+        return state.window(self._clock.monotonic())
 
     @property
     def keys_held(self) -> int:
@@ -209,148 +287,308 @@ class AdaptiveLimiter(Limiter):
         return _KeyRate(self)
 
     def __repr__(self) -> str:
+        top = "None" if self.max_rate is None else f"{self.max_rate:g}"
         return (
             f"AdaptiveLimiter(initial_rate={self.initial_rate:g}, min_rate={self.min_rate:g}, "
-            f"max_rate={self.max_rate:g}, keys={self._keys.keys_held})"
+            f"max_rate={top}, keys={self._keys.keys_held})"
         )
 
 
 class _KeyRate(Limiter):
-    """One destination's bucket and where it stands on the curve."""
+    """One destination: its window, its pace, and where it stands on the curve."""
 
     __slots__ = (
-        "_permit",
         "answered",
-        "beta",
         "bucket",
+        "conn_cap",
         "cut_at",
+        "delivered",
         "delivered_since_cut",
+        "exited",
         "granted",
         "growth",
+        "inflight",
         "k",
         "last_update",
-        "last_waits",
         "meter",
+        "min_rtt",
+        "min_rtt_at",
         "owner",
+        "pace",
+        "phase",
         "phase_start",
-        "recover_until",
-        "slow_start",
+        "ramp_from",
+        "recover_seq",
+        "slots",
+        "ticker",
         "w_max",
+        "waited",
+        "waiting",
+        "win",
     )
 
     def __init__(self, owner: AdaptiveLimiter) -> None:
         self.owner = owner
-        self.bucket = RateLimiter(rate=owner.initial_rate, burst=owner.burst, clock=owner._clock)
-        self.last_update = owner._clock.monotonic()
-        self.last_waits = 0
+        now = owner._clock.monotonic()
+        self.pace: float | None = owner.max_rate  # None: not paced
+        self.bucket = RateLimiter(
+            rate=owner.max_rate or owner.initial_rate, burst=owner.burst, clock=owner._clock
+        )
+        self.phase = _STARTUP
+        self.last_update = now
         self.growth = 0.0  # seconds spent with callers waiting on this limiter
         self.phase_start = 0.0  # ``growth`` when the current phase began
-        self.slow_start = True
+        self.waiting = 0  # callers inside acquire, not yet granted
+        self.waited = False  # someone waited since the last update
         self.w_max = owner.initial_rate
-        self.beta = owner.beta  # where the curve starts, as a fraction of w_max
         self.k = owner.recovery_time
-        self.granted = 0
+        self.ramp_from = owner.min_rate
+        self.granted = 0  # permits granted: the stamp of the last one
         self.answered = 0
-        self.recover_until = 0  # pushbacks on permits up to this one are old news
-        self.cut_at = -math.inf
+        self.inflight = 0  # window slots taken (granted or being paced), not yet left
+        self.slots: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.ticker: asyncio.Future[None] | None = None
+        self.exited: int | None = None  # stamp of the permit that left last
+        self.recover_seq = -1  # pushbacks on permits up to this one are old news
+        self.cut_at: float | None = None
         self.delivered_since_cut = 0
+        self.delivered = 0  # deliveries heard in all
+        self.min_rtt = math.inf
+        self.min_rtt_at = now
         self.meter = _Meter()
-        self._permit = NothingToGiveBack(self._enter)
+        self.win = owner.initial_window  # the window, recomputed as measures come
+        # After "too many connections": at most this many permits out at once
+        # (None: no such cap).  Concurrency, not the pace, is what it limits.
+        self.conn_cap: float | None = None
 
-    # -- the Limiter protocol ------------------------------------------------
+    # -- the Limiter protocol (KeyedLimiter keeps one per key) ----------------
 
     def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
-        return self._permit
+        return _AdaptivePermit(self)
 
-    def feedback(self, key: str, classification: Classification | None) -> None:
-        now = self.owner._clock.monotonic()
+    def feedback(self, key: str, classification: Classification | None) -> bool:
+        return self.hear(key, classification)
+
+    def is_idle(self) -> bool:
+        return self.inflight == 0 and self.waiting == 0 and self.bucket.is_idle()
+
+    # -- the window ------------------------------------------------------------
+
+    def window(self, now: float) -> int:
+        """Recompute the in-flight bound from the latest measures."""
+        if self.phase == _PROBE:
+            # The server refuses everything for now: one probe at a time.
+            self.win = 1
+            return 1
+        first = self.owner.initial_window
+        bw = self.meter.recent(now)
+        if bw is None or self.min_rtt == math.inf:
+            self.win = first
+        else:
+            # TCP's slow start bounds it too: at most one more per delivery
+            # (doubling per round trip), so a server's initial burst, which
+            # makes the delivery rate look high, cannot open it wide at once.
+            bdp = math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
+            self.win = max(first, min(bdp, first + self.delivered))
+        if self.conn_cap is not None:
+            self.win = min(self.win, int(self.conn_cap))
+        return self.win
+
+    async def take_slot(self) -> None:
+        """Wait for a window slot; return holding it."""
+        if not self.slots and self.inflight < self.win:
+            self.inflight += 1
+            return
+        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.slots.append(me)
+        if self.owner._clock is not system_clock and (self.ticker is None or self.ticker.done()):
+            # A slot frees when a send ends: real I/O, not the clock.  A test
+            # clock that jumps to the next sleeper when the loop is idle
+            # (FakeClock) would jump straight past a send's deadline while a
+            # real socket is busy; a short sleep of our own on that clock,
+            # while anyone waits for a slot, keeps its jumps small.
+            self.ticker = asyncio.ensure_future(self._tick())
+        try:
+            await me  # the slot is counted for us when we are woken
+        except asyncio.CancelledError:
+            if me.done() and not me.cancelled():
+                self.give_slot()  # handed a slot, cancelled before using it
+            else:
+                me.cancel()  # skipped by wake()
+            raise
+
+    async def _tick(self) -> None:
+        while any(not f.done() for f in self.slots):
+            await self.owner._clock.sleep(_TEST_CLOCK_TICK)
+
+    def give_slot(self) -> None:
+        self.inflight -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        slots = self.slots
+        if not slots:
+            return
+        limit = self.win
+        while slots and self.inflight < limit:
+            fut = slots.popleft()
+            if not fut.done():
+                self.inflight += 1
+                fut.set_result(None)
+
+    # -- feedback --------------------------------------------------------------
+
+    def hear(self, key: str, classification: Classification | None) -> bool:
+        owner = self.owner
+        now = owner._clock.monotonic()
         self.update(now)
         self.answered += 1
+        # The permit this answers: the one that left last (the Mailer reports
+        # right after leaving); else assume answers come in order.
+        seq = self.exited if self.exited is not None else self.answered
+        self.exited = None
         if classification is None:
             self.meter.add(now)
             self.delivered_since_cut += 1
-            return
-        if classification.reason not in self.owner.pushback:
-            return
+            self.delivered += 1
+            if self.conn_cap is not None:
+                # Postfix's concurrency feedback with hysteresis: one more
+                # connection per `recovery_messages` deliveries.
+                self.conn_cap += 1.0 / max(1, self.owner.recovery_messages)
+            self.window(now)
+            if self.phase == _PROBE:
+                self._ramp(now)
+            if self.slots:
+                self.wake()  # the window may have grown
+            return False
+        if classification.reason not in owner.pushback:
+            return False
         # A pushback on a permit granted before the last cut belongs to the
-        # congestion event already acted on (TCP cuts once per round trip).
-        if self.answered <= self.recover_until and now - self.cut_at < self.k / 2:
-            return
+        # congestion event already acted on (TCP's recovery point).
+        if seq <= self.recover_seq:
+            return True
+        if classification.reason == Reason.TOO_MANY_CONNECTIONS:
+            # Too many at once, not too fast: halve how many permits may be
+            # out at once (many of them may only be queued for a connection);
+            # the pace stays.
+            self.conn_cap = float(max(1, min(self.win, self.inflight + 1) // 2))
+            self.recover_seq = self.granted
+            self.window(now)
+            emit(
+                Event(
+                    "rate_changed",
+                    f"{key}: at most {int(self.conn_cap)} at once after {classification.reason}",
+                    {
+                        "destination": key,
+                        "reason": str(classification.reason),
+                        "concurrency": int(self.conn_cap),
+                    },
+                ),
+                owner._hooks,
+            )
+            return True
         self._cut(key, now, classification.reason)
-
-    def is_idle(self) -> bool:
-        return self.bucket.is_idle()
-
-    async def _enter(self) -> None:
-        self.update(self.owner._clock.monotonic())
-        await self.bucket.wait()
-        self.granted += 1
+        return True
 
     # -- the curve -------------------------------------------------------------
 
     def update(self, now: float) -> None:
-        """Credit the time callers spent waiting, and set the bucket's rate."""
+        """Credit the time callers spent waiting, and set the pace."""
         dt = now - self.last_update
         self.last_update = now
-        waits = self.bucket.waits
-        # Callers waited since the last update, or are waiting now (a batch
-        # queued at once enters the wait only once, then keeps waiting).
-        if (waits == self.last_waits and not self.bucket.waiting) or dt <= 0:
+        if dt <= 0 or not (self.waited or self.waiting):
             return  # nobody waited: no growth, the curve has not moved
-        self.last_waits = waits
+        self.waited = bool(self.waiting)
+        if self.phase == _STARTUP or self.phase == _PROBE:
+            return
         # Cap the credit so a long quiet spell before one wait is not counted.
-        self.growth += min(dt, 2.0 / self.bucket.rate + 0.5)
-        self.bucket.rate = self._curve()
+        pace = self.pace if self.pace is not None else self.owner.initial_rate
+        self.growth += min(dt, 2.0 / pace + 0.5)
+        rate = self._curve()
+        took = self.meter.recent(now) if self.phase == _CUBIC else None
+        if took is not None and self.pace is not None:
+            # Grow no further than a little ahead of what the server is
+            # taking (BBR probes at 1.25x the measured bandwidth): when its
+            # refusals come late, the curve must not run away before they
+            # arrive.  (The ramp back to a known rate is not held back.)
+            rate = min(rate, max(self.pace, _PROBE_GAIN * took))
+        self._set_pace(rate)
 
     def _curve(self) -> float:
         owner = self.owner
         t = self.growth - self.phase_start
-        if self.slow_start:
-            rate = owner.initial_rate * math.pow(2.0, min(t / owner.doubling_time, 64.0))
-        else:
-            x = min(t / self.k - 1.0, 1e3)
-            rate = self.w_max * (1.0 + (1.0 - self.beta) * x * x * x)
-        return min(owner.max_rate, max(owner.min_rate, rate))
+        target = owner.beta * self.w_max
+        if self.phase == _RAMP:
+            rate = self.ramp_from * math.pow(2.0, min(t / owner.doubling_time, 64.0))
+            if rate < target:
+                return rate
+            self.phase = _CUBIC
+            self.phase_start = self.growth
+            t = 0.0
+        x = min(t / self.k - 1.0, 1e3)
+        return self.w_max * (1.0 + (1.0 - owner.beta) * x * x * x)
+
+    def _set_pace(self, rate: float) -> None:
+        owner = self.owner
+        if owner.max_rate is not None:
+            rate = min(rate, owner.max_rate)
+        rate = max(owner.min_rate, rate)
+        self.pace = rate
+        self.bucket.rate = rate
+
+    def _ramp(self, now: float) -> None:
+        """Deliveries again after a probe: re-measure W, double back to it."""
+        measured = self.meter.average(now)
+        if measured is not None:
+            self.w_max = max(self.owner.min_rate, min(self.w_max, measured))
+            self.k = max(self.owner.recovery_time, self.owner.recovery_messages / self.w_max)
+        self.ramp_from = self.pace if self.pace is not None else self.owner.min_rate
+        self.phase = _RAMP
+        self.phase_start = self.growth
+        self.window(now)
 
     def _cut(self, key: str, now: float, reason: Reason) -> None:
         owner = self.owner
-        old = self.bucket.rate
-        # The rate we were granting is an upper bound on the limit.  What the
-        # server actually took is a better one when we were far over it (or
-        # when its burst hid the excess), so the cut is taken from the lowest
-        # of: our rate, the recent delivery rate, and the delivery rate since
-        # the last cut when that is well below our rate.  (+1: one delivery
-        # more than seen, so a pushback right after a cut cannot read as 0/s.)
-        measured = self.meter.rate(now)
-        since = now - self.cut_at
-        if 0.0 < since < math.inf:
-            took = (self.delivered_since_cut + 1) / since
-            if took < owner.beta * old and (measured is None or took < measured):
-                measured = took
-        peak = max(owner.min_rate, old if measured is None else min(old, measured))
-        low = peak * owner.beta
-        if since < math.inf and self.delivered_since_cut == 0:
-            # Nothing got through since the last cut: it was far from enough.
-            low = min(low, old * _HALVE)
-        self.w_max = peak
-        self.beta = max(owner.min_rate, low) / peak
+        old = self.pace if self.pace is not None else math.inf
+        measured = self.meter.average(now)
+        if self.cut_at is not None and self.delivered_since_cut == 0:
+            # Nothing got through since the last cut: the server refuses
+            # everything for now (a spent window).  Probe more slowly, and
+            # keep the target: the rate it took before is still the best
+            # guess for when it takes mail again.
+            new = (old if old < math.inf else owner.initial_rate) * _HALVE
+            self.phase = _PROBE
+        elif measured is None:
+            # Pushed back before anything was measured: halve a guess.
+            self.w_max = max(owner.min_rate, min(old, owner.initial_rate))
+            new = self.w_max * _HALVE
+            self.phase = _PROBE
+        else:
+            # What the server took is the target: one cut lands under it,
+            # however far over it we were.
+            # The pace we were granting bounds what got through, except on
+            # the way back from a probe, where it is still low by choice.
+            ceiling = old if self.phase in (_STARTUP, _CUBIC) else max(old, self.w_max)
+            self.w_max = max(owner.min_rate, min(ceiling, measured))
+            new = owner.beta * self.w_max
+            self.phase = _CUBIC
         self.k = max(owner.recovery_time, owner.recovery_messages / self.w_max)
-        self.slow_start = False
         self.phase_start = self.growth
-        self.recover_until = self.granted
+        self.recover_seq = self.granted
         self.cut_at = now
         self.delivered_since_cut = 0
-        new = self.bucket.rate = self._curve()
-        self.bucket.drain()
+        self._set_pace(new)
+        self.window(now)
+        assert self.pace is not None
         emit(
             Event(
                 "rate_changed",
-                f"{key}: rate cut from {old:.3g}/s to {new:.3g}/s after {reason}",
+                f"{key}: rate cut from {old:.3g}/s to {self.pace:.3g}/s after {reason}",
                 {
                     "destination": key,
                     "reason": str(reason),
                     "old_rate": old,
-                    "new_rate": new,
+                    "new_rate": self.pace,
                     "measured_rate": measured,
                     "target_rate": self.w_max,
                     "recovery_seconds": self.k,
@@ -358,3 +596,56 @@ class _KeyRate(Limiter):
             ),
             owner._hooks,
         )
+
+
+class _AdaptivePermit(AbstractAsyncContextManager[None]):
+    """One permit: a window slot, then (once paced) a turn of the bucket."""
+
+    __slots__ = ("_seq", "_start", "_state")
+
+    def __init__(self, state: _KeyRate) -> None:
+        self._state = state
+        self._seq = 0
+        self._start = 0.0
+
+    async def __aenter__(self) -> None:
+        state = self._state
+        clock = state.owner._clock
+        now = clock.monotonic()
+        state.update(now)
+        fast = not state.slots and state.inflight < state.win
+        if fast and state.pace is None:
+            state.inflight += 1  # the uncontended path: nothing to wait for
+        else:
+            state.waiting += 1
+            state.waited = True
+            try:
+                await state.take_slot()
+                try:
+                    if state.pace is not None:
+                        async with state.bucket.acquire(""):
+                            pass  # a rate permit holds nothing once granted
+                except BaseException:
+                    state.give_slot()
+                    raise
+            finally:
+                state.waiting -= 1
+            now = clock.monotonic()
+        state.granted += 1
+        self._seq = state.granted
+        self._start = now
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        state = self._state
+        now = state.owner._clock.monotonic()
+        state.exited = self._seq
+        rtt = now - self._start
+        if rtt < state.min_rtt or now - state.min_rtt_at > _MIN_RTT_LIFE:
+            state.min_rtt = rtt
+            state.min_rtt_at = now
+        state.give_slot()

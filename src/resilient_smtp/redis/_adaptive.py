@@ -96,7 +96,7 @@ class RedisAdaptiveLimiter(_Shared):
             fallback = AdaptiveLimiter(
                 initial_rate=spec.initial_rate / n,
                 min_rate=spec.min_rate / n,
-                max_rate=spec.max_rate / n,
+                max_rate=None if spec.max_rate is None else spec.max_rate / n,
                 burst=spec.burst,
                 beta=spec.beta,
                 doubling_time=spec.doubling_time,
