@@ -33,7 +33,9 @@ from ._records import (
     ReasonStatus,
     RecipientUpdate,
     SuspensionStatus,
+    status_of,
 )
+from ._sql import latest
 
 __all__ = ["PostgresStore"]
 
@@ -77,6 +79,8 @@ _FREE = (
 )
 _GOOD_MESSAGE = "m.created <> 'NaN' AND m.expires <> 'NaN'"
 _IS_WAITING = "r.state IN ('queued', 'deferred')"
+_DEFERRED = "i.state = 'deferred'"
+_SUSPENDED = "i.state = 'deferred' AND i.suspended_until > $1"
 # The column types rule out text in a number or a body; what is left to go
 # wrong is an unknown state, a recipient whose message row is gone (a
 # foreign key dropped or bypassed), and NaN or NULL where a time belongs.
@@ -362,9 +366,7 @@ class PostgresStore:
                 for r in await conn.fetch(
                     "SELECT destination, COUNT(*) AS n, "
                     "COUNT(*) FILTER (WHERE suspended) AS s, "
-                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
-                    " i.destination IS NOT DISTINCT FROM o.destination "
-                    " ORDER BY updated DESC LIMIT 1) AS last "
+                    f"{_latest('reason', 'destination', where=_DEFERRED)} AS last "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "GROUP BY destination ORDER BY COUNT(*) DESC"
                 )
@@ -380,10 +382,7 @@ class PostgresStore:
                 )
                 for r in await conn.fetch(
                     "SELECT state, destination, reason, COUNT(*) AS n, MAX(updated) AS last, "
-                    "(SELECT detail FROM outbox_recipients i WHERE i.state = o.state AND "
-                    " i.destination IS NOT DISTINCT FROM o.destination AND "
-                    " i.reason IS NOT DISTINCT FROM o.reason "
-                    " ORDER BY updated DESC LIMIT 1) AS detail "
+                    f"{_latest('detail', 'state', 'destination', 'reason')} AS detail "
                     "FROM outbox_recipients o GROUP BY state, destination, reason "
                     "ORDER BY state, COUNT(*) DESC"
                 )
@@ -397,26 +396,20 @@ class PostgresStore:
                 )
                 for r in await conn.fetch(
                     "SELECT destination, MAX(suspended_until) AS until, COUNT(*) AS n, "
-                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
-                    " i.destination IS NOT DISTINCT FROM o.destination AND "
-                    " i.suspended_until > $1 ORDER BY updated DESC LIMIT 1) AS reason "
+                    f"{_latest('reason', 'destination', where=_SUSPENDED)} AS reason "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "AND suspended_until > $1 AND suspended_until <> 'NaN' "
                     "GROUP BY destination ORDER BY MAX(suspended_until)",
                     now,
                 )
             ]
-        deferred = oldest.get(OutboxState.DEFERRED.value)
-        return OutboxStatus(
+        return status_of(
             counts=counts,
             messages=messages,
-            oldest_deferred_id=None if deferred is None else deferred.id,
-            oldest_deferred_created=None if deferred is None else deferred.created,
-            oldest_deferred_reason=None if deferred is None else deferred.reason,
-            destinations=tuple(destinations),
             oldest=oldest,
-            reasons=tuple(reasons),
-            suspensions=tuple(suspensions),
+            destinations=destinations,
+            reasons=reasons,
+            suspensions=suspensions,
         )
 
     async def retry(
@@ -449,6 +442,10 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def _latest(column: str, *same: str, where: str = "") -> str:
+    return latest(column, *same, where=where, equal="IS NOT DISTINCT FROM")
 
 
 def _count(status: str) -> int:
