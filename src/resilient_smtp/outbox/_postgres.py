@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from .._checks import whole_number
 from ._records import (
     FINAL_STATES,
     Claimed,
@@ -124,7 +125,7 @@ class PostgresStore:
             raise ValueError(f"schema must be a plain lower-case identifier, not {schema!r}")
         self._dsn = dsn
         self.schema = schema
-        self._max = max_connections
+        self._max = whole_number("max_connections", max_connections)
         self._pool: Any = None
         self._opening = asyncio.Lock()
 

@@ -123,6 +123,10 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = os.fspath(path)
+        if self.path in ("", ":memory:"):
+            # sqlite3 would open a private temporary or in-memory database:
+            # an outbox that forgets everything when it closes.
+            raise ValueError(f"the outbox needs a file to be durable, not {self.path!r}")
         # isolation_level=None: no implicit transactions; each method
         # says BEGIN itself.  The connection is used from worker threads,
         # one at a time under the lock.
