@@ -357,46 +357,31 @@ class PostgresStore:
                     "WHERE m.created <> 'NaN' ORDER BY r.state, m.created"
                 )
             }
+            # Each column is named after the field it fills.
             destinations = [
-                DestinationStatus(
-                    destination=r["destination"],
-                    deferred=r["n"],
-                    suspended=r["s"],
-                    last_reason=r["last"],
-                )
+                DestinationStatus(**r)
                 for r in await conn.fetch(
-                    "SELECT destination, COUNT(*) AS n, "
-                    "COUNT(*) FILTER (WHERE suspended) AS s, "
-                    f"{_latest('reason', 'destination', where=_DEFERRED)} AS last "
+                    "SELECT destination, COUNT(*) AS deferred, "
+                    "COUNT(*) FILTER (WHERE suspended) AS suspended, "
+                    f"{_latest('reason', 'destination', where=_DEFERRED)} AS last_reason "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "GROUP BY destination ORDER BY COUNT(*) DESC"
                 )
             ]
             reasons = [
-                ReasonStatus(
-                    state=r["state"],
-                    destination=r["destination"],
-                    reason=r["reason"],
-                    count=r["n"],
-                    last_detail=r["detail"],
-                    last_updated=r["last"],
-                )
+                ReasonStatus(**r)
                 for r in await conn.fetch(
-                    "SELECT state, destination, reason, COUNT(*) AS n, MAX(updated) AS last, "
-                    f"{_latest('detail', 'state', 'destination', 'reason')} AS detail "
+                    "SELECT state, destination, reason, COUNT(*) AS count, "
+                    "MAX(updated) AS last_updated, "
+                    f"{_latest('detail', 'state', 'destination', 'reason')} AS last_detail "
                     "FROM outbox_recipients o GROUP BY state, destination, reason "
                     "ORDER BY state, COUNT(*) DESC"
                 )
             ]
             suspensions = [
-                SuspensionStatus(
-                    destination=r["destination"],
-                    until=r["until"],
-                    reason=r["reason"],
-                    deferred=r["n"],
-                )
+                SuspensionStatus(**r)
                 for r in await conn.fetch(
-                    "SELECT destination, MAX(suspended_until) AS until, COUNT(*) AS n, "
+                    "SELECT destination, MAX(suspended_until) AS until, COUNT(*) AS deferred, "
                     f"{_latest('reason', 'destination', where=_SUSPENDED)} AS reason "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "AND suspended_until > $1 AND suspended_until <> 'NaN' "
