@@ -33,6 +33,7 @@ from ._records import (
     Quarantined,
     ReasonStatus,
     RecipientUpdate,
+    Store,
     SuspensionStatus,
     status_of,
 )
@@ -109,7 +110,7 @@ _DROP_EMPTY = (
 )
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """An outbox :class:`~resilient_smtp.outbox.Store` in PostgreSQL.
 
     ``dsn`` is a ``postgresql://`` URL (its password never appears in this

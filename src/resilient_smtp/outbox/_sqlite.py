@@ -35,6 +35,7 @@ from ._records import (
     Quarantined,
     ReasonStatus,
     RecipientUpdate,
+    Store,
     SuspensionStatus,
     status_of,
 )
@@ -115,7 +116,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """An outbox :class:`~resilient_smtp.outbox.Store` in the SQLite file
     ``path`` (created if missing).  ``timeout`` is how long a call waits
     for another process's write lock (SQLite's busy timeout) before it
