@@ -111,3 +111,10 @@ def test_outbox_good_arguments_still_pass(tmp_path: Path) -> None:
 def test_postgres_store_pool_size_is_checked(value: object, error: type) -> None:
     with pytest.raises(error, match="max_connections"):
         PostgresStore("postgresql://u@127.0.0.1:1/db", max_connections=value)
+
+
+@pytest.mark.parametrize("concurrency", [0, True, 2.0])
+def test_send_many_concurrency_is_a_positive_int(concurrency: Any) -> None:
+    mailer = Mailer("smtp.example.com")
+    with pytest.raises(ValueError, match="concurrency must be a positive int"):
+        mailer.send_many([], concurrency=concurrency)
