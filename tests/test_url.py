@@ -35,6 +35,9 @@ from resilient_smtp.testing import ScriptedTransport
         ("smtp://relay:465/?ssl=True", "relay", 465, "implicit"),
         ("smtp://relay:587?tls=starttls", "relay", 587, "starttls"),
         ("smtp://relay?ssl=false", "relay", 25, "none"),
+        # dj-email-url writes both flags; the false one does not undo the true one.
+        ("smtp://relay:465?ssl=True&tls=False", "relay", 465, "implicit"),
+        ("smtp://relay:587?tls=True&ssl=False", "relay", 587, "starttls"),
     ],
 )
 def test_schemes_ports_and_tls(url: str, host: str, port: int, tls: str) -> None:
@@ -105,6 +108,10 @@ def test_the_sync_mailer_from_url() -> None:
         ("smtp://u:hunter2@h?tls=maybe", "not a yes/no value"),
         ("smtp://u:hunter2@h?ssl=true", "ssl=true needs the port"),
         ("smtps://u:hunter2@h?tls=none", "already means tls='implicit'"),
+        ("smtp://u:hunter2@h?timeout=5&timeout=6", "timeout is given twice"),
+        ("smtp://u:hunter2@h:465?tls=true&tls=false", "tls is given twice"),
+        ("smtp://u:hunter2@h:465?tls=true&ssl=true", "tls and ssl are exclusive"),
+        ("smtp://u:hunter2@h:465?ssl=true&tls=true", "tls and ssl are exclusive"),
         ("submission://user@h", "give both a user name and a password"),
         ("submission://:hunter2@h", "give both a user name and a password"),
         ("smtp://u:hunter2@[not-ipv6]", "does not appear to be an IPv4 or IPv6 address"),

@@ -196,7 +196,7 @@ class BulkSend:
     ) -> None:
         if isinstance(messages, (Message, bytes, str)):
             raise TypeError("send_many() takes an iterable of messages; use send() for one")
-        if not isinstance(concurrency, int) or concurrency < 1:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
         self._mailer = mailer
         self._total: int | None = None

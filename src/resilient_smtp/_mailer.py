@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from ._bulk import BulkProgress, BulkSend, MessageLike
+from ._checks import mailer_arguments
 from ._classify.classifier import Classification, Classifier, default_classifier
 from ._classify.reactions import REACTIONS, SESSION_STAGES, Reactions
 from ._classify.reply import Reply
@@ -123,6 +124,19 @@ class Mailer:
         oauth_token: TokenProvider | None = None,
         chunking: bool = False,
     ) -> None:
+        mailer_arguments(
+            port=port,
+            retry=retry,
+            limiter=limiter,
+            health=health,
+            classifier=classifier,
+            clock=clock,
+            pool=pool,
+            reactions=reactions,
+            resend_ambiguous=resend_ambiguous,
+            chunking=chunking,
+            hooks=hooks,
+        )
         self.mx: MXResolver | None = None
         self.mx_port = port or 25
         if mx:

@@ -177,9 +177,13 @@ def parse_url(url: str) -> MailURL:
     timeout: float | None = None
     local_hostname: str | None = None
     tls_option: TLSMode | None = None
+    seen: set[str] = set()
     for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
         if name.startswith("_"):
             continue  # dj-email-url's Django settings (_server_email, ...)
+        if name in seen:
+            raise ValueError(f"{shown}: {name} is given twice; say it once")
+        seen.add(name)
         if name == "timeout":
             try:
                 timeout = float(value)
@@ -191,12 +195,20 @@ def parse_url(url: str) -> MailURL:
             if not value or any(c.isspace() for c in value):
                 raise ValueError(f"{shown}: local_hostname={value!r} is not a host name")
             local_hostname = value
-        elif name == "tls" and value.lower() in ("starttls", "implicit", "none"):
-            tls_option = value.lower()  # type: ignore[assignment]
         elif name == "tls":
-            tls_option = "starttls" if _flag(name, value, shown) else "none"
+            if value.lower() in ("starttls", "implicit", "none"):
+                asked: TLSMode = value.lower()  # type: ignore[assignment]
+            else:
+                asked = "starttls" if _flag(name, value, shown) else "none"
+            if asked == "starttls" and tls_option == "implicit":
+                raise ValueError(f"{shown}: tls and ssl are exclusive: give one")
+            if asked != "none" or tls_option is None:
+                tls_option = asked
         elif name == "ssl":
             if _flag(name, value, shown):
+                if tls_option == "starttls":
+                    # Django refuses EMAIL_USE_TLS with EMAIL_USE_SSL as well.
+                    raise ValueError(f"{shown}: tls and ssl are exclusive: give one")
                 tls_option = "implicit"
             elif tls_option is None:
                 tls_option = "none"

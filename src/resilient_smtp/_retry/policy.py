@@ -32,6 +32,7 @@ from typing import Any, TypeVar, cast
 import aiosmtplib
 import backoff
 
+from .._checks import callables
 from .._classify.classifier import Classification, classify
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
@@ -402,15 +403,7 @@ class RetryPolicy:
             raise TypeError(
                 f"budget must be a RetryBudget or None, not {type(self.budget).__name__}"
             )
-        if isinstance(self.hooks, (str, bytes)) or not isinstance(self.hooks, Iterable):
-            raise TypeError(
-                f"hooks must be a sequence of callables, not {type(self.hooks).__name__}"
-            )
-        hooks = tuple(self.hooks)
-        for hook in hooks:
-            if not callable(hook):
-                raise TypeError(f"hooks must be callables, not {type(hook).__name__}")
-        set_("hooks", hooks)
+        set_("hooks", callables("hooks", self.hooks))
 
     def replace(self, **changes: Any) -> RetryPolicy:
         """A copy with ``changes`` applied (validated like the constructor)."""

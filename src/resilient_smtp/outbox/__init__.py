@@ -52,6 +52,7 @@ from email.message import Message
 from types import TracebackType
 from typing import Any
 
+from .._checks import callables, optional
 from .._clock import Clock, system_clock
 from .._envelope import build_envelope, check_address, render_message
 from .._errors import InvalidMessageError
@@ -155,6 +156,12 @@ class Outbox:
         wall: Callable[[], float] | None = None,
         hooks: Iterable[Hook] = (),
     ) -> None:
+        # Checked before a store is opened, so a mistake leaves nothing open.
+        optional("policy", policy, OutboxPolicy, "an OutboxPolicy")
+        optional("clock", clock, Clock, "a Clock")
+        if wall is not None and not callable(wall):
+            raise TypeError(f"wall must return the time in seconds, not be {type(wall).__name__}")
+        self.hooks = callables("hooks", hooks)
         if isinstance(store, (str, os.PathLike)):
             store = open_store(store)
         if not isinstance(store, Store):
@@ -163,7 +170,6 @@ class Outbox:
         self.policy = policy or OutboxPolicy()
         self.clock = clock or system_clock
         self._wall = wall or time.time
-        self.hooks = tuple(hooks)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._pruned: float | None = None

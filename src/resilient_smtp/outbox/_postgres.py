@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from .._checks import whole_number
 from ._records import (
     FINAL_STATES,
     Claimed,
@@ -32,8 +33,11 @@ from ._records import (
     Quarantined,
     ReasonStatus,
     RecipientUpdate,
+    Store,
     SuspensionStatus,
+    status_of,
 )
+from ._sql import latest
 
 __all__ = ["PostgresStore"]
 
@@ -77,6 +81,8 @@ _FREE = (
 )
 _GOOD_MESSAGE = "m.created <> 'NaN' AND m.expires <> 'NaN'"
 _IS_WAITING = "r.state IN ('queued', 'deferred')"
+_DEFERRED = "i.state = 'deferred'"
+_SUSPENDED = "i.state = 'deferred' AND i.suspended_until > $1"
 # The column types rule out text in a number or a body; what is left to go
 # wrong is an unknown state, a recipient whose message row is gone (a
 # foreign key dropped or bypassed), and NaN or NULL where a time belongs.
@@ -104,7 +110,7 @@ _DROP_EMPTY = (
 )
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """An outbox :class:`~resilient_smtp.outbox.Store` in PostgreSQL.
 
     ``dsn`` is a ``postgresql://`` URL (its password never appears in this
@@ -120,7 +126,7 @@ class PostgresStore:
             raise ValueError(f"schema must be a plain lower-case identifier, not {schema!r}")
         self._dsn = dsn
         self.schema = schema
-        self._max = max_connections
+        self._max = whole_number("max_connections", max_connections)
         self._pool: Any = None
         self._opening = asyncio.Lock()
 
@@ -352,71 +358,45 @@ class PostgresStore:
                     "WHERE m.created <> 'NaN' ORDER BY r.state, m.created"
                 )
             }
+            # Each column is named after the field it fills.
             destinations = [
-                DestinationStatus(
-                    destination=r["destination"],
-                    deferred=r["n"],
-                    suspended=r["s"],
-                    last_reason=r["last"],
-                )
+                DestinationStatus(**r)
                 for r in await conn.fetch(
-                    "SELECT destination, COUNT(*) AS n, "
-                    "COUNT(*) FILTER (WHERE suspended) AS s, "
-                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
-                    " i.destination IS NOT DISTINCT FROM o.destination "
-                    " ORDER BY updated DESC LIMIT 1) AS last "
+                    "SELECT destination, COUNT(*) AS deferred, "
+                    "COUNT(*) FILTER (WHERE suspended) AS suspended, "
+                    f"{_latest('reason', 'destination', where=_DEFERRED)} AS last_reason "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "GROUP BY destination ORDER BY COUNT(*) DESC"
                 )
             ]
             reasons = [
-                ReasonStatus(
-                    state=r["state"],
-                    destination=r["destination"],
-                    reason=r["reason"],
-                    count=r["n"],
-                    last_detail=r["detail"],
-                    last_updated=r["last"],
-                )
+                ReasonStatus(**r)
                 for r in await conn.fetch(
-                    "SELECT state, destination, reason, COUNT(*) AS n, MAX(updated) AS last, "
-                    "(SELECT detail FROM outbox_recipients i WHERE i.state = o.state AND "
-                    " i.destination IS NOT DISTINCT FROM o.destination AND "
-                    " i.reason IS NOT DISTINCT FROM o.reason "
-                    " ORDER BY updated DESC LIMIT 1) AS detail "
+                    "SELECT state, destination, reason, COUNT(*) AS count, "
+                    "MAX(updated) AS last_updated, "
+                    f"{_latest('detail', 'state', 'destination', 'reason')} AS last_detail "
                     "FROM outbox_recipients o GROUP BY state, destination, reason "
                     "ORDER BY state, COUNT(*) DESC"
                 )
             ]
             suspensions = [
-                SuspensionStatus(
-                    destination=r["destination"],
-                    until=r["until"],
-                    reason=r["reason"],
-                    deferred=r["n"],
-                )
+                SuspensionStatus(**r)
                 for r in await conn.fetch(
-                    "SELECT destination, MAX(suspended_until) AS until, COUNT(*) AS n, "
-                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
-                    " i.destination IS NOT DISTINCT FROM o.destination AND "
-                    " i.suspended_until > $1 ORDER BY updated DESC LIMIT 1) AS reason "
+                    "SELECT destination, MAX(suspended_until) AS until, COUNT(*) AS deferred, "
+                    f"{_latest('reason', 'destination', where=_SUSPENDED)} AS reason "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "AND suspended_until > $1 AND suspended_until <> 'NaN' "
                     "GROUP BY destination ORDER BY MAX(suspended_until)",
                     now,
                 )
             ]
-        deferred = oldest.get(OutboxState.DEFERRED.value)
-        return OutboxStatus(
+        return status_of(
             counts=counts,
             messages=messages,
-            oldest_deferred_id=None if deferred is None else deferred.id,
-            oldest_deferred_created=None if deferred is None else deferred.created,
-            oldest_deferred_reason=None if deferred is None else deferred.reason,
-            destinations=tuple(destinations),
             oldest=oldest,
-            reasons=tuple(reasons),
-            suspensions=tuple(suspensions),
+            destinations=destinations,
+            reasons=reasons,
+            suspensions=suspensions,
         )
 
     async def retry(
@@ -449,6 +429,10 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def _latest(column: str, *same: str, where: str = "") -> str:
+    return latest(column, *same, where=where, equal="IS NOT DISTINCT FROM")
 
 
 def _count(status: str) -> int:

@@ -194,6 +194,31 @@ class OutboxStatus:
     suspensions: Sequence[SuspensionStatus] = field(default_factory=tuple)
 
 
+def status_of(
+    *,
+    counts: Mapping[str, int],
+    messages: int,
+    oldest: Mapping[str, OldestMessage],
+    destinations: Sequence[DestinationStatus],
+    reasons: Sequence[ReasonStatus],
+    suspensions: Sequence[SuspensionStatus],
+) -> OutboxStatus:
+    """The :class:`OutboxStatus` a store's queries add up to; the
+    ``oldest_deferred_*`` fields are read from ``oldest``."""
+    deferred = oldest.get(OutboxState.DEFERRED.value)
+    return OutboxStatus(
+        counts=counts,
+        messages=messages,
+        oldest_deferred_id=None if deferred is None else deferred.id,
+        oldest_deferred_created=None if deferred is None else deferred.created,
+        oldest_deferred_reason=None if deferred is None else deferred.reason,
+        destinations=tuple(destinations),
+        oldest=oldest,
+        reasons=tuple(reasons),
+        suspensions=tuple(suspensions),
+    )
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable storage for an outbox.

@@ -35,8 +35,11 @@ from ._records import (
     Quarantined,
     ReasonStatus,
     RecipientUpdate,
+    Store,
     SuspensionStatus,
+    status_of,
 )
+from ._sql import latest
 
 __all__ = ["SQLiteStore"]
 
@@ -83,6 +86,8 @@ _GOOD_MESSAGE = (
     "AND typeof(m.sender) = 'text' AND typeof(m.message_id) = 'text'"
 )
 _IS_WAITING = f"state IN {_WAITING!r}"
+_DEFERRED = "i.state = 'deferred'"
+_SUSPENDED = "i.state = 'deferred' AND i.suspended_until > ?"
 # Each kind of row a worker cannot act on: the condition, and the error as
 # an SQL expression (the offending value quoted, never a body).
 _BAD: tuple[tuple[str, str], ...] = (
@@ -111,7 +116,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """An outbox :class:`~resilient_smtp.outbox.Store` in the SQLite file
     ``path`` (created if missing).  ``timeout`` is how long a call waits
     for another process's write lock (SQLite's busy timeout) before it
@@ -119,6 +124,10 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = os.fspath(path)
+        if self.path in ("", ":memory:"):
+            # sqlite3 would open a private temporary or in-memory database:
+            # an outbox that forgets everything when it closes.
+            raise ValueError(f"the outbox needs a file to be durable, not {self.path!r}")
         # isolation_level=None: no implicit transactions; each method
         # says BEGIN itself.  The connection is used from worker threads,
         # one at a time under the lock.
@@ -382,8 +391,7 @@ class SQLiteStore:
                 DestinationStatus(destination=d, deferred=n, suspended=s, last_reason=r)
                 for d, n, s, r in db.execute(
                     "SELECT destination, COUNT(*), SUM(suspended), "
-                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
-                    " i.destination IS o.destination ORDER BY updated DESC LIMIT 1) "
+                    f"{_latest('reason', 'destination', where=_DEFERRED)} "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     "GROUP BY destination ORDER BY COUNT(*) DESC"
                 )
@@ -399,9 +407,7 @@ class SQLiteStore:
                 )
                 for st, d, r, n, last, detail in db.execute(
                     "SELECT state, destination, reason, COUNT(*), MAX(updated), "
-                    "(SELECT detail FROM outbox_recipients i WHERE i.state IS o.state AND "
-                    " i.destination IS o.destination AND i.reason IS o.reason "
-                    " ORDER BY updated DESC LIMIT 1) "
+                    f"{_latest('detail', 'state', 'destination', 'reason')} "
                     "FROM outbox_recipients o GROUP BY state, destination, reason "
                     "ORDER BY state, COUNT(*) DESC"
                 )
@@ -410,26 +416,20 @@ class SQLiteStore:
                 SuspensionStatus(destination=d, until=float(u), reason=r, deferred=n)
                 for d, u, n, r in db.execute(
                     "SELECT destination, MAX(suspended_until), COUNT(*), "
-                    "(SELECT reason FROM outbox_recipients i WHERE i.state = 'deferred' AND "
-                    " i.destination IS o.destination AND i.suspended_until > ? "
-                    " ORDER BY updated DESC LIMIT 1) "
+                    f"{_latest('reason', 'destination', where=_SUSPENDED)} "
                     "FROM outbox_recipients o WHERE state = 'deferred' "
                     f"AND typeof(suspended_until) {_NUMBER} AND suspended_until > ? "
                     "GROUP BY destination ORDER BY MAX(suspended_until)",
                     (now, now),
                 )
             ]
-            deferred = oldest.get(OutboxState.DEFERRED.value)
-            return OutboxStatus(
+            return status_of(
                 counts=counts,
                 messages=messages,
-                oldest_deferred_id=None if deferred is None else deferred.id,
-                oldest_deferred_created=None if deferred is None else deferred.created,
-                oldest_deferred_reason=None if deferred is None else deferred.reason,
-                destinations=tuple(destinations),
                 oldest=oldest,
-                reasons=tuple(reasons),
-                suspensions=tuple(suspensions),
+                destinations=destinations,
+                reasons=reasons,
+                suspensions=suspensions,
             )
 
         return await self._run(go)
@@ -463,6 +463,10 @@ class SQLiteStore:
 
 class _Refused(Exception):
     """A fenced write found the claim lost: roll the transaction back."""
+
+
+def _latest(column: str, *same: str, where: str = "") -> str:
+    return latest(column, *same, where=where, equal="IS")
 
 
 def _number(value: object) -> float | None:

@@ -154,41 +154,54 @@ class RedisHealth(_OnLink, Health):
         if event.kind == "suspended":
             key = data["destination"]
             self._share(
-                "suspend", key, "suspended", data["reason"], data["seconds"], data["suspensions"]
+                "suspend", key, "suspended", data["reason"], data["until"], data["suspensions"]
             )
         elif event.kind == "paused":
-            self._share("suspend", None, "paused", data["reason"], data["seconds"], data["pauses"])
+            self._share("suspend", None, "paused", data["reason"], data["until"], data["pauses"])
         elif event.kind == "resumed":
-            self._share("resume", data["destination"], "healthy", "", 0.0, 0)
+            self._share("resume", data["destination"], "healthy", "", None, 0)
 
     def _redis_key(self, key: str | None) -> str:
         return f"{self.prefix}:health:relay" if key is None else f"{self.prefix}:health:dest:{key}"
 
     def _share(
-        self, op: str, key: str | None, state: str, reason: str, seconds: float, suspensions: int
+        self,
+        op: str,
+        key: str | None,
+        state: str,
+        reason: str,
+        until: float | None,
+        suspensions: int,
     ) -> None:
+        """Write and publish a decision; ``until`` is its end on our clock."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # outside an event loop: local only (pushed on the next start)
             return
         if self._closed or not self._link.usable():
             return  # pushed again when Redis is back (see _push_local)
-        ms = max(0.0, seconds * 1000)
-        message = json.dumps(
-            {
-                "origin": self._origin,
-                "op": op,
-                "key": key,
-                "state": state,
-                "reason": reason,
-                "ms": ms,
-                "suspensions": suspensions,
-            }
-        )
-        args = (op, f"{ms:.3f}", reason, suspensions, state, self._channel, message)
         rkey = self._redis_key(key)
 
         async def write() -> None:
+            # What is left is measured when the write goes out, not when the
+            # decision was made: a busy loop may run this task late, and the
+            # key's expiry and the other workers' suspensions must end with ours.
+            left = 0.0 if until is None else until - self._clock.monotonic()
+            if until is not None and left <= 0:
+                return  # over already: nothing to share
+            ms = left * 1000
+            message = json.dumps(
+                {
+                    "origin": self._origin,
+                    "op": op,
+                    "key": key,
+                    "state": state,
+                    "reason": reason,
+                    "ms": ms,
+                    "suspensions": suspensions,
+                }
+            )
+            args = (op, f"{ms:.3f}", reason, suspensions, state, self._channel, message)
             with contextlib.suppress(RedisUnavailable):
                 await self._link.call(lambda: self._write(keys=[rkey], args=args))
 
@@ -294,7 +307,6 @@ class RedisHealth(_OnLink, Health):
 
     async def _push_local(self) -> None:
         """Write our running suspensions (decided while Redis was away)."""
-        now = self._clock.monotonic()
         for key, st in self.local.suspended().items():
             assert st.until is not None
             self._share(
@@ -302,7 +314,7 @@ class RedisHealth(_OnLink, Health):
                 key,
                 st.state,
                 "" if st.reason is None else str(st.reason),
-                st.until - now,
+                st.until,
                 st.suspensions,
             )
 

@@ -33,6 +33,7 @@ from .._events import Hook
 from .._limits.gcra import RateLimiter
 from .._limits.limiter import KeyedLimiter, Limiter
 from .._limits.waiters import Waiters
+from ._fallback import check_fallback, local_fallback
 from ._link import RedisUnavailable, _Link, _OnLink
 from ._lua import GCRA
 
@@ -44,10 +45,8 @@ __all__ = ["RedisRateLimiter"]
 # A wait Redis rounds to 0 would make the head ask again at once.
 _MIN_SLEEP = 0.0005
 
-
-def _check_fallback(fallback: Limiter | None) -> None:
-    if fallback is not None and not isinstance(fallback, Limiter):
-        raise TypeError(f"fallback must be a Limiter, not {type(fallback).__name__}")
+# redis/_adaptive.py imports this name from here until it uses local_fallback.
+_check_fallback = check_fallback
 
 
 class _Shared(_OnLink, Limiter):
@@ -176,12 +175,13 @@ class RedisRateLimiter(_Shared):
         self.rate = positive_number("rate", rate)
         self.burst = whole_number("burst", burst)
         self.workers = whole_number("workers", workers)
-        _check_fallback(fallback)
-        if fallback is None:
-            share, share_burst = self.rate / self.workers, max(1, burst // self.workers)
-            fallback = KeyedLimiter(
+        share, share_burst = self.rate / self.workers, max(1, self.burst // self.workers)
+        fallback = local_fallback(
+            fallback,
+            lambda: KeyedLimiter(
                 lambda: RateLimiter(rate=share, burst=share_burst, clock=clock), clock=clock
-            )
+            ),
+        )
         super().__init__(
             redis,
             what="RedisRateLimiter",
