@@ -196,6 +196,11 @@ class _Watch:
         self.first_try: list[float] = []  # when each first-try delivery finished
         self.started = time.monotonic()
 
+    def begin(self) -> None:
+        """The batch starts now: first-try times count from here, as the
+        summary's elapsed time does."""
+        self.started = time.monotonic()
+
     def __call__(self, event: Event) -> None:
         if event.kind == "retry":
             reason = str(event.data.get("reason"))
@@ -239,6 +244,7 @@ class _DemoProgress:
         self.watch = watch
 
     def start(self, total: int | None) -> None:
+        self.watch.begin()
         self.bar.start(total)
 
     def update(self, sent: Sent, summary: BulkSummary) -> None:
@@ -328,7 +334,7 @@ def _report(
 
     elapsed = summary.elapsed
     first = watch.first_try
-    sending = max(first) if first else 0.0
+    sending = min(max(first), elapsed) if first else 0.0
     pace = len(first) / sending if sending else 0.0
     attempts = sum(res.attempts for res in results)
     out.write(f"\nWhere the time went (the server allows {rules.rate:g} messages/s)\n")

@@ -57,6 +57,10 @@ class FakeClock:
 
     ``start`` is the initial reading of :meth:`monotonic`.  :meth:`advance`
     moves time forward by hand (waking sleepers whose deadline has passed).
+    Without it, time jumps to the next sleeper's deadline once the event
+    loop has turned :attr:`IDLE_TURNS` times with nothing woken: work that
+    is under way (a reply on a loopback socket, a chain of callbacks) runs
+    first, and waiting costs no real time.
     """
 
     def __init__(self, start: float = 0.0) -> None:
@@ -106,15 +110,19 @@ class FakeClock:
         if self._driver is None:
             self._driver = loop.call_soon(self._drive, loop, 0)
 
+    # Loop turns with a sleeper waiting before time jumps: enough for the
+    # callbacks a wake-up sets off (a future's done callbacks, the task
+    # steps they schedule, a transport's writes) to run first.
+    IDLE_TURNS = 32
+
     def _drive(self, loop: asyncio.AbstractEventLoop, idle_rounds: int) -> None:
-        """Jump to the next deadline once nothing else on the loop can run."""
+        """Jump to the next deadline once the loop has turned a few times
+        with nothing but sleepers left (public API only: no peeking into
+        the loop's ready queue)."""
         self._driver = None
         if not self._waiters:
             return
-        ready = getattr(loop, "_ready", None)
-        busy = ready is not None and len(ready) > 0
-        # Without access to the ready queue, wait a few loop turns instead.
-        if busy or (ready is None and idle_rounds < 8):
+        if idle_rounds < self.IDLE_TURNS:
             self._driver = loop.call_soon(self._drive, loop, idle_rounds + 1)
             return
         deadline = self._waiters[0][0]
