@@ -147,10 +147,15 @@ class RawSMTPServer:
                     k += 1
                     if sender is None:
                         await reply(b"503 5.5.1 Error: need MAIL command")
-                    elif not await faulty(f"rcpt{k}"):
-                        m = _ADDR.search(cmd)
-                        rcpts.append(m.group(1).decode() if m else "")
-                        await reply(b"250 2.1.5 Ok")
+                    else:
+                        answered = await faulty(f"rcpt{k}")
+                        f = self._fault(n, f"rcpt{k}", mark=False)
+                        if not answered or (f is not None and f.startswith(b"2")):
+                            # A scripted 2xx (251, 252) accepts the recipient.
+                            m = _ADDR.search(cmd)
+                            rcpts.append(m.group(1).decode() if m else "")
+                        if not answered:
+                            await reply(b"250 2.1.5 Ok")
                 elif verb == "DATA":
                     if not rcpts:
                         await reply(b"554 5.5.1 Error: no valid recipients")

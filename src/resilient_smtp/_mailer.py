@@ -665,6 +665,7 @@ class Mailer:
             resend_ambiguous=self.resend_ambiguous,
             before_end_of_data=wire.hook(hook),
             chunking=self.chunking,
+            reactions=self.reactions,
         )
         return wire.restore(out)
 

@@ -1,11 +1,13 @@
 """Connections pooled per destination, reused while they are healthy.
 
-A connection goes back to the pool only after a clean transaction.  One that
-got a 421, an error or a timeout is closed, never reused (Postfix does not
-cache a throttled session either).  Before reuse, a connection the server
-closed while idle (an unprompted ``421 4.4.2 ... timeout exceeded``, which
-aiosmtplib drops silently) is noticed and replaced; one idle for longer than
-``noop_after`` is checked with NOOP.  Messages per connection and connection
+A connection goes back to the pool unless its lease was discarded: the
+transaction marks it so after a 421, an error or a timeout (Postfix does not
+cache a throttled session either) and after a reply whose reactions row says
+``connection="close"``; the pool itself decides nothing from a reply.
+Before reuse, a connection the server closed while idle (an unprompted
+``421 4.4.2 ... timeout exceeded``, which aiosmtplib drops silently) is
+noticed and replaced; one idle for longer than ``noop_after`` is checked
+with NOOP.  Messages per connection and connection
 age are capped, and the number of connections per destination follows the
 server's "too many connections" pushback.
 """
