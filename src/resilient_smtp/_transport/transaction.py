@@ -30,6 +30,14 @@ Three ways to send, the same semantics:
     or a transaction whose MAIL reply was read as a refusal or any read 421,
     is still certain.  So ``before_end_of_data`` is called with the whole
     batch, before the flight.
+pipelined messages (opt-in, ``Mailer(pipeline_messages=True)``)
+    The pipelined mode, plus: right after the message is written, a send
+    waiting for the connection takes it over (``pass_on``) and writes its
+    MAIL, RCPTs and DATA behind the final dot; this transaction reads the
+    dot's reply, then ends its turn (``after`` of the next one), closing
+    the connection first if it must not be reused.  About one round trip
+    per message; each message's ambiguity window is the default one (the
+    next message still waits for its own 354).
 
 Reply rules (RFC 5321 §4.2.1, §3.8; RFC 2920 §3.1):
 
@@ -76,6 +84,9 @@ Classify = Callable[..., Classification]
 BeforeEndOfData = Callable[[list[str]], Awaitable[None]]
 """Called with the recipients the server may take the message for, just
 before the first byte of the message is written."""
+PassOn = Callable[[], Awaitable["asyncio.Future[None] | None"]]
+"""Hands the connection to the next sender after the final dot (see
+:meth:`.pool.Lease.pass_on`)."""
 
 # Exceptions that mean "no reply": the connection dropped, timed out or sent
 # something that is not SMTP.
@@ -149,6 +160,8 @@ async def run_transaction(
     before_end_of_data: BeforeEndOfData | None = None,
     chunking: bool = False,
     reactions: Reactions = REACTIONS,
+    after: asyncio.Future[None] | None = None,
+    pass_on: PassOn | None = None,
 ) -> Outcome:
     """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed.
 
@@ -163,9 +176,25 @@ async def run_transaction(
     ``reactions`` (the Mailer's table) says what a refusal does to the
     other recipients and to the connection (its ``others`` and
     ``connection`` columns).
+
+    ``after``: the connection was passed on by a holder still reading the
+    reply to its final dot; no reply is read before it is resolved.
+    ``pass_on`` (pipelined default mode only): called right after the
+    message is written; it may hand the connection to a sender waiting for
+    it and return a turn, which this transaction resolves once it has read
+    its last reply.
     """
     run = _Run(
-        conn, batch, classify, host, reused, resend_ambiguous, before_end_of_data, reactions
+        conn,
+        batch,
+        classify,
+        host,
+        reused,
+        resend_ambiguous,
+        before_end_of_data,
+        reactions,
+        after,
+        pass_on,
     )
     pipelined = conn.supports("pipelining")
     try:
@@ -208,8 +237,12 @@ class _Run:
         resend_ambiguous: bool,
         hook: BeforeEndOfData | None,
         reactions: Reactions,
+        after: asyncio.Future[None] | None,
+        pass_on: PassOn | None,
     ) -> None:
         self.conn = conn
+        self.after = after
+        self.pass_on = pass_on
         self.batch = batch
         self.classify = classify
         self.host = host
@@ -243,6 +276,10 @@ class _Run:
 
     async def mail_reply(self) -> bool:
         """Read MAIL's reply; False (and everyone settled) if refused."""
+        if self.after is not None and not self.after.done():
+            # The previous holder passed the connection on before reading
+            # the reply to its final dot: that reply comes first.
+            await asyncio.wait((self.after,))
         reply = await self.conn.read_reply()
         if reply.code is not None and 200 <= reply.code < 300:
             return True
@@ -373,11 +410,11 @@ class _Run:
                 # message means ending the session.
                 out.broken = True
                 return
-            await self.message(body)
+            await self.message(body, pipelined)
         except NO_REPLY as exc:
             self.lost(exc, stage)
 
-    async def message(self, body: bytes) -> None:
+    async def message(self, body: bytes, pipelined: bool) -> None:
         """After the 354: the hook, a look for an out-of-turn reply, then the
         message and the reply that follows its final dot."""
         conn = self.conn
@@ -395,12 +432,37 @@ class _Run:
         except BodyNotSent as exc:
             self.lost(exc, Stage.DATA)
             return
+        # Opt-in (Mailer(pipeline_messages=True)), pipelined only: a sender
+        # waiting for this destination takes the connection now and writes
+        # its envelope right behind this final dot (RFC 2920 §3.1: message
+        # content may be the first "command" of a group).  Its replies come
+        # after this one, so it reads once this turn is over.
+        turn = await self.pass_on() if pipelined and self.pass_on is not None else None
+        settled = False
         try:
-            reply = await conn.read_reply()
-        except NO_REPLY as exc:
-            self.lost(exc, Stage.END_OF_DATA)
-            return
-        self.verdict(reply, self.accepted)
+            try:
+                reply = await conn.read_reply()
+            except NO_REPLY as exc:
+                self.lost(exc, Stage.END_OF_DATA)
+            else:
+                self.verdict(reply, self.accepted)
+            settled = True
+        finally:
+            if turn is not None:
+                await self.end_turn(turn, settled)
+
+    async def end_turn(self, turn: asyncio.Future[None], settled: bool) -> None:
+        """The reply after the final dot is read (or never will be): the
+        next holder may read now.  A connection that must not be reused, or
+        whose reply is still unread (cancelled meanwhile: the replies would
+        be out of step), is closed first, so the next holder's reads fail
+        before any of its message left: its recipients are only deferred."""
+        try:
+            if not settled or self.out.broken:
+                self.out.broken = True
+                await self.conn.close()
+        finally:
+            turn.set_result(None)
 
     async def out_of_turn(self) -> None:
         """The server spoke after its 354 and before the message: it is not
