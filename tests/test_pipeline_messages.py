@@ -157,6 +157,18 @@ async def test_a_connection_at_its_message_cap_is_not_passed_on() -> None:
         assert Counter(server.delivered_to) == Counter(r[0] for r in rcpts)
 
 
+async def test_send_many_chains_on_its_own() -> None:
+    at = frozenset({(1, 1), (1, 2), (1, 3)})
+    async with RawSMTPServer(dot_waits=2.0, dot_waits_at=at) as server:
+        rcpts = [(f"m{i}@example.com",) for i in range(4)]
+        async with mailer(server.port) as m:
+            summary = await m.send_many([message(r) for r in rcpts], concurrency=4).wait()
+        assert summary.messages == 4 and summary.delivered == 4
+        assert server.chained == 3
+        assert server.connections == 1
+        assert Counter(server.delivered_to) == Counter(r[0] for r in rcpts)
+
+
 # -- a fault at each reply position of the combined flight -------------------
 
 
