@@ -34,7 +34,6 @@ from resilient_smtp import (
     RateLimiter,
     Reason,
     RetryPolicy,
-    SendResult,
     State,
     Transport,
 )
@@ -90,10 +89,8 @@ async def send_two(
 ) -> tuple[dict[str, State], dict[str, State]]:
     """Both sends at once: the second waits for the one connection."""
     async with mailer(server.port, attempts, **kw) as m:
-        results: list[SendResult] = await asyncio.gather(
-            m.send(message(FIRST)), m.send(message(SECOND))
-        )
-    first, second = ({r.address: r.state for r in res} for res in results)
+        one, two = await asyncio.gather(m.send(message(FIRST)), m.send(message(SECOND)))
+    first, second = ({r.address: r.state for r in res} for res in (one, two))
     check_record(server.delivered_to, {**first, **second})
     for stored in server.stored:
         assert b"a line that starts with a dot" in stored.data
