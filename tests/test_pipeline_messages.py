@@ -20,6 +20,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,7 @@ from resilient_smtp import (
     Transport,
 )
 from resilient_smtp._classify.reply import Reply
+from resilient_smtp.outbox import Outbox, SQLiteStore
 from resilient_smtp.testing import FakeClock
 
 FIRST = ("a@example.com", "b@example.com", "c@example.com")
@@ -444,3 +446,26 @@ async def test_smtp_sink_gets_every_message_once(smtp_sink: Callable[..., Sink])
     assert transport.chained[0] == n - 2
     assert Counter(sink.message_ids()) == Counter(str(msg["Message-ID"]) for msg in msgs)
     assert Counter(sink.recipients()) == Counter(r for msg in msgs for r in msg["To"].split(", "))
+
+
+# -- the durable outbox ---------------------------------------------------------------
+
+
+async def test_the_outbox_records_the_first_ambiguous_and_sends_the_second(tmp_path: Path) -> None:
+    # The outbox sends a batch at once, so its second message waits for the
+    # one connection and goes behind the first's dot; the connection drops
+    # after that dot.  Its hook recorded the first as possibly sent (after
+    # its 354) and the second only after its own 354, on the new connection.
+    async with RawSMTPServer(
+        dot_waits=2.0, dot_waits_at=FIRST_DOT, faults={(1, 1, "dot"): DROP}
+    ) as server:
+        async with Outbox(SQLiteStore(tmp_path / "outbox.db")) as outbox:
+            await outbox.put(message(FIRST))
+            await outbox.put(message(SECOND))
+            async with mailer(server.port, attempts=1) as m:
+                assert await outbox.run_once(m) == 2
+            counts = (await outbox.status()).counts
+        assert server.chained == 1
+    assert counts["ambiguous"] == 3 and counts["delivered"] == 3
+    assert sum(counts.values()) == 6
+    check_record(server.delivered_to, {**every(FIRST, State.AMBIGUOUS), **DELIVERED2})
