@@ -13,7 +13,9 @@ the server, i.e. the round trips it waited for.  2 KB messages.  Clients:
 * ``Mailer``: defaults (MAIL + every RCPT + DATA in one flight, then the
   message);
 * ``Mailer chunking``: ``Mailer(chunking=True)``: MAIL + RCPTs + BDAT LAST
-  with the message in one flight.
+  with the message in one flight;
+* ``Mailer pipeline_messages``: ``Mailer(pipeline_messages=True)``: the next
+  message's MAIL + RCPTs + DATA right behind the previous message's final dot.
 
 smtp-sink offers PIPELINING but not CHUNKING, so the rows run twice: on
 smtp-sink, and on tests/_raw_smtp.py (PIPELINING and CHUNKING, in its own
@@ -214,6 +216,7 @@ def _mailer_run(mode: str) -> Callable[..., Awaitable[None]]:
             pool=PoolLimits(max_connections=conns, max_messages=100_000),
             transport=_NoPipelining() if mode == "step" else None,
             chunking=mode == "chunking",
+            pipeline_messages=mode == "messages",
         )
         async with mailer:
             warm = await asyncio.gather(
@@ -242,6 +245,7 @@ CLIENTS: dict[str, Callable[..., Awaitable[None]]] = {
     "Mailer step": _mailer_run("step"),
     "Mailer": _mailer_run("default"),
     "Mailer chunking": _mailer_run("chunking"),
+    "Mailer pipeline_messages": _mailer_run("messages"),
 }
 
 

@@ -75,7 +75,8 @@ class Case:
     state: State
     reason: Reason | None
     code: int | None
-    attempts: int
+    attempts: int | tuple[int, ...]
+    """Transactions each recipient was in (one figure: the same for all)."""
     dumped: int
     """Copies of the message in the dump."""
 
@@ -115,7 +116,10 @@ CASES = {
     # RCPT TO.
     "rcpt-421-close": Case(("-Q", "RCPT"), State.DEFERRED, Reason.SERVER_BUSY, 421, 3, 0),
     "rcpt-450": Case(("-r", "RCPT"), State.DEFERRED, Reason.UNCLASSIFIED, 450, 3, 0),
-    "rcpt-500": Case(("-f", "RCPT"), State.REJECTED, Reason.PROTOCOL_ERROR, 500, 1, 0),
+    # protocol_error's row says others="retry": alice's 500 abandons the
+    # transaction (smtp-sink offers no PIPELINING in a fault mode), so bob
+    # gets his own 500 on the next connection.
+    "rcpt-500": Case(("-f", "RCPT"), State.REJECTED, Reason.PROTOCOL_ERROR, 500, (1, 2), 0),
     "rcpt-silent-close": Case(("-q", "RCPT"), State.DEFERRED, Reason.CONNECTION_ERROR, None, 3, 0),
     "rcpt-452-mailbox-full": Case(
         ("-r", "RCPT", "-b", "452 4.2.2 Mailbox full"),
@@ -163,16 +167,17 @@ async def test_fault_mode(smtp_sink: SinkFactory, case: Case) -> None:
     async with mailer_for(sink) as mailer:
         result = await mailer.send(msg)
     assert [r.address for r in result] == list(RCPTS)
-    for r in result:
+    tries = case.attempts if isinstance(case.attempts, tuple) else (case.attempts,) * len(RCPTS)
+    for r, attempts in zip(result, tries, strict=True):
         assert r.state is case.state, (r.address, r.classification)
         assert r.reason == (case.reason.value if case.reason else None)
-        assert r.attempts == case.attempts
+        assert r.attempts == attempts
         assert r.destination == key(sink)
         if case.code is not None:
             assert r.classification is not None
             assert r.classification.reply.code == case.code
         assert (r.retry_in is not None) == (case.state is State.DEFERRED)
-    assert result.attempts == case.attempts
+    assert result.attempts == max(tries)
     assert sink.message_ids().count(mid) == case.dumped
     if case.state is State.DELIVERED:
         assert sink.recipients() == list(RCPTS)

@@ -94,7 +94,11 @@ class Mailer:
     bulk senders) also sends the message in that flight as ``BDAT ... LAST``
     where the server offers CHUNKING: one round trip, but a connection lost
     after the flight leaves every recipient not known to be refused
-    ``ambiguous`` (see docs/transport.md).
+    ``ambiguous`` (see docs/transport.md).  ``pipeline_messages=True``
+    (opt-in, for bulk senders) writes the envelope of a send waiting for the
+    connection right behind the previous message's final dot, about one
+    round trip per message, with the default mode's ambiguity window: the
+    next message still waits for its own 354.
 
     Use it as an async context manager, or call :meth:`close`.
     """
@@ -123,6 +127,7 @@ class Mailer:
         reactions: Reactions = REACTIONS,
         oauth_token: TokenProvider | None = None,
         chunking: bool = False,
+        pipeline_messages: bool = False,
     ) -> None:
         mailer_arguments(
             port=port,
@@ -197,6 +202,10 @@ class Mailer:
         # offers PIPELINING and CHUNKING (one round trip per message; a
         # wider ambiguity window, see _transport/transaction.py).
         self.chunking = chunking
+        # Opt-in: the next message's envelope right behind the final dot
+        # where the server offers PIPELINING and a send waits for the
+        # connection (about one round trip per message; docs/transport.md).
+        self.pipeline_messages = pipeline_messages
         self._orphans: set[asyncio.Task[Any]] = set()
         """Attempts stopped at a deadline that are still closing their connection."""
         self._failing: dict[str, Classification] = {}
@@ -679,6 +688,9 @@ class Mailer:
             resend_ambiguous=self.resend_ambiguous,
             before_end_of_data=wire.hook(hook),
             chunking=self.chunking,
+            reactions=self.reactions,
+            after=lease.after,
+            pass_on=lease.pass_on if self.pipeline_messages else None,
         )
         return wire.restore(out)
 

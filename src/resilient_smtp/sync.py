@@ -251,6 +251,7 @@ class Mailer:
         reactions: Reactions = REACTIONS,
         oauth_token: TokenProvider | None = None,
         chunking: bool = False,
+        pipeline_messages: bool = False,
     ) -> None:
         hooks = tuple(hooks)
 
@@ -277,6 +278,7 @@ class Mailer:
                 reactions=reactions,
                 oauth_token=oauth_token,
                 chunking=chunking,
+                pipeline_messages=pipeline_messages,
             )
 
         # Built here, in the caller's thread, so bad arguments raise here.

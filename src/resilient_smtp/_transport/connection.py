@@ -276,8 +276,10 @@ class _WireConnection:
         self._owed += len(commands)
 
     async def read_reply(self) -> Reply:
-        self._owed -= 1
         reply = await self._wire.next(self._timeout)
+        # Counted once read: a read cancelled before its reply came leaves
+        # it owed, so close() sends no QUIT that would be read in its place.
+        self._owed -= 1
         if reply.code == 354:
             self._owed += 1  # the server now reads a message, then answers it
         return reply

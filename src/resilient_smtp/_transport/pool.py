@@ -1,20 +1,29 @@
 """Connections pooled per destination, reused while they are healthy.
 
-A connection goes back to the pool only after a clean transaction.  One that
-got a 421, an error or a timeout is closed, never reused (Postfix does not
-cache a throttled session either).  Before reuse, a connection the server
-closed while idle (an unprompted ``421 4.4.2 ... timeout exceeded``, which
-aiosmtplib drops silently) is noticed and replaced; one idle for longer than
-``noop_after`` is checked with NOOP.  Messages per connection and connection
+A connection goes back to the pool unless its lease was discarded: the
+transaction marks it so after a 421, an error or a timeout (Postfix does not
+cache a throttled session either) and after a reply whose reactions row says
+``connection="close"``; the pool itself decides nothing from a reply.
+Before reuse, a connection the server closed while idle (an unprompted
+``421 4.4.2 ... timeout exceeded``, which aiosmtplib drops silently) is
+noticed and replaced; one idle for longer than ``noop_after`` is checked
+with NOOP.  Messages per connection and connection
 age are capped, and the number of connections per destination follows the
 server's "too many connections" pushback.
+
+A holder may pass its connection on before it is done
+(:meth:`Lease.pass_on`, for ``Mailer(pipeline_messages=True)``): once its
+message is written and someone waits for the destination, the connection
+and the window's permit go to the first waiter, which may write at once but
+reads only after the previous holder's turn (its last reply) is over.  The
+pool never checks or closes a connection while such a turn is open.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -53,19 +62,49 @@ class PoolLimits:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
 
 
+Turn = asyncio.Future[None]
+"""Resolved when the previous holder of a connection has read its last
+reply: the next holder reads nothing before that (replies come in order)."""
+
+
 class Lease:
     """A connection borrowed from the pool.  Call :meth:`discard` when it
-    must not be reused (after a 421, an error, a timeout)."""
+    must not be reused (after a 421, an error, a timeout).
 
-    __slots__ = ("connection", "discarded", "reused")
+    ``after`` is set when the previous holder passed the connection on
+    before reading its last reply (:meth:`pass_on`): the new holder may write
+    at once but reads only once ``after`` is resolved.
+    """
 
-    def __init__(self, connection: Connection, reused: bool) -> None:
+    __slots__ = ("_hand_over", "after", "connection", "discarded", "passed", "reused")
+
+    def __init__(
+        self,
+        connection: Connection,
+        reused: bool,
+        after: Turn | None = None,
+        hand_over: Callable[[Lease], Awaitable[Turn | None]] | None = None,
+    ) -> None:
         self.connection = connection
         self.reused = reused
+        self.after = after
         self.discarded = False
+        self.passed = False
+        """Passed on: the connection belongs to the next holder now."""
+        self._hand_over = hand_over
 
     def discard(self) -> None:
         self.discarded = True
+
+    async def pass_on(self) -> Turn | None:
+        """Hand the connection to a sender waiting for this destination now,
+        while this holder still reads one last reply (the one after its
+        final dot).  Returns the turn to resolve once that reply is read
+        (closing the connection first if it must not be reused), or
+        ``None`` when nobody waits (the lease goes on as usual)."""
+        if self._hand_over is None or self.passed or self.discarded:
+            return None
+        return await self._hand_over(self)
 
 
 class _Destination:
@@ -83,7 +122,9 @@ class _Destination:
     __slots__ = ("idle", "limiter", "window")
 
     def __init__(self, limit: int) -> None:
-        self.idle: deque[tuple[Connection, float]] = deque()
+        self.idle: deque[tuple[Connection, float, Turn | None]] = deque()
+        """Idle connections: when each was last used, and the turn of a
+        previous holder still reading its last reply (or ``None``)."""
         self.window = float(limit)
         self.limiter = ConcurrencyLimiter(limit)
 
@@ -125,18 +166,24 @@ class Pool:
             and now - last_used < lim.idle_timeout
         )
 
-    async def _take_idle(self, dest: _Destination) -> Connection | None:
+    async def _take_idle(self, dest: _Destination) -> tuple[Connection, Turn | None] | None:
         while dest.idle:
-            conn, last_used = dest.idle.pop()
+            conn, last_used, turn = dest.idle.pop()
+            if turn is not None and turn.done():
+                turn = None
             try:
-                if self._still_good(conn, last_used) and await self._answers(conn, last_used):
-                    return conn
+                # A connection passed on a moment ago needs no NOOP (whose
+                # reply would come after the previous holder's).
+                if self._still_good(conn, last_used) and (
+                    turn is not None or await self._answers(conn, last_used)
+                ):
+                    return conn, turn
             except BaseException:
                 # Cancelled during the NOOP check: the connection is ours
                 # alone now, so it must not be lost.
-                await self._close(conn)
+                await self._close(conn, turn)
                 raise
-            await self._close(conn)
+            await self._close(conn, turn)
         return None
 
     def _still_good(self, conn: Connection, last_used: float) -> bool:
@@ -158,14 +205,15 @@ class Pool:
             self.replaced_stale += 1
         return ok
 
-    async def _close(self, conn: Connection) -> None:
-        """Close ``conn``, to the end even if the caller is cancelled meanwhile.
+    async def _close(self, conn: Connection, turn: Turn | None = None) -> None:
+        """Close ``conn``, to the end even if the caller is cancelled meanwhile;
+        after ``turn``, if a previous holder is still reading its last reply.
 
         The close runs in a task of its own that a cancellation of the caller
         does not stop (the caller still sees its ``CancelledError``); the pool
         keeps it until it is done, and :meth:`close` waits for it.
         """
-        task = asyncio.ensure_future(conn.close())
+        task = asyncio.ensure_future(_close_after(conn, turn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         await asyncio.shield(task)
@@ -184,13 +232,46 @@ class Pool:
         dest = self._destinations.get((host, port))
         if dest is None:
             dest = self._destinations[(host, port)] = _Destination(self.limits.max_connections)
-        async with dest.limiter.acquire():
-            conn = await self._take_idle(dest)
-            lease = Lease(conn, reused=True) if conn is not None else None
-            if lease is None:
+        # The window's permit is held by hand (the limiter's context
+        # manager, entered and left explicitly) because a lease passed on
+        # gives it back before the holder is done (see Lease.pass_on).
+        permit = dest.limiter.acquire()
+        await permit.__aenter__()
+        held = True
+
+        async def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                await permit.__aexit__(None, None, None)
+
+        async def hand_over(lease: Lease) -> Turn | None:
+            conn = lease.connection
+            lim, now = self.limits, self._clock.monotonic()
+            if (
+                dest.limiter.waiting == 0
+                or self._closed
+                or not conn.is_open()
+                # one that will not be reused after this message (counted
+                # once its reply is read) is not passed on either
+                or conn.messages + 1 >= lim.max_messages
+                or now - conn.created_at >= lim.max_age
+            ):
+                return None
+            turn: Turn = asyncio.get_running_loop().create_future()
+            lease.passed = True
+            dest.idle.append((conn, now, turn))
+            await give_back()  # the first waiter takes the permit, and this connection
+            return turn
+
+        try:
+            idle = await self._take_idle(dest)
+            if idle is not None:
+                lease = Lease(idle[0], reused=True, after=idle[1], hand_over=hand_over)
+            else:
                 fresh = await self.transport.connect(host, port)
                 fresh.created_at = self._clock.monotonic()  # ages on the pool's clock
-                lease = Lease(fresh, reused=False)
+                lease = Lease(fresh, reused=False, hand_over=hand_over)
                 self.opened += 1
             try:
                 yield lease
@@ -199,10 +280,14 @@ class Pool:
                 raise
             finally:
                 conn = lease.connection
-                if lease.discarded or self._closed or not conn.is_open():
-                    await self._close(conn)
+                if lease.passed:
+                    pass  # the next holder's now; the turn orders the replies
+                elif lease.discarded or self._closed or not conn.is_open():
+                    await self._close(conn, lease.after)
                 else:
-                    dest.idle.append((conn, self._clock.monotonic()))
+                    dest.idle.append((conn, self._clock.monotonic(), lease.after))
+        finally:
+            await give_back()
 
     def feedback(self, host: str, port: int, classification: Classification | None) -> None:
         """Adjust the destination's concurrency window after a transaction:
@@ -230,7 +315,15 @@ class Pool:
         destinations, self._destinations = self._destinations, {}
         for dest in destinations.values():
             while dest.idle:
-                conn, _ = dest.idle.pop()
-                await self._close(conn)
+                conn, _, turn = dest.idle.pop()
+                await self._close(conn, turn)
         if self._closing:
             await asyncio.wait(tuple(self._closing))
+
+
+async def _close_after(conn: Connection, turn: Turn | None) -> None:
+    if turn is not None:
+        # The previous holder still reads its last reply: a close now would
+        # make that message ambiguous.  Its read is bounded by the timeout.
+        await asyncio.wait((turn,))
+    await conn.close()

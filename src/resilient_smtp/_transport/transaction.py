@@ -30,14 +30,31 @@ Three ways to send, the same semantics:
     or a transaction whose MAIL reply was read as a refusal or any read 421,
     is still certain.  So ``before_end_of_data`` is called with the whole
     batch, before the flight.
+pipelined messages (opt-in, ``Mailer(pipeline_messages=True)``)
+    The pipelined mode, plus: right after the message is written, a send
+    waiting for the connection takes it over (``pass_on``) and writes its
+    MAIL, RCPTs and DATA behind the final dot; this transaction reads the
+    dot's reply, then ends its turn (``after`` of the next one), closing
+    the connection first if it must not be reused.  About one round trip
+    per message; each message's ambiguity window is the default one (the
+    next message still waits for its own 354).
 
 Reply rules (RFC 5321 §4.2.1, §3.8; RFC 2920 §3.1):
 
 - a reply concerns the command it answers: an RCPT reply decides that
   recipient only;
+- what a refusal does to the *other* recipients of the transaction and to
+  the connection is the reactions table's (:mod:`.._classify.reactions`)
+  ``others`` and ``connection`` columns, read here for each reply (the
+  ``Mailer(reactions=...)`` table): ``others="keep"`` goes on with them,
+  ``"retry"`` abandons the transaction (the accepted and the untried wait
+  for another attempt; no message is sent in it), ``"split"`` sends the
+  rest in a new transaction at once; ``connection="close"`` drops the
+  connection after the transaction instead of reusing it;
 - a session-ending reply (a 421, a drop, a timeout, bytes that are not a
-  reply) defers the recipients already accepted and those whose replies
-  never came, for a new connection; a 421 is never a permanent verdict;
+  reply) ends the session whatever the table says: it defers the
+  recipients already accepted and those whose replies never came, for a
+  new connection; a 421 is never a permanent verdict;
 - only a reply that follows the final dot (or BDAT LAST) can make a
   recipient delivered, and any 2xx there does; an unreadable one there is
   ambiguous;
@@ -56,6 +73,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from .._classify.classifier import Classification
+from .._classify.reactions import REACTIONS, Reaction, Reactions
 from .._classify.reply import Reply
 from .._classify.taxonomy import Reason, Scope, Stage, action_for
 from .connection import BodyNotSent, Connection, UnreadableReply, dot_unstuff
@@ -66,6 +84,9 @@ Classify = Callable[..., Classification]
 BeforeEndOfData = Callable[[list[str]], Awaitable[None]]
 """Called with the recipients the server may take the message for, just
 before the first byte of the message is written."""
+PassOn = Callable[[], Awaitable["asyncio.Future[None] | None"]]
+"""Hands the connection to the next sender after the final dot (see
+:meth:`.pool.Lease.pass_on`)."""
 
 # Exceptions that mean "no reply": the connection dropped, timed out or sent
 # something that is not SMTP.
@@ -108,15 +129,18 @@ class Outcome:
         for a in addresses:
             (self.pending if c.transient else self.rejected)[a] = c
 
-    def defer(self, addresses: list[str], c: Classification) -> None:
+    def defer(
+        self, addresses: list[str], c: Classification, why: str = "the session ended"
+    ) -> None:
         """Wait for another attempt, whatever ``c`` says of itself: the
-        session ended, which is never a verdict on these recipients."""
+        session ended (or the transaction was abandoned), which is never a
+        verdict on these recipients."""
         if addresses and not c.transient:
             c = dataclasses.replace(
                 c,
                 transient=True,
                 action=action_for(c.reason, True),
-                explanation=c.explanation + "; the session ended: not a verdict on the recipient",
+                explanation=f"{c.explanation}; {why}: not a verdict on the recipient",
             )
         for a in addresses:
             self.pending[a] = c
@@ -135,6 +159,9 @@ async def run_transaction(
     resend_ambiguous: bool,
     before_end_of_data: BeforeEndOfData | None = None,
     chunking: bool = False,
+    reactions: Reactions = REACTIONS,
+    after: asyncio.Future[None] | None = None,
+    pass_on: PassOn | None = None,
 ) -> Outcome:
     """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed.
 
@@ -145,8 +172,30 @@ async def run_transaction(
     (used only where the server offers PIPELINING and CHUNKING) before the
     one flight, with the whole batch.  If it raises, nothing of the message
     is sent and the error propagates.
+
+    ``reactions`` (the Mailer's table) says what a refusal does to the
+    other recipients and to the connection (its ``others`` and
+    ``connection`` columns).
+
+    ``after``: the connection was passed on by a holder still reading the
+    reply to its final dot; no reply is read before it is resolved.
+    ``pass_on`` (pipelined default mode only): called right after the
+    message is written; it may hand the connection to a sender waiting for
+    it and return a turn, which this transaction resolves once it has read
+    its last reply.
     """
-    run = _Run(conn, batch, classify, host, reused, resend_ambiguous, before_end_of_data)
+    run = _Run(
+        conn,
+        batch,
+        classify,
+        host,
+        reused,
+        resend_ambiguous,
+        before_end_of_data,
+        reactions,
+        after,
+        pass_on,
+    )
     pipelined = conn.supports("pipelining")
     try:
         if chunking and pipelined and conn.supports("chunking"):
@@ -187,29 +236,50 @@ class _Run:
         reused: bool,
         resend_ambiguous: bool,
         hook: BeforeEndOfData | None,
+        reactions: Reactions,
+        after: asyncio.Future[None] | None,
+        pass_on: PassOn | None,
     ) -> None:
         self.conn = conn
+        self.after = after
+        self.pass_on = pass_on
         self.batch = batch
         self.classify = classify
         self.host = host
         self.reused = reused
         self.resend_ambiguous = resend_ambiguous
         self.hook = hook
+        self.reactions = reactions
         self.out = Outcome()
         self.accepted: list[str] = []
         self.too_many: dict[str, Classification] = {}
+        """Recipients whose reply said ``others="split"``: a new transaction."""
+        self.abandoned: Classification | None = None
+        """A reply whose row says ``others="retry"``: no message is sent in
+        this transaction; the accepted wait for another attempt."""
         self.answered = 0
         """RCPT replies read so far."""
 
     def judge(self, reply: Reply | BaseException, stage: Stage) -> Classification:
+        """Classify a reply that is not a success, note it, and act on its
+        row's ``connection`` column."""
         c = self.classify(reply, host=self.host, stage=stage)
         self.out.note(c)
+        if self.reaction(c).connection == "close":
+            self.out.broken = True
         return c
+
+    def reaction(self, c: Classification) -> Reaction:
+        return self.reactions.for_reply(c.reason, c.stage)
 
     # -- the envelope -----------------------------------------------------
 
     async def mail_reply(self) -> bool:
         """Read MAIL's reply; False (and everyone settled) if refused."""
+        if self.after is not None and not self.after.done():
+            # The previous holder passed the connection on before reading
+            # the reply to its final dot: that reply comes first.
+            await asyncio.wait((self.after,))
         reply = await self.conn.read_reply()
         if reply.code is not None and 200 <= reply.code < 300:
             return True
@@ -238,15 +308,26 @@ class _Run:
             # never sent the message, so they wait with the untried ones.
             self.out.defer([rcpt, *self.accepted, *self.batch[self.answered :]], c)
             return False
-        if c.reason is Reason.TOO_MANY_RECIPIENTS and self.accepted:
-            # RFC 5321 §4.5.3.1.10: send the rest in another transaction.
-            # (A 452 before any recipient was accepted leaves nothing to
-            # split: a temporary failure of that recipient, for the retry
-            # policy.)
+        others = self.reaction(c).others
+        if others == "split" and self.accepted:
+            # The row of too_many_recipients (RFC 5321 §4.5.3.1.10): send the
+            # rest in another transaction.  (Before any recipient was
+            # accepted there is nothing to split: a refusal of that
+            # recipient, for the retry policy.)
             self.too_many[rcpt] = c
             return True
         self.out.settle([rcpt], c)
+        if others == "retry" and self.abandoned is None:
+            self.abandoned = c
         return True
+
+    def abandon(self, untried: list[str]) -> None:
+        """A reply's row said ``others="retry"``: the accepted and the
+        untried wait for another attempt; none is sent the message here."""
+        assert self.abandoned is not None
+        self.settle_too_many()
+        self.out.defer([*self.accepted, *untried], self.abandoned, "the transaction was abandoned")
+        self.accepted = []
 
     def settle_too_many(self) -> None:
         """The recipients refused as too many go in another transaction."""
@@ -289,14 +370,22 @@ class _Run:
                     await conn.send([_rcpt(rcpt)])
                 if not await self.rcpt_reply(rcpt):
                     return
+                if not pipelined and self.abandoned is not None:
+                    self.abandon(batch[i + 1 :])
+                    break
                 if not pipelined and self.too_many and self.accepted:
                     out.split.extend(batch[i + 1 :])
                     break
+            if pipelined and self.abandoned is not None:
+                # Pipelined, the other replies were read and decide their own
+                # recipients; the accepted ones wait.
+                self.abandon([])
             self.settle_too_many()
             stage = Stage.DATA
             if not pipelined:
                 if not self.accepted:
-                    await self.reset()
+                    if not out.broken:
+                        await self.reset()
                     return
                 await conn.send([b"DATA"])
             reply = await conn.read_reply()
@@ -316,15 +405,16 @@ class _Run:
                 return
             if not self.accepted:
                 # RFC 2920 §3.1 has the server refuse DATA when no RCPT
-                # succeeded; this one said go ahead.  Sending no message means
-                # ending the session.
+                # succeeded; this one said go ahead (or the transaction was
+                # abandoned after the recipients it accepted).  Sending no
+                # message means ending the session.
                 out.broken = True
                 return
-            await self.message(body)
+            await self.message(body, pipelined)
         except NO_REPLY as exc:
             self.lost(exc, stage)
 
-    async def message(self, body: bytes) -> None:
+    async def message(self, body: bytes, pipelined: bool) -> None:
         """After the 354: the hook, a look for an out-of-turn reply, then the
         message and the reply that follows its final dot."""
         conn = self.conn
@@ -342,12 +432,37 @@ class _Run:
         except BodyNotSent as exc:
             self.lost(exc, Stage.DATA)
             return
+        # Opt-in (Mailer(pipeline_messages=True)), pipelined only: a sender
+        # waiting for this destination takes the connection now and writes
+        # its envelope right behind this final dot (RFC 2920 §3.1: message
+        # content may be the first "command" of a group).  Its replies come
+        # after this one, so it reads once this turn is over.
+        turn = await self.pass_on() if pipelined and self.pass_on is not None else None
+        settled = False
         try:
-            reply = await conn.read_reply()
-        except NO_REPLY as exc:
-            self.lost(exc, Stage.END_OF_DATA)
-            return
-        self.verdict(reply, self.accepted)
+            try:
+                reply = await conn.read_reply()
+            except NO_REPLY as exc:
+                self.lost(exc, Stage.END_OF_DATA)
+            else:
+                self.verdict(reply, self.accepted)
+            settled = True
+        finally:
+            if turn is not None:
+                await self.end_turn(turn, settled)
+
+    async def end_turn(self, turn: asyncio.Future[None], settled: bool) -> None:
+        """The reply after the final dot is read (or never will be): the
+        next holder may read now.  A connection that must not be reused, or
+        whose reply is still unread (cancelled meanwhile: the replies would
+        be out of step), is closed first, so the next holder's reads fail
+        before any of its message left: its recipients are only deferred."""
+        try:
+            if not settled or self.out.broken:
+                self.out.broken = True
+                await self.conn.close()
+        finally:
+            turn.set_result(None)
 
     async def out_of_turn(self) -> None:
         """The server spoke after its 354 and before the message: it is not
