@@ -213,10 +213,13 @@ class Pool:
         does not stop (the caller still sees its ``CancelledError``); the pool
         keeps it until it is done, and :meth:`close` waits for it.
         """
+        await asyncio.shield(self._start_close(conn, turn))
+
+    def _start_close(self, conn: Connection, turn: Turn | None) -> asyncio.Task[None]:
         task = asyncio.ensure_future(_close_after(conn, turn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-        await asyncio.shield(task)
+        return task
 
     @asynccontextmanager
     async def connection(self, host: str, port: int) -> AsyncIterator[Lease]:
@@ -310,13 +313,14 @@ class Pool:
         return sum(len(s.idle) for s in self._destinations.values())
 
     async def close(self) -> None:
-        """Close every idle connection; borrowed ones close when returned."""
+        """Close every idle connection, all at once (one round trip for the
+        QUITs, not one per connection); borrowed ones close when returned."""
         self._closed = True
         destinations, self._destinations = self._destinations, {}
         for dest in destinations.values():
             while dest.idle:
                 conn, _, turn = dest.idle.pop()
-                await self._close(conn, turn)
+                self._start_close(conn, turn)
         if self._closing:
             await asyncio.wait(tuple(self._closing))
 
