@@ -91,3 +91,55 @@ def test_pool_limits_reject_nonsense() -> None:
         PoolLimits(max_connections=0)
     with pytest.raises(ValueError, match="max_age"):
         PoolLimits(max_age=-1)
+
+
+async def test_close_quits_every_idle_connection_at_once() -> None:
+    """Closing the pool does not wait for one QUIT's reply before sending the
+    next: with N idle connections it costs one round trip, not N."""
+    from resilient_smtp import Transport
+    from resilient_smtp._transport.connection import Connection
+
+    closing = 0
+    peak = 0
+    gate = asyncio.Event()
+
+    class SlowQuit:
+        def __init__(self, inner: Connection) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        async def close(self) -> None:
+            nonlocal closing, peak
+            closing += 1
+            peak = max(peak, closing)
+            await gate.wait()  # the server's 221, held back until every QUIT is out
+            await self.inner.close()
+            closing -= 1
+
+    class Wrapping(Transport):
+        def __init__(self) -> None:
+            self.inner = ScriptedTransport()
+
+        async def connect(self, host: str, port: int) -> Connection:
+            return SlowQuit(await self.inner.connect(host, port))  # type: ignore[return-value]
+
+    pool = Pool(Wrapping(), PoolLimits(max_connections=3), clock=FakeClock())
+    held = asyncio.Event()
+
+    async def borrow() -> None:
+        async with pool.connection("mx.test", 25):
+            await held.wait()
+
+    borrowers = [asyncio.ensure_future(borrow()) for _ in range(3)]
+    await asyncio.sleep(0)
+    held.set()
+    await asyncio.gather(*borrowers)
+    closer = asyncio.ensure_future(pool.close())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert peak == 3  # all three QUITs went out before any reply came back
+    gate.set()
+    await asyncio.wait_for(closer, 1.0)
+    assert closing == 0
