@@ -593,14 +593,26 @@ class Mailer:
         async def attempt(permitted: Callable[[], None]) -> Outcome:
             async with self.limiter.acquire(dest.key):
                 permitted()
-                return await self._session(message, envelope, dest, batch, bodies, before_dot)
+                return await self._session(
+                    message, envelope, dest, batch, bodies, before_dot, entered
+                )
+
+        # Set once the pool's window lets this send through: a deadline that
+        # passes queued behind our own connections is a wait, not a failure
+        # of the server's (nor a reason to suspend a healthy destination).
+        in_window = False
+
+        def entered() -> None:
+            nonlocal in_window
+            in_window = True
 
         try:
             return await deadline.run(attempt)
         except DeadlineReached as stop:
-            c = _deadline_classification(dest, stop.in_session)
-            out = Outcome(permitted=stop.in_session)
-            if stop.in_session:
+            in_session = stop.in_session and in_window
+            c = _deadline_classification(dest, in_session)
+            out = Outcome(permitted=in_session)
+            if in_session:
                 out.note(c)
             unsure = [] if self.resend_ambiguous else dot_sent
             out.ambiguous.update(dict.fromkeys(unsure, c))
@@ -615,11 +627,13 @@ class Mailer:
         batch: list[str],
         bodies: dict[bool, bytes],
         hook: BeforeEndOfData,
+        entered: Callable[[], None],
     ) -> Outcome:
-        """A pooled connection to ``dest`` and one transaction on it."""
+        """A pooled connection to ``dest`` and one transaction on it;
+        ``entered()`` once the pool's window has let it through."""
         connected = False
         try:
-            async with self.pool.connection(dest.host, dest.port) as lease:
+            async with self.pool.connection(dest.host, dest.port, entered) as lease:
                 connected = True
                 out = await self._transact(
                     lease, message, envelope, dest.host, batch, bodies, hook

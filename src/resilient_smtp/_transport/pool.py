@@ -222,9 +222,14 @@ class Pool:
         return task
 
     @asynccontextmanager
-    async def connection(self, host: str, port: int) -> AsyncIterator[Lease]:
+    async def connection(
+        self, host: str, port: int, granted: Callable[[], None] | None = None
+    ) -> AsyncIterator[Lease]:
         """Borrow a connection to ``host:port``: a healthy idle one, else a
         new one.  Connection failures propagate (aiosmtplib exceptions).
+        ``granted`` is called once a place in the destination's window is
+        held, before the connection is taken or opened: the wait before it
+        is the pool's own queue, not the server's doing.
 
         Cancelled anywhere (waiting for the window, in the NOOP check, while
         connecting or while the lease is out), the connection is given back
@@ -241,6 +246,8 @@ class Pool:
         permit = dest.limiter.acquire()
         await permit.__aenter__()
         held = True
+        if granted is not None:
+            granted()
 
         async def give_back() -> None:
             nonlocal held
