@@ -354,11 +354,13 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         R.REPUTATION_DEFERRAL,
         True,
     ),
+    # 4.7.652 is "The mail server [ip] has exceeded the maximum number of
+    # connections. (S3115)": a connection count (see providers.py).
     (
         "451 4.7.652 (S775) [DM6NAM11FT005.eop-nam11.prod.protection.outlook.com]",
         HOTMAIL,
         Stage.RCPT,
-        R.REPUTATION_DEFERRAL,
+        R.TOO_MANY_CONNECTIONS,
         True,
     ),
     (
@@ -877,6 +879,33 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.RELAY_DENIED, False),
     ("553 sorry, your envelope recipient is in my badrcptto list (#5.7.1)", "mx.example.net",
      Stage.RCPT, R.POLICY_REJECTED, False),
+    # Issue 18, second pass: each new provider rule, on a variant of its
+    # documented reply (other addresses, hosts and trailers).
+    ("550 5.7.0 Mail Sending denied.", RELAY, Stage.MAIL, R.SENDER_REJECTED, False),
+    ("550 5.7.12 Sender was not authenticated by organization [AM4PEPF00025F97.prod.outlook.com]",
+     OUTLOOK, Stage.END_OF_DATA, R.POLICY_REJECTED, False),
+    ("421 RP-002 (COL0-MC2F7) Unfortunately, some messages from 198.51.100.7 weren't sent.",
+     HOTMAIL, Stage.RCPT, R.RATE_LIMITED, True),
+    ("550 SC-001 (BAY0-MC1-F21) Unfortunately, messages from 198.51.100.7 weren't sent.",
+     HOTMAIL, Stage.MAIL, R.BLOCKLISTED, False),
+    ("550 DY-002 (COL0-MC5-F28) Mail rejected by Windows Live Hotmail for policy reasons.",
+     HOTMAIL, Stage.MAIL, R.BLOCKLISTED, False),
+    ("553 Relaying disallowed as <news@unverified.example.org>", "smtp.zeptomail.eu",
+     Stage.MAIL, R.SENDER_REJECTED, False),
+    ("550 <bob@web.de>: Syntax error in parameters or arguments", WEBDE, Stage.RCPT,
+     R.POLICY_REJECTED, False),
+    ("550 Policy level block list in force - https://community.mimecast.com/docs/DOC-1369",
+     "us-smtp-inbound-2.mimecast.com", Stage.MAIL, R.POLICY_REJECTED, False),
+    ("550 5.7.1 Policy rejection on the target address", "mx.yandex.net", Stage.RCPT,
+     R.MAILBOX_DISABLED, False),
+    ("554 5.7.1 Client host [198.51.100.7] blocked using spam statistics; see https://ya.cc/1IrBc",
+     "mx.yandex.net", Stage.CONNECT, R.BLOCKLISTED, False),
+    ("550 #5.1.0 Address rejected bob@example.org", "esa1.example.iphmx.com", Stage.RCPT,
+     R.RECIPIENT_UNKNOWN, False),
+    ("554 5.0.0 Unexpected internal error", "in1-smtp.messagingengine.com", Stage.END_OF_DATA,
+     R.RECIPIENT_UNKNOWN, False),
+    ("552 5.2.2 <ann@fastmail.fm>: Recipient address rejected: Mailbox over quota",
+     "in2-smtp.messagingengine.com", Stage.RCPT, R.MAILBOX_FULL, False),
 ]  # fmt: skip
 
 

@@ -49,6 +49,11 @@ _STATUS = (
     Rule(R.DOMAIN_UNKNOWN, "5.4.4 unable to route", status="5.4.4"),
     Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5"),
     Rule(R.EXPIRED, "x.4.7 delivery time expired", status="x.4.7"),
+    # OpenSMTPD answers its per-session message limit (max-mails) with
+    # "452 4.5.3 Too many recipients: Too many messages sent" (smtp_session.c:
+    # "we can pretend we had too many recipients"): a new connection goes on.
+    Rule(R.SESSION_LIMIT, "4.5.3 too many messages sent: a per-session limit (OpenSMTPD)",
+         status="4.5.3", contains=("too many messages sent",), tier=Tier.STATUS),
     Rule(R.TOO_MANY_RECIPIENTS, "x.5.3 too many recipients", status="x.5.3"),
     Rule(R.AUTH_CREDENTIALS, "x.7.8 authentication credentials invalid", status="x.7.8"),
     # RFC 4954 §6: x.7.9 answers AUTH.  Yahoo sends "550 5.7.9" for policy
@@ -63,8 +68,12 @@ _STATUS = (
          status="x.7.11"),
     # RFC 4954 §6: x.7.12 "a password transition is needed"; IANA x.7.13
     # "user account disabled" -- our own account, in an AUTH reply.
+    # Only in an AUTH reply: Exchange Online's "550 5.7.12 Sender was not
+    # authenticated by organization" is a recipient restriction (its NDR list).
     Rule(R.AUTH_CREDENTIALS, "x.7.12 password transition needed (RFC 4954)",
-         status="x.7.12"),
+         status="x.7.12", codes=(432, 534, 535, 538)),
+    Rule(R.AUTH_CREDENTIALS, "x.7.12 password transition needed (RFC 4954)",
+         status="x.7.12", stages=(Stage.AUTH,)),
     Rule(R.AUTH_CREDENTIALS, "x.7.13 user account disabled", status="x.7.13",
          stages=(Stage.AUTH,)),
     # RFC 7293 §3.3: the mailbox (x.7.17) or domain (x.7.18) changed owner
@@ -116,6 +125,56 @@ _BUSY_WORDS = (
     "overloaded", "high load", "system load", "resources temporarily",
     "try again later", "try later", "internal error", "server error",
 )
+# A 4xx that names trouble on the server's own side: a failed look-up, a
+# full or unwritable spool, a configuration error, load.  These are not
+# greylisting and not a verdict on us: reconnect, later or elsewhere.
+# Postfix (src/smtpd/smtpd.c, smtpd_check.c, postscreen.c,
+# global/cleanup_strerror.c): "451 4.3.0 <x>: Temporary lookup failure",
+# "451 4.3.0 Temporary lookup error", "451 4.3.0 Error: queue file write
+# error", "451 4.3.0 Error: internal protocol error", "421 4.3.5 Server
+# configuration error", "421 4.3.0 <host> Server local data error", "421
+# 4.3.0 Mail system error", "421 4.3.2 No system resources", "454 4.7.0 TLS
+# not available due to local problem".  Exim (src/src/smtp_in.c, acl.c,
+# receive.c): "451 Temporary local problem - please try later", "421 <host>:
+# Too much load; please try again later", "452 Space shortage, please try
+# later", "451 Error while writing spool file", "421 Local configuration
+# error", "454 TLS currently unavailable", "435 Unable to authenticate at
+# present", "451 Cannot resolve <x> at this time", "451 Could not complete
+# sender verify callout".  OpenSMTPD (smtp_session.c): "421 4.0.0 Temporary
+# Error", "421 Internal server error".  qmail-smtpd: "451 qq temporary
+# problem (#4.3.0)", "451 qq write error or disk full (#4.3.0)", "421 unable
+# to read controls (#4.3.0)", "421 out of memory (#4.3.0)", "451 DNS
+# temporary failure (#4.3.0)".  Sendmail: "452 4.4.5 Insufficient disk
+# space; try again later".  Exchange: "432 4.3.2 STOREDRV; mailbox server is
+# too busy", "451 4.7.0 Temporary server error. Please try again later.
+# PRX5", "451 4.4.0 Message failed to be made redundant" (Exchange Online
+# NDR list).  Cisco Secure Email: "451 #4.4.3 Temporary error occurred
+# during SPF verification." (a DNS time-out, not an SPF verdict; AsyncOS
+# user guide, SPF settings).  RFC 5321 §4.2.2: "451 Requested action
+# aborted: local error in processing", "452 ... insufficient system storage".
+_SERVER_TROUBLE_WORDS = (
+    "temporary lookup failure", "temporary lookup error", "queue file write error",
+    "internal protocol error", "server configuration error", "server configuration problem",
+    "local configuration error", "server local data error", "server local error",
+    "mail system error", "no system resources", "insufficient system storage",
+    "insufficient system resources", "insufficient disk space", "space shortage",
+    "spool file", "disk full", "write error", "unable to read controls", "out of memory",
+    "too much load", "temporary local problem", "local error in processing",
+    "temporary server error", "temporary system error", "temporary system failure",
+    "internal server error", "qq temporary problem", "qq write error", "dns temporary failure",
+    "temporary dns failure", "could not complete sender verify callout",
+    "verification temporarily unavailable", "temporary error occurred during", "temperror",
+    "unable to authenticate at present", "try another server", "failed to be made redundant",
+    "server is too busy",
+)
+# Weaker words, tried after the cause words (greylisting, rates, connection
+# counts, DNS): OpenSMTPD "421 4.0.0 Temporary Error"/"Temporary failure",
+# Haraka "421 Too busy; please try again later".
+_SERVER_TROUBLE_WEAK = (
+    "temporary error", "temporary failure", "currently unavailable", "too busy",
+    "cannot resolve", "local problem",
+)
+_TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
 _TEXT = (
@@ -133,6 +192,26 @@ _TEXT = (
     # Duplicate header 'X'").
     Rule(R.CONTENT_REJECTED, "text: duplicate header",
          contains=("duplicate header", "duplicated header")),
+    # Postgrey "450 4.2.0 ... Greylisted, see http://postgrey...";
+    # milter-greylist "451 4.7.1 Greylisting in action, please come back
+    # later"; "... is not yet authorized to deliver mail from".
+    Rule(R.GREYLISTED, "text: greylisting",
+         contains=("greylist", "graylist", "grey-list", "gray-list", "grey list",
+                   "gray list", "postgrey", "not yet authorized to deliver mail from")),
+    # Before every other cause word: "451 #4.4.3 Temporary error occurred during SPF
+    # verification" is a DNS time-out, not an SPF verdict, and "451 4.7.0
+    # Temporary server error. Please try again later" is not a rate limit.
+    Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
+         contains=_SERVER_TROUBLE_WORDS, codes=_TEMP_CODES),
+    # Words that only describe a message's form, before the spam and sender
+    # words: "550 5.7.512 Access denied, message must be RFC 5322 section
+    # 3.6.2 compliant and include a From address" (Exchange Online), "554
+    # Message not allowed - Headers are not RFC compliant[291]" (Yahoo),
+    # "554 5.6.0 Invalid message content" (Exchange), Haraka's "554
+    # Transaction failed due to too many MIME parts".
+    Rule(R.CONTENT_REJECTED, "text: the message's format (RFC 5322, MIME)",
+         contains=("rfc 5322", "rfc5322", "rfc 2822", "rfc2822", "rfc 822 ", "rfc compliant",
+                   "invalid message content", "mime parts", "bare linefeed")),
     # Providers that say outright that retrying is pointless (Yahoo's TSS09
     # text is the best known); a 421 with this text is not transient.
     Rule(R.BLOCKLISTED, "text: retrying will not succeed",
@@ -141,7 +220,14 @@ _TEXT = (
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
                    "client host blocked", "ip blocked", "listed at", "listed on",
-                   "banned sending ip", "on our block")),
+                   "banned sending ip", "on our block",
+                   # Outlook.com: "550 SC-004 ... A block has been placed against
+                   # your IP address", "550 DY-001 ... we generally do not accept
+                   # email from dynamic IP's"; Comcast ES000010 "dynamic/
+                   # residential IP space"; Mimecast "421 Sender address blocked".
+                   "block has been placed", "dynamic ip", "residential ip",
+                   "dynamic/residential", "sender address blocked", "ip address has been blocked",
+                   "poor reputation")),
     Rule(R.BLOCKLISTED, "text: an RBL", regex=r"\brbl\b"),
     # A reputation *rejection* (5xx) is a block; a 4xx is a deferral
     # (KumoMTA's shaping rules suspend on "temporarily rate limited due to
@@ -165,7 +251,12 @@ _TEXT = (
                    "invalid helo", "bad helo", "authentication information",
                    "unauthenticated email", "not pass authentication",
                    "sender is unauthenticated", "requires all senders to authenticate",
-                   "authentication checks")),
+                   "authentication checks",
+                   # Exchange Online 5.7.515 "doesn't meet the required
+                   # authentication level"; Mimecast "Rejected by header based
+                   # Anti-Spoofing policy", "Anti-Spoofing policy - Inbound not
+                   # allowed"; Haraka "Spoofed MAIL FROM".
+                   "authentication level", "anti-spoofing", "spoofed")),
     Rule(R.AUTH_CREDENTIALS, "text: authentication failed",
          contains=("authentication failed", "authentication unsuccessful",
                    "credentials invalid", "invalid credentials", "username and password",
@@ -179,7 +270,10 @@ _TEXT = (
                    "not authenticated to send", "must authenticate",
                    # qmail: "553 sorry, that domain isn't in my list of allowed
                    # rcpthosts (#5.7.1)" (qmail-smtpd.c).
-                   "allowed rcpthosts")),
+                   "allowed rcpthosts",
+                   # qmail's chkuser: "553 sorry, that domain isn't allowed to
+                   # be relayed thru this MTA (#5.7.1)".
+                   "relayed thru", "be relayed through")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -196,7 +290,7 @@ _TEXT = (
          contains=("mailbox full", "mailbox is full", "over quota", "quota exceeded",
                    "exceeded storage", "mailbox size limit", "mailfolder is full",
                    "disk quota", "out of storage", "storage quota", "mailbox has exceeded",
-                   "user has exceeded")),
+                   "user has exceeded", "mailbox size exceeded", "quota exceeded")),
     # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
     # recipient *rate*, not a per-transaction limit.
     Rule(R.RATE_LIMITED, "text: too many recipients from this client",
@@ -205,17 +299,29 @@ _TEXT = (
     # Sendmail conncontrol "421 4.3.2 Too many open connections.", Exim
     # "421 Too many concurrent SMTP connections", Exchange "421 4.3.2 The
     # maximum number of concurrent server connections has exceeded a limit".
+    # Connections per unit of time are a rate, not a count: "450 too frequent
+    # connects from <ip>" (Cisco), "421 4.3.2 Connection rate limit exceeded."
+    # (Sendmail ratecontrol), "... connections per minute".
+    Rule(R.RATE_LIMITED, "text: connections per unit of time (a rate)",
+         contains=("connection rate", "connections per second", "connections per minute",
+                   "connections per hour", "connection attempts", "connection frequency",
+                   "too frequent connect", "connecting too fast", "connects per")),
     Rule(R.TOO_MANY_CONNECTIONS, "text: too many connections",
          contains=("too many connections", "too many concurrent", "connection limit",
                    "connections limit", "too many open connections",
                    "concurrent connections", "concurrent server connections",
                    "maximum number of connections", "max concurrent connections",
-                   "too many sessions", "connection count limit", "too many simultaneous")),
+                   "too many sessions", "connection count limit", "too many simultaneous",
+                   "simultaneous connections", "parallel connections", "maximum connections",
+                   "max connections", "connection concurrency", "concurrency limit",
+                   "sessions opened")),
     Rule(R.SESSION_LIMIT, "text: messages per connection",
          contains=("messages per connection", "message per connection",
                    "messages per session", "messages for this session",
                    "messages in this session", "mails per session",
-                   "messages on this connection", "per connection reached")),
+                   "messages on this connection", "per connection reached",
+                   # Exim: "421 too many messages in this connection" (smtp_in.c).
+                   "messages in this connection", "messages per smtp session")),
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.
@@ -229,13 +335,9 @@ _TEXT = (
     Rule(R.TOO_MANY_RECIPIENTS, "text: too many recipients",
          contains=("too many recipients", "recipient limit", "too many rcpt",
                    "maximum number of recipients", "multiple destination domains",
-                   "in a separate transaction")),
-    # Postgrey "450 4.2.0 ... Greylisted, see http://postgrey...";
-    # milter-greylist "451 4.7.1 Greylisting in action, please come back
-    # later"; "... is not yet authorized to deliver mail from".
-    Rule(R.GREYLISTED, "text: greylisting",
-         contains=("greylist", "graylist", "grey-list", "gray-list", "grey list",
-                   "gray list", "postgrey", "not yet authorized to deliver mail from")),
+                   "in a separate transaction",
+                   # Haraka: "450 Split transaction, retry soon".
+                   "split transaction")),
     # Postfix anvil: "450 4.7.1 Error: too much mail from <client>" (not
     # "552 Too much mail data", which is about size).
     Rule(R.RATE_LIMITED, "text: rate limit",
@@ -244,7 +346,14 @@ _TEXT = (
                    "receiving mail at a rate", "receiving mail too quickly", "throttl",
                    "slow down", "exceeded the rate", "rate exceeded", "message rate",
                    "connection rate", "frequency limit", "too many requests",
-                   "sending rate", "too frequent")),
+                   "sending rate", "too frequent",
+                   # Postfix anvil: "450 4.7.1 Error: too many AUTH commands from
+                   # <ip>", "421 4.7.0 <host> Error: too many new TLS sessions from
+                   # <ip>" (smtpd.c); Outlook.com RP-001..003 "We have limits for
+                   # how many messages can be sent per hour and per day".
+                   "too many auth commands", "too many new tls sessions",
+                   "messages can be sent per hour", "messages per hour", "messages per minute",
+                   "limits for how many messages")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -265,7 +374,11 @@ _TEXT = (
                    "unknown domain", "no mx record",
                    # Exim, for a null MX or SRV record (RFC 7505):
                    # "an MX or SRV record indicated no SMTP service".
-                   "indicated no smtp service")),
+                   "indicated no smtp service",
+                   # qmail-remote: "Sorry, I couldn't find any host named x.
+                   # (#5.1.2)", "Sorry, I couldn't find a mail exchanger or IP
+                   # address. (#5.4.4)".
+                   "couldn't find any host", "couldn't find a mail exchanger")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -273,19 +386,13 @@ _TEXT = (
          contains=("timeout", "timed out", "connection reset", "connection refused",
                    "lost connection", "connection lost", "dns failure", "dns lookup",
                    "dns query", "name server", "network is unreachable", "no route to host",
-                   "connection dropped", "socketerror", "socket error")),
-    # A 4xx that names trouble on the server's side, not greylisting: Postfix
-    # "451 4.3.0 <x>: Temporary lookup failure" (a table or DNS look-up
-    # failed), "451 4.3.0 Error: queue file write error"; qmail "451 qq
-    # temporary problem (#4.3.0)", "451 DNS temporary failure (#4.3.0)"; Exim
-    # "451 Could not complete sender verify callout" (the callout itself
-    # failed); Haraka "450 recipient verification temporarily unavailable".
-    Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
-         contains=("temporary lookup failure", "queue file write error", "qq temporary problem",
-                   "dns temporary failure", "could not complete sender verify callout",
-                   "verification temporarily unavailable", "server configuration problem",
-                   "insufficient disk space", "temporary system failure"),
-         codes=_DEFER),
+                   "connection dropped", "socketerror", "socket error",
+                   # qmail-remote "Sorry, I wasn't able to establish an SMTP
+                   # connection. (#4.4.1)"; Sendmail "451 4.4.1 reply: read error
+                   # from <host>".
+                   "able to establish", "read error", "dns query failed")),
+    Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
+         contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
     # A busy or unavailable server is transient (taxonomy.py), but "554
     # Service unavailable" with nothing more is a 5xx that states no cause:
     # its class decides, unless the text itself says to come back later.
@@ -322,7 +429,10 @@ _TEXT = (
                    "protocol violation", "protocol error", "improper use of smtp",
                    "pipelining", "line too long", "too many unauthenticated commands",
                    "command not implemented", "invalid command", "malformed smtp response",
-                   "malformed response")),
+                   "malformed response",
+                   # Exim "554 SMTP synchronization error", Postfix "554 5.5.0
+                   # Error: SMTP protocol synchronization".
+                   "synchronization error", "protocol synchronization")),
     Rule(R.SENDER_REJECTED, "text: sender rejected",
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
@@ -332,7 +442,8 @@ _TEXT = (
          contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
                    "mail size limit",
                    "message length exceeds", "exceeds the maximum size",
-                   "message file too big")),
+                   "message file too big", "size exceeded", "maximum email size",
+                   "message size limit")),
     Rule(R.CONTENT_REJECTED, "text: malformed message",
          contains=("missing from", "invalid from", "rfc 5322", "rfc5322", "rfc 2822",
                    "rfc2822", "rfc 822", "not rfc compliant", "malformed message",

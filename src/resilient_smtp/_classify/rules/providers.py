@@ -146,6 +146,10 @@ _GMAIL = (
     # "454 4.5.0 SMTP protocol violation, no commands allowed to pipeline
     # after STARTTLS", "454 5.5.1 STARTTLS may not be repeated": protocol
     # errors that mention STARTTLS, not a demand for TLS.
+    # "550 5.7.0 Mail Sending denied. This error occurs if the sender account
+    # is disabled or not registered within your Google Workspace domain."
+    Rule(R.SENDER_REJECTED, "gmail: mail sending denied (sender account)",
+         contains=("mail sending denied",), tier=P),
     Rule(R.PROTOCOL_ERROR, "gmail: STARTTLS protocol violation",
          contains=("pipeline after starttls", "starttls may not be repeated"), tier=P),
 )
@@ -219,7 +223,12 @@ _MICROSOFT = (
          status="4.7.650", tier=P),
     Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.651 IP reputation deferral",
          status="4.7.651", tier=P),
-    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.652 IP reputation deferral",
+    # "451 4.7.652 The mail server [ip] has exceeded the maximum number of
+    # connections. (S3115)": a connection count, not reputation (quoted in
+    # suped.com's "How to fix Hotmail error 451 4.7.652"; KumoMTA sets the
+    # Outlook connection limit to 1 on "exceeded the maximum number of
+    # connections").
+    Rule(R.TOO_MANY_CONNECTIONS, "microsoft: 4.7.652 maximum number of connections",
          status="4.7.652", tier=P),
     Rule(R.SESSION_LIMIT, "microsoft: 4.7.653 messages per connection", status="4.7.653",
          tier=P),
@@ -275,6 +284,19 @@ _MICROSOFT = (
          status="5.4.1", contains=("recipient address rejected",), tier=P),
     Rule(R.RECIPIENT_UNKNOWN, "microsoft: 550 5.5.0 mailbox unavailable",
          status="5.5.0", contains=("mailbox unavailable",), tier=P),
+    # "550 5.7.12 Sender was not authenticated by organization": the
+    # recipient takes mail from inside its organisation only (NDR list).
+    Rule(R.POLICY_REJECTED, "microsoft: 5.7.12 sender not authenticated by organization",
+         contains=("not authenticated by organization",), tier=P),
+    # Outlook.com's older codes (postmaster troubleshooting page): "421 RP-001
+    # ... We have limits for how many messages can be sent per hour and per
+    # day" (RP-001..003, a rate); "550 SC-001 ... on our block list", "550
+    # SC-004 ... A block has been placed against your IP address", "550
+    # DY-001/DY-002 ... dynamic IP's / compromised server": IP blocks.
+    Rule(R.RATE_LIMITED, "outlook.com: RP-00x hourly/daily limits", regex=r"\brp-00[1-3]\b",
+         tier=P),
+    Rule(R.BLOCKLISTED, "outlook.com: SC-001/SC-004/DY-00x IP blocks",
+         regex=r"\b(?:sc-00[14]|dy-00[12])\b", tier=P),
 )
 
 # Yahoo / AOL: Yahoo Sender Hub, "SMTP error codes"
@@ -400,6 +422,11 @@ _ZOHO = (
     # "554 5.1.8 Email Outgoing Blocked.": the account may not send.
     Rule(R.SENDER_REJECTED, "zoho: outgoing blocked",
          contains=("outgoing blocked",), tier=P),
+    # ZeptoMail "553 Relaying disallowed as <address>": the From address's
+    # domain is not one the account may send as
+    # (zoho.com/zeptomail/help/api/smtp-error-codes.html).
+    Rule(R.SENDER_REJECTED, "zoho: relaying disallowed as <sender>",
+         contains=("relaying disallowed as",), tier=P),
 )
 
 # GMX and web.de: postmaster.gmx.net / postmaster.web.de error messages, and
@@ -416,6 +443,10 @@ _GMX = (
     # refuses the sender's configuration.
     Rule(R.POLICY_REJECTED, "gmx: 501 syntax error (configuration refused)", codes=(501,),
          hosts=GMX),
+    # "550 <x>: Syntax error in parameters or arguments" is the same refusal
+    # at RCPT (smtp.codes/unitedinternet, from GMX's postmaster pages).
+    Rule(R.POLICY_REJECTED, "gmx: 550 syntax error in parameters (configuration refused)",
+         contains=("syntax error in parameters",), codes=(550,), hosts=GMX),
 )
 
 # Comcast: Xfinity postmaster "Comcast error codes" (postmaster.comcast.net):
@@ -492,6 +523,11 @@ _MIMECAST = (
          contains=("unable to process connection at this time",), tier=P),
     Rule(R.RECIPIENT_UNKNOWN, "mimecast: invalid recipient",
          contains=("invalid recipient",), hosts=MIMECAST),
+    # "Policy level block list in force": the recipient organisation's own
+    # Blocked Senders policy (Mimecast, "Managing Blocked Senders and Email
+    # Rejections"), not a DNS block list.
+    Rule(R.POLICY_REJECTED, "mimecast: policy level block list",
+         contains=("policy level block list",), tier=P),
 )
 
 # Gateways that name their own block list in the reply.
@@ -566,6 +602,39 @@ _KOREA = (
 # Mail.ru: "550 message sending for this account is disabled" is about our own
 # account (suspected of sending spam; the owner must restore it), not a
 # disabled recipient (mailout.ru/2015/09, on Mail.ru's replies).
+# Yandex, "Report on non-delivery to Yandex" (yandex.com/support/yandex-360/
+# customers/mail/en/bounces/yandex): "Policy rejection on the target address"
+# means the recipient's account is blocked for breaking the user agreement;
+# "Blocked by spam statistics" / "blocked using spam statistics" blocks the
+# sending server for 24 hours.
+_YANDEX = (
+    Rule(R.MAILBOX_DISABLED, "yandex: policy rejection on the target address",
+         contains=("policy rejection on the target address",), tier=P),
+    Rule(R.BLOCKLISTED, "yandex: blocked by spam statistics",
+         contains=("spam statistics",), tier=P),
+)
+
+# Cisco Secure Email (AsyncOS user guide): the LDAP accept query refuses an
+# unknown recipient with "550 #5.1.0 Address rejected.".
+_CISCO = (
+    Rule(R.RECIPIENT_UNKNOWN, "cisco: #5.1.0 address rejected (LDAP accept query)",
+         contains=("#5.1.0 address rejected",), tier=P),
+)
+
+# Fastmail (a Postfix and Cyrus site): its help pages say that "554 5.0.0
+# Unexpected internal error" from its LMTP proxy "actually means the user
+# doesn't exist" (fastimap.com/help/troubleshooting_errors_sending_to_other_
+# accounts.html), and that a mailbox over quota is refused with a 4xx for a
+# week, then a 5xx (fastmail.com/help/account/limits.html): the code class
+# decides, as for any mailbox full.
+FASTMAIL = (".messagingengine.com", ".fastmail.com", ".fastmail.fm")
+_FASTMAIL = (
+    Rule(R.RECIPIENT_UNKNOWN, "fastmail: unexpected internal error (user does not exist)",
+         contains=("unexpected internal error",), hosts=FASTMAIL),
+    Rule(R.MAILBOX_FULL, "fastmail: over quota (4xx for a week, then 5xx)",
+         contains=("over quota",), hosts=FASTMAIL),
+)
+
 _MAILRU = (
     Rule(R.AUTH_CREDENTIALS, "mail.ru: message sending for this account is disabled",
          contains=("sending for this account is disabled",), tier=P),
@@ -592,6 +661,7 @@ _GREETING = (
 PROVIDER_RULES: tuple[Rule, ...] = (
     *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
     *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
-    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_MAILRU, *_MTA, *_GREETING,
+    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_MTA,
+    *_GREETING,
 )
 # fmt: on
