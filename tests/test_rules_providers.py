@@ -906,6 +906,8 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.RECIPIENT_UNKNOWN, False),
     ("552 5.2.2 <ann@fastmail.fm>: Recipient address rejected: Mailbox over quota",
      "in2-smtp.messagingengine.com", Stage.RCPT, R.MAILBOX_FULL, False),
+    ("556 Too many invalid recipient requests. Closing connection.", "mx.example.org",
+     Stage.RCPT, R.PROTOCOL_ERROR, False),
 ]  # fmt: skip
 
 

@@ -227,7 +227,18 @@ _TEXT = (
                    # residential IP space"; Mimecast "421 Sender address blocked".
                    "block has been placed", "dynamic ip", "residential ip",
                    "dynamic/residential", "sender address blocked", "ip address has been blocked",
-                   "poor reputation")),
+                   "poor reputation",
+                   # Cisco Secure Email's HAT refusals: "554 Your access to this
+                   # mail system has been rejected due to the sending MTA's poor
+                   # reputation", "550 #5.7.1 Your access to submit messages to
+                   # this e-mail system has been rejected".
+                   "your access to")),
+    # "550 IP 192.0.2.1 is blocked by EarthLink", "... IP address ... has been
+    # blocked": the sending IP, named, is blocked.
+    Rule(R.BLOCKLISTED, "text: the sending IP is blocked",
+         contains=("blocked",),
+         regex=r"\bip(?: address)?\b[\s\[\]\d.:a-f()]{0,45}\b(?:is|was|has been) "
+               r"(?:temporarily )?blocked"),
     Rule(R.BLOCKLISTED, "text: an RBL", regex=r"\brbl\b"),
     # A reputation *rejection* (5xx) is a block; a 4xx is a deferral
     # (KumoMTA's shaping rules suspend on "temporarily rate limited due to
@@ -351,7 +362,7 @@ _TEXT = (
                    # <ip>", "421 4.7.0 <host> Error: too many new TLS sessions from
                    # <ip>" (smtpd.c); Outlook.com RP-001..003 "We have limits for
                    # how many messages can be sent per hour and per day".
-                   "too many auth commands", "too many new tls sessions",
+                   "too many auth commands", "too many new tls sessions", "rate overlimit",
                    "messages can be sent per hour", "messages per hour", "messages per minute",
                    "limits for how many messages")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
@@ -378,7 +389,12 @@ _TEXT = (
                    # qmail-remote: "Sorry, I couldn't find any host named x.
                    # (#5.1.2)", "Sorry, I couldn't find a mail exchanger or IP
                    # address. (#5.4.4)".
-                   "couldn't find any host", "couldn't find a mail exchanger")),
+                   "couldn't find any host", "couldn't find a mail exchanger",
+                   # Exchange: "554 5.4.4 SMTPSEND.DNS.NonExistentDomain;
+                   # nonexistent domain" (also inside "451 4.4.0 DNS query
+                   # failed. The error was: ...", where the 4xx keeps it
+                   # transient).
+                   "nonexistent domain", "non-existent domain", "nonexistentdomain")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -410,10 +426,17 @@ _TEXT = (
                    "unknown address", "address not found", "no such account",
                    "invalid mailbox", "mailbox does not", "recipient rejected",
                    "not our customer", "user doesn't exist", "account does not exist",
-                   "user not exist",
+                   "user not exist", "marked as invalid", "address is invalid",
                    # Lotus Domino: "User <x> not listed in Domino Directory",
                    # "User not listed in public Name & Address Book".
                    "not listed in domino directory", "not listed in public name")),
+    # RFC 5321 §4.2.2: "553 Requested action not taken: mailbox name not
+    # allowed" is about the address it answers: the recipient at RCPT, the
+    # sender at MAIL.
+    Rule(R.RECIPIENT_UNKNOWN, "553 text at RCPT: mailbox name not allowed",
+         contains=("mailbox name not allowed", "mailbox name invalid"), stages=(Stage.RCPT,)),
+    Rule(R.SENDER_REJECTED, "553 text at MAIL: mailbox name not allowed",
+         contains=("mailbox name not allowed", "mailbox name invalid"), stages=(Stage.MAIL,)),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",

@@ -640,6 +640,17 @@ _MAILRU = (
          contains=("sending for this account is disabled",), tier=P),
 )
 
+# Directory-harvest protection: "556 Too many invalid recipient requests.
+# Closing connection." (an Exim ACL quoted in a public bounce) is a session
+# cut for too many bad RCPTs, not RFC 7504's "domain does not accept mail",
+# whatever its 556 says; a provider-tier rule so it comes before the code.
+_HARVEST = (
+    Rule(R.PROTOCOL_ERROR, "text: too many invalid recipients (harvest protection)",
+         contains=("too many invalid recipient", "too many unknown recipients",
+                   "too many bad recipients"),
+         tier=P),
+)
+
 # Haraka (github.com/haraka/Haraka, connection.js): "550 I cannot deliver mail
 # for <x>" when no plugin accepted the recipient, that is, relaying was not
 # allowed for it.
@@ -661,7 +672,7 @@ _GREETING = (
 PROVIDER_RULES: tuple[Rule, ...] = (
     *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
     *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
-    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_MTA,
+    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_HARVEST, *_MTA,
     *_GREETING,
 )
 # fmt: on
