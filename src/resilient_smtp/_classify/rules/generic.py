@@ -165,6 +165,9 @@ _SERVER_TROUBLE_WORDS = (
     "temporary dns failure", "could not complete sender verify callout",
     "verification temporarily unavailable", "temporary error occurred during", "temperror",
     "unable to authenticate at present", "try another server", "failed to be made redundant",
+    # Postfix with Cyrus SASL: "454 4.7.0 Temporary authentication failure:
+    # Connection lost to authentication server" (SASL_README).
+    "temporary authentication failure", "no space left on device",
     "server is too busy",
 )
 # Weaker words, tried after the cause words (greylisting, rates, connection
@@ -172,7 +175,7 @@ _SERVER_TROUBLE_WORDS = (
 # Haraka "421 Too busy; please try again later".
 _SERVER_TROUBLE_WEAK = (
     "temporary error", "temporary failure", "currently unavailable", "too busy",
-    "cannot resolve", "local problem",
+    "cannot resolve", "local problem", "lookup failed",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
@@ -198,6 +201,14 @@ _TEXT = (
     Rule(R.GREYLISTED, "text: greylisting",
          contains=("greylist", "graylist", "grey-list", "gray-list", "grey list",
                    "gray list", "postgrey", "not yet authorized to deliver mail from")),
+    # A reverse-DNS check that failed, even "temporarily", is about the
+    # sending IP's PTR record, which its owner fixes: Comcast "421 ... Reverse
+    # DNS failure : Try again later", Haraka "421 rDNS Temporary Failure"
+    # (connection.js), Postfix "450 4.7.1 Client host rejected: cannot find
+    # your reverse hostname".
+    Rule(R.AUTH_POLICY, "text: reverse DNS of the sending IP",
+         contains=("reverse dns", "rdns", "reverse hostname", "cannot find your hostname",
+                   "reverse lookup", "ptr record")),
     # Before every other cause word: "451 #4.4.3 Temporary error occurred during SPF
     # verification" is a DNS time-out, not an SPF verdict, and "451 4.7.0
     # Temporary server error. Please try again later" is not a rate limit.
@@ -406,7 +417,10 @@ _TEXT = (
                    # qmail-remote "Sorry, I wasn't able to establish an SMTP
                    # connection. (#4.4.1)"; Sendmail "451 4.4.1 reply: read error
                    # from <host>".
-                   "able to establish", "read error", "dns query failed")),
+                   "able to establish", "read error", "dns query failed",
+                   # Exim "421 Lost incoming connection" (smtp_in.c), Sendmail
+                   # "421 4.4.1 <host> Lost input channel from <client>".
+                   "lost incoming connection", "lost input channel")),
     Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
          contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
     # A busy or unavailable server is transient (taxonomy.py), but "554
