@@ -908,6 +908,10 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      "in2-smtp.messagingengine.com", Stage.RCPT, R.MAILBOX_FULL, False),
     ("556 Too many invalid recipient requests. Closing connection.", "mx.example.org",
      Stage.RCPT, R.PROTOCOL_ERROR, False),
+    ("554 5.7.1 : (HVU:B1) http://postmaster.info.aol.com/errors/554hvub1.html",
+     "mailin-02.mx.aol.com", Stage.CONNECT, R.BLOCKLISTED, False),
+    ("421 4.7.1 : (RLY:OB) http://postmaster.info.aol.com/errors/421rlyob.html",
+     "mailin-02.mx.aol.com", Stage.RCPT, R.REPUTATION_DEFERRAL, True),
 ]  # fmt: skip
 
 

@@ -222,7 +222,11 @@ _TEXT = (
     # Transaction failed due to too many MIME parts".
     Rule(R.CONTENT_REJECTED, "text: the message's format (RFC 5322, MIME)",
          contains=("rfc 5322", "rfc5322", "rfc 2822", "rfc2822", "rfc 822 ", "rfc compliant",
-                   "invalid message content", "mime parts", "bare linefeed")),
+                   "invalid message content", "mime parts", "bare linefeed",
+                   # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
+                   # ConversionFailedException; ... Content conversion: Corrupt
+                   # summary TNEF content" (NDR list).
+                   "conversionfailed", "content conversion")),
     # Providers that say outright that retrying is pointless (Yahoo's TSS09
     # text is the best known); a 421 with this text is not transient.
     Rule(R.BLOCKLISTED, "text: retrying will not succeed",
@@ -265,7 +269,11 @@ _TEXT = (
     Rule(R.TLS_REQUIRED, "text: TLS required",
          contains=("starttls", "tls required", "requires tls", "tls is required",
                    "encryption required", "must use tls", "not sent over tls",
-                   "tls connection required", "secure connection required")),
+                   "tls connection required", "secure connection required",
+                   # Exchange Online: "451 4.7.5 Remote certificate failed
+                   # MTA-STS validation", "4.7.323 tlsa-invalid: The domain
+                   # failed DANE validation" (NDR list; RFC 8461, RFC 7672).
+                   "mta-sts", "dane validation", "tlsa-invalid", "certificate failed")),
     Rule(R.AUTH_POLICY, "text: SPF/DKIM/DMARC, reverse DNS or HELO",
          contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
                    "reverse lookup", "ptr record", "rdns", "reverse hostname",
@@ -343,7 +351,10 @@ _TEXT = (
                    "messages in this session", "mails per session",
                    "messages on this connection", "per connection reached",
                    # Exim: "421 too many messages in this connection" (smtp_in.c).
-                   "messages in this connection", "messages per smtp session")),
+                   "messages in this connection", "messages per smtp session",
+                   # Cisco Secure Email: "421 Exceeded allowable connection
+                   # time, disconnecting." (the HAT's maximum session time).
+                   "allowable connection time")),
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.

@@ -343,6 +343,17 @@ _YAHOO = (
          contains=("not accepted for policy reasons",), tier=P),
 )
 
+# AOL's legacy postmaster codes (postmaster.info.aol.com/errors/...), still
+# sent by AOL's MXes before Yahoo's: "554 5.7.1 : (RLY:B1) <url>" and "(RTR:BB)"
+# are IP blocks, "421 4.7.1 : (DYN:T1) <url>", "(RLY:CH)" temporary deferrals
+# for volume, complaints or dynamic space.  The code class tells them apart.
+_AOL = (
+    Rule(R.BLOCKLISTED, "aol: postmaster.info.aol.com code, refused (5xx)",
+         contains=("postmaster.info.aol.com",), codes=_REJECT, tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "aol: postmaster.info.aol.com code, deferred (4xx)",
+         contains=("postmaster.info.aol.com",), codes=_DEFER, tier=P),
+)
+
 # Apple iCloud: "Postmaster information for iCloud Mail"
 # (support.apple.com/102322) and KumoMTA's Apple automation rules.
 _APPLE = (
@@ -670,7 +681,7 @@ _GREETING = (
 )
 
 PROVIDER_RULES: tuple[Rule, ...] = (
-    *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
+    *_GMAIL, *_MICROSOFT, *_YAHOO, *_AOL, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
     *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
     *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_HARVEST, *_MTA,
     *_GREETING,
