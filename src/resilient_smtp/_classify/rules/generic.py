@@ -112,7 +112,8 @@ _CODE = (
 
 _SPAM_WORDS = (
     "spam", "unsolicited", "junk mail", "virus", "malware", "phishing", "content denied",
-    "content rejected", "suspicious content", "message content", "bulk mail",
+    "content rejected", "suspicious content", "message content", "bulk mail", "infected",
+    "message is suspicious",
 )
 _LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
 _BUSY_WORDS = (
@@ -168,6 +169,9 @@ _SERVER_TROUBLE_WORDS = (
     # Postfix with Cyrus SASL: "454 4.7.0 Temporary authentication failure:
     # Connection lost to authentication server" (SASL_README).
     "temporary authentication failure", "no space left on device",
+    # amavisd-new: "451 4.5.0 Error in processing, id=..., spam_scan FAILED"
+    # (its checker failed; not a spam verdict).
+    "error in processing",
     "server is too busy",
 )
 # Weaker words, tried after the cause words (greylisting, rates, connection
@@ -175,7 +179,7 @@ _SERVER_TROUBLE_WORDS = (
 # Haraka "421 Too busy; please try again later".
 _SERVER_TROUBLE_WEAK = (
     "temporary error", "temporary failure", "currently unavailable", "too busy",
-    "cannot resolve", "local problem", "lookup failed",
+    "cannot resolve", "local problem", "lookup failed", "lookup failure",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
@@ -344,7 +348,7 @@ _TEXT = (
                    "too many sessions", "connection count limit", "too many simultaneous",
                    "simultaneous connections", "parallel connections", "maximum connections",
                    "max connections", "connection concurrency", "concurrency limit",
-                   "sessions opened")),
+                   "sessions opened", "smtp sessions")),
     Rule(R.SESSION_LIMIT, "text: messages per connection",
          contains=("messages per connection", "message per connection",
                    "messages per session", "messages for this session",
