@@ -159,10 +159,11 @@ _SERVER_TROUBLE_WORDS = (
     "local configuration error", "server local data error", "server local error",
     "mail system error", "no system resources", "insufficient system storage",
     "insufficient system resources", "insufficient disk space", "space shortage",
-    "spool file", "disk full", "write error", "unable to read controls", "out of memory",
+    "spool file", "write error", "unable to read controls", "out of memory",
     "too much load", "temporary local problem", "local error in processing",
     "temporary server error", "temporary system error", "temporary system failure",
-    "internal server error", "qq temporary problem", "qq write error", "dns temporary failure",
+    "internal server error", "qq temporary problem", "qq write error", "qq read error",
+    "dns temporary failure",
     "temporary dns failure", "could not complete sender verify callout",
     "verification temporarily unavailable", "temporary error occurred during", "temperror",
     "unable to authenticate at present", "try another server", "failed to be made redundant",
@@ -246,7 +247,6 @@ _TEXT = (
                    # residential IP space"; Mimecast "421 Sender address blocked".
                    "block has been placed", "dynamic ip", "residential ip",
                    "dynamic/residential", "sender address blocked", "ip address has been blocked",
-                   "poor reputation",
                    # Cisco Secure Email's HAT refusals: "554 Your access to this
                    # mail system has been rejected due to the sending MTA's poor
                    # reputation", "550 #5.7.1 Your access to submit messages to
@@ -324,7 +324,11 @@ _TEXT = (
          contains=("mailbox full", "mailbox is full", "over quota", "quota exceeded",
                    "exceeded storage", "mailbox size limit", "mailfolder is full",
                    "disk quota", "out of storage", "storage quota", "mailbox has exceeded",
-                   "user has exceeded", "mailbox size exceeded", "quota exceeded")),
+                   "user has exceeded", "mailbox size exceeded", "quota exceeded",
+                   # qmail (vpopmail): "451 qq trouble in home directory" is what
+                   # a recipient over its quota gets (a hosting provider's list of
+                   # common replies, support.onesystems.ch).
+                   "trouble in home directory")),
     # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
     # recipient *rate*, not a per-transaction limit.
     Rule(R.RATE_LIMITED, "text: too many recipients from this client",
