@@ -22,12 +22,29 @@ __all__ = ["GENERIC_RULES"]
 
 _DEFER = (421, 450, 451, 452)
 _PERMANENT = (500, 550, 551, 552, 553, 554)
+_ANY_5XX = tuple(range(500, 600))
 
 # fmt: off
 _STATUS = (
     # RFC 7504: 521 "host does not accept mail", 556 "domain does not accept
-    # mail" (null MX).  Permanent; checked before the x.3.2 status they carry.
+    # mail" (null MX), in so many words; checked before the x.3.2 status they
+    # carry.  A bare 521/556 is a fallback below: Postfix's postscreen also
+    # drops clients with "521 5.5.1 Protocol error", "521 5.7.0 Error: I can
+    # break rules, too. Goodbye." and "521 5.3.2 Service currently
+    # unavailable" (postscreen_early.c, postscreen_smtpd.c, postscreen.c).
     Rule(R.DOMAIN_UNKNOWN, "521/556: does not accept mail (RFC 7504)", codes=(521, 556),
+         contains=("does not accept mail", "not accept email", "no mail service"),
+         tier=Tier.STATUS),
+    # RFC 7504 §3 pairs 521 with 5.3.2 ("system not accepting network
+    # messages"): that pair is the RFC's "does not accept mail".
+    Rule(R.DOMAIN_UNKNOWN, "521 5.3.2: does not accept mail (RFC 7504)", codes=(521,),
+         status="5.3.2", tier=Tier.STATUS),
+    # postscreen's denylist with its "enforce" action: "550 5.3.2 Service
+    # currently unavailable" refuses this client, before the generic 5.3.2.
+    # (Its "drop" action sends the same text as a 521, which RFC 7504 reads
+    # as "does not accept mail", above.)
+    Rule(R.BLOCKLISTED, "5.3.2 service currently unavailable: a refused client (postscreen)",
+         status="5.3.2", contains=("service currently unavailable",), codes=(550, 554),
          tier=Tier.STATUS),
     # A bad address at MAIL FROM is about the sender, whatever the detail.
     Rule(R.SENDER_REJECTED, "x.1.x at MAIL FROM: the sender address", status="x.1.",
@@ -406,6 +423,11 @@ _TEXT = (
          contains=("mailbox unavailable", "mailbox temporarily unavailable", "mailbox busy",
                    "mailbox is busy"),
          codes=_DEFER),
+    # Exim's sender verification folds the callout's answer into its reply
+    # ("550 Verification failed for <x> / 550 Unrouteable address / 550 Sender
+    # verify failed", acl.c): it is about our sender, whatever it quotes.
+    Rule(R.SENDER_REJECTED, "text: sender verification failed",
+         contains=("sender verify failed", "sender verification failed")),
     # Before the network words: "550 Host unknown (Authoritative answer from
     # name server)" (Sendmail) is about the domain, not the network.
     Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
@@ -425,6 +447,18 @@ _TEXT = (
                    # failed. The error was: ...", where the 4xx keeps it
                    # transient).
                    "nonexistent domain", "non-existent domain", "nonexistentdomain")),
+    # A looping message is a routing failure (RFC 3463 x.4.6 "routing loop
+    # detected"): Postfix "554 5.4.0 Error: too many hops" (cleanup_strerror.c),
+    # Exchange "554 5.4.14 Hop count exceeded - possible mail loop", Haraka
+    # "550 Too many received headers - possible mail loop" (connection.js).
+    # Permanent in a 5xx: resending the same message loops again.
+    Rule(R.CONNECTION_ERROR, "text: mail loop (5xx)",
+         contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
+                   "too many received headers"),
+         codes=_ANY_5XX, transient=False),
+    Rule(R.CONNECTION_ERROR, "text: mail loop",
+         contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
+                   "too many received headers")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -448,7 +482,7 @@ _TEXT = (
     Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",
          contains=_LATER_WORDS, codes=_PERMANENT),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
-         contains=_BUSY_WORDS, codes=_PERMANENT, transient=False),
+         contains=_BUSY_WORDS, codes=_ANY_5XX, transient=False),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
     Rule(R.RECIPIENT_UNKNOWN, "text: no such recipient",
          contains=("user unknown", "unknown user", "no such user", "mailbox not found",
@@ -466,10 +500,15 @@ _TEXT = (
     # RFC 5321 §4.2.2: "553 Requested action not taken: mailbox name not
     # allowed" is about the address it answers: the recipient at RCPT, the
     # sender at MAIL.
+    # Exim: "501 <x>: recipient address must contain a domain" (smtp_in.c).
     Rule(R.RECIPIENT_UNKNOWN, "553 text at RCPT: mailbox name not allowed",
-         contains=("mailbox name not allowed", "mailbox name invalid"), stages=(Stage.RCPT,)),
+         contains=("mailbox name not allowed", "mailbox name invalid",
+                   "address must contain a domain"),
+         stages=(Stage.RCPT,)),
     Rule(R.SENDER_REJECTED, "553 text at MAIL: mailbox name not allowed",
-         contains=("mailbox name not allowed", "mailbox name invalid"), stages=(Stage.MAIL,)),
+         contains=("mailbox name not allowed", "mailbox name invalid",
+                   "address must contain a domain"),
+         stages=(Stage.MAIL,)),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",
@@ -488,7 +527,11 @@ _TEXT = (
                    "malformed response",
                    # Exim "554 SMTP synchronization error", Postfix "554 5.5.0
                    # Error: SMTP protocol synchronization".
-                   "synchronization error", "protocol synchronization")),
+                   "synchronization error", "protocol synchronization",
+                   # postscreen "521 5.7.0 Error: I can break rules, too.
+                   # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
+                   # unicode address" (smtpd.c).
+                   "break rules", "declare smtputf8")),
     Rule(R.SENDER_REJECTED, "text: sender rejected",
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
@@ -515,6 +558,8 @@ _TEXT = (
 
 # Weak rules on codes alone: tried only when no text rule matched.
 _FALLBACK = (
+    Rule(R.DOMAIN_UNKNOWN, "521/556: does not accept mail (RFC 7504)", codes=(521, 556),
+         tier=Tier.FALLBACK),
     # RFC 5321 §4.5.3.1.10: a 552 to RCPT is a "too many recipients" (RFC
     # 821 style) and should be treated as temporary.
     Rule(R.TOO_MANY_RECIPIENTS, "552 at RCPT: too many recipients (RFC 5321 §4.5.3.1.10)",
