@@ -169,13 +169,21 @@ R = Reason
          R.RECIPIENT_UNKNOWN),
         ("553 Requested action not taken: mailbox name not allowed", Stage.MAIL,
          R.SENDER_REJECTED),
+        # A loop is a routing failure; sender verification is about the sender
+        # whatever it quotes; a 5xx "unavailable" of any code is permanent.
+        ("554 5.4.6 Hop count exceeded - possible mail loop", Stage.END_OF_DATA,
+         R.CONNECTION_ERROR),
+        ("550 Verification failed for <a@nx.example>: Unrouteable address; Sender verify failed",
+         Stage.RCPT, R.SENDER_REJECTED),
+        ("541 Service unavailable, closing channel", Stage.CONNECT, R.SERVER_BUSY),
+        ("521 mx.b.example does not accept mail", Stage.CONNECT, R.DOMAIN_UNKNOWN),
+        ("521 5.5.1 Protocol error", Stage.CONNECT, R.PROTOCOL_ERROR),
     ],
 )  # fmt: skip
 def test_generic_rules_by_class_of_reply(text: str, stage: Stage, reason: Reason) -> None:
     c = classify(text, stage=stage)
     assert c.reason is reason, c.explanation
-    if text.startswith("4"):
-        assert c.transient, c.explanation
+    assert c.transient is text.startswith("4"), c.explanation
 
 
 def test_x_7_12_means_a_password_transition_only_in_an_auth_reply() -> None:
