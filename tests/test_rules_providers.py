@@ -912,6 +912,15 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      "mailin-02.mx.aol.com", Stage.CONNECT, R.BLOCKLISTED, False),
     ("421 4.7.1 : (RLY:OB) http://postmaster.info.aol.com/errors/421rlyob.html",
      "mailin-02.mx.aol.com", Stage.RCPT, R.REPUTATION_DEFERRAL, True),
+    ("421 fed1rmimpi blocked. Refer to Error Codes section for more information. AUP#CXCNCT",
+     "mx.east.cox.net", Stage.CONNECT, R.TOO_MANY_CONNECTIONS, True),
+    ("550 <a@nx.example> sender rejected. AUP#CXSNDR", "mx.east.cox.net", Stage.MAIL,
+     R.SENDER_REJECTED, False),
+    ("550 Email sending blocked due to suspicious account activity. AUP#CXMJ", "smtp.cox.net",
+     Stage.MAIL, R.AUTH_CREDENTIALS, False),
+    # An AUP# code the rules do not know: a block in a 5xx.
+    ("554 cox connection refused from [198.51.100.7]. AUP#CXNEW", "mx.east.cox.net",
+     Stage.CONNECT, R.BLOCKLISTED, False),
 ]  # fmt: skip
 
 

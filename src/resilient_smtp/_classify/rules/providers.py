@@ -467,7 +467,19 @@ _GMX = (
 _COMCAST = (
     Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl000\d{3}\b", tier=P),
-    Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
+    # Cox's AUP# codes (postmaster.cox.net, "Error Codes"; forums.cox.com):
+    # CXCNCT is its concurrent-connection limit (a 421), CXSNDR the sender's
+    # domain (no MX/A record, or failed SPF/DKIM), CXMJ a Cox account blocked
+    # for suspicious activity (its owner must reset the password); CXBL,
+    # CDRBL and IPBLxxxx are IP blocks.  An AUP# code it does not know is a
+    # block only in a 5xx.
+    Rule(R.TOO_MANY_CONNECTIONS, "cox: AUP#CXCNCT concurrent connections",
+         contains=("aup#cxcnct",), tier=P),
+    Rule(R.SENDER_REJECTED, "cox: AUP#CXSNDR sender domain", contains=("aup#cxsndr",), tier=P),
+    Rule(R.AUTH_CREDENTIALS, "cox: AUP#CXMJ account blocked", contains=("aup#cxmj",), tier=P),
+    Rule(R.BLOCKLISTED, "cox: AUP#CXBL/CDRBL/IPBL IP blocks",
+         contains=("aup#cxbl", "aup#cdrbl", "aup#ipbl"), tier=P),
+    Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), codes=_REJECT, tier=P),
     # The codes named in the postmaster page's links ("...smtp-error-codes.php#
     # BL000001", "#ES000010": dynamic/residential space, also a block).
     Rule(R.BLOCKLISTED, "comcast: ESxxxxxx dynamic/residential IP space",
