@@ -42,7 +42,7 @@ def test_the_corpus_covers_the_families_of_issue_18() -> None:
     wanted = {"microsoft", "google", "yahoo", "apple", "gmx", "t-online", "orange", "yandex",
               "mail.ru", "zoho", "mimecast", "proofpoint", "barracuda", "cisco", "trendmicro",
               "sophos", "comcast", "naver",
-              "postfix", "exim", "sendmail", "opensmtpd", "haraka", "qmail"}  # fmt: skip
+              "postfix", "exim", "sendmail", "opensmtpd", "haraka", "qmail", "fastmail"}  # fmt: skip
     assert wanted <= set(FAMILIES)
 
 
