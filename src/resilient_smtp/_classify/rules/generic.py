@@ -198,6 +198,9 @@ _SERVER_TROUBLE_WORDS = (
 _SERVER_TROUBLE_WEAK = (
     "temporary error", "temporary failure", "currently unavailable", "too busy",
     "cannot resolve", "local problem", "lookup failed", "lookup failure",
+    # Exchange "432 4.2.0 STOREDRV.Deliver; Agent transient failure during
+    # message resubmission" (NDR list).
+    "transient failure",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
