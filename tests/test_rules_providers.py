@@ -918,6 +918,10 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.SENDER_REJECTED, False),
     ("550 Email sending blocked due to suspicious account activity. AUP#CXMJ", "smtp.cox.net",
      Stage.MAIL, R.AUTH_CREDENTIALS, False),
+    ("421 4.4.5 CCRT 198.51.100.7: Connection refused. Server is busy(RT)", "mx2.hanmail.net",
+     Stage.CONNECT, R.BLOCKLISTED, True),
+    ("550 Transaction failed. (SPAM_SUSPECT:IP_CONTROL)", "mx2.paran.com", Stage.MAIL,
+     R.BLOCKLISTED, False),
     # An AUP# code the rules do not know: a block in a 5xx.
     ("554 cox connection refused from [198.51.100.7]. AUP#CXNEW", "mx.east.cox.net",
      Stage.CONNECT, R.BLOCKLISTED, False),

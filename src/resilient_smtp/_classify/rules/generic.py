@@ -49,6 +49,14 @@ _STATUS = (
     # A bad address at MAIL FROM is about the sender, whatever the detail.
     Rule(R.SENDER_REJECTED, "x.1.x at MAIL FROM: the sender address", status="x.1.",
          stages=(Stage.MAIL,)),
+    # A 5.1.1 that says the mailbox exists but is switched off: "550 5.1.1
+    # Inactive mbox", "550 5.1.1 Suspended user" (Korean portals' replies,
+    # collected in puffinknight.tistory.com/102).  (iCloud's "550 5.1.1 <x>:
+    # inactive email address" is an address it does not have: not here.)
+    Rule(R.MAILBOX_DISABLED, "x.1.1 with an inactive or suspended mailbox", status="x.1.1",
+         contains=("inactive mbox", "inactive mailbox", "suspended", "deactivated",
+                   "discontinued"),
+         tier=Tier.STATUS),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.1 bad destination mailbox", status="x.1.1"),
     Rule(R.DOMAIN_UNKNOWN, "x.1.2 bad destination system", status="x.1.2"),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.3 bad destination mailbox syntax", status="x.1.3"),
@@ -200,7 +208,7 @@ _SERVER_TROUBLE_WEAK = (
     "cannot resolve", "local problem", "lookup failed", "lookup failure",
     # Exchange "432 4.2.0 STOREDRV.Deliver; Agent transient failure during
     # message resubmission" (NDR list).
-    "transient failure",
+    "transient failure", "not ready",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
@@ -256,6 +264,12 @@ _TEXT = (
     # text is the best known); a 421 with this text is not transient.
     Rule(R.BLOCKLISTED, "text: retrying will not succeed",
          contains=("retrying will not succeed", "permanently deferred"), transient=False),
+    # The recipient's own block list is a policy of that recipient, not a
+    # DNS block list and not a spam verdict: "550 You are registered as
+    # spammer (by user's reject list)", Mimecast's "Blocked Senders".
+    Rule(R.POLICY_REJECTED, "text: the recipient's own block list",
+         contains=("reject list", "blocked senders", "recipient's block list",
+                   "blocked by the recipient", "blocked by recipient")),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
@@ -326,8 +340,10 @@ _TEXT = (
                    # rcpthosts (#5.7.1)" (qmail-smtpd.c).
                    "allowed rcpthosts",
                    # qmail's chkuser: "553 sorry, that domain isn't allowed to
-                   # be relayed thru this MTA (#5.7.1)".
-                   "relayed thru", "be relayed through")),
+                   # be relayed thru this MTA (#5.7.1)"; "554 Relay operation
+                   # rejected".
+                   "relayed thru", "be relayed through", "relay operation rejected",
+                   "relay rejected", "relaying rejected", "relay refused", "relaying refused")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -414,7 +430,11 @@ _TEXT = (
                    # how many messages can be sent per hour and per day".
                    "too many auth commands", "too many new tls sessions", "rate overlimit",
                    "messages can be sent per hour", "messages per hour", "messages per minute",
-                   "limits for how many messages")),
+                   "limits for how many messages",
+                   # "550 5.7.1 ... Since you sent too many e-mails, you are not
+                   # allowed to send more e-mails within 24 hours" (a Korean
+                   # portal, puffinknight.tistory.com/102): a 5xx that lifts.
+                   "too many e-mails", "too many emails", "too many mails")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",

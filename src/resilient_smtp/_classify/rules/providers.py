@@ -620,6 +620,15 @@ _KOREA = (
          contains=("you send too many messages",), tier=P),
     Rule(R.BLOCKLISTED, "daum: blocked automatically by anti-spam system",
          contains=("blocked automatically by anti-spam system",), tier=P),
+    # Daum/Kakao "421 4.4.5 CCRT <ip>: Connection refused. Server is busy(RT)":
+    # its spam centre has blocked the IP for a while (oliveit.tistory.com/39,
+    # a list of the portal's replies with their meanings).
+    Rule(R.BLOCKLISTED, "daum: CCRT connection refused (IP blocked for a while)",
+         regex=r"\bccrt\b", tier=P),
+    # Paran: "550 Transaction failed. (SPAM_SUSPECT:IP_CONTROL)
+    # (http://cleanip.paran.com)": the IP must be registered first.
+    Rule(R.BLOCKLISTED, "paran: IP_CONTROL, register at cleanip",
+         contains=("ip_control", "cleanip."), tier=P),
 )
 
 # Mail.ru: "550 message sending for this account is disabled" is about our own
