@@ -190,6 +190,7 @@ _SERVER_TROUBLE_WORDS = (
     "internal server error", "qq temporary problem", "qq write error", "qq read error",
     "dns temporary failure",
     "temporary dns failure", "could not complete sender verify callout",
+    "could not complete recipient verify",
     "verification temporarily unavailable", "temporary error occurred during", "temperror",
     "unable to authenticate at present", "try another server", "failed to be made redundant",
     # Postfix with Cyrus SASL: "454 4.7.0 Temporary authentication failure:
@@ -434,7 +435,10 @@ _TEXT = (
                    # "550 5.7.1 ... Since you sent too many e-mails, you are not
                    # allowed to send more e-mails within 24 hours" (a Korean
                    # portal, puffinknight.tistory.com/102): a 5xx that lifts.
-                   "too many e-mails", "too many emails", "too many mails")),
+                   "too many e-mails", "too many emails", "too many mails",
+                   # Exchange's receive connector: "421 4.4.2 Message submission
+                   # rate for this client has exceeded the configured limit".
+                   "submission rate")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -517,6 +521,9 @@ _TEXT = (
                    "invalid mailbox", "mailbox does not", "recipient rejected",
                    "not our customer", "user doesn't exist", "account does not exist",
                    "user not exist", "marked as invalid", "address is invalid",
+                   # Baruwa (an Exim-based gateway): "Recipient verification
+                   # failed", "The email address does not exist".
+                   "recipient verification failed", "recipient verify failed",
                    # Lotus Domino: "User <x> not listed in Domino Directory",
                    # "User not listed in public Name & Address Book".
                    "not listed in domino directory", "not listed in public name")),
@@ -574,7 +581,7 @@ _TEXT = (
                    "illegal header", "bare lf", "8-bit", "8bit", "message-id",
                    "improper header", "invalid message")),
     Rule(R.POLICY_REJECTED, "text: rejected by local policy",
-         contains=("policy", "not authorized", "not authorised", "access denied",
+         contains=("policy", "not authorized", "not authorised", "access denied", "banned",
                    "prohibited", "administrative", "blocked", "refused", "denied",
                    "not allowed", "not permitted", "rejected")),
 )

@@ -672,14 +672,15 @@ _MAILRU = (
          contains=("sending for this account is disabled",), tier=P),
 )
 
-# Directory-harvest protection: "556 Too many invalid recipient requests.
+# Directory-harvest protection (Baruwa: "Dictionary attack detected",
+# bastion.umanix.net/info): "556 Too many invalid recipient requests.
 # Closing connection." (an Exim ACL quoted in a public bounce) is a session
 # cut for too many bad RCPTs, not RFC 7504's "domain does not accept mail",
 # whatever its 556 says; a provider-tier rule so it comes before the code.
 _HARVEST = (
     Rule(R.PROTOCOL_ERROR, "text: too many invalid recipients (harvest protection)",
          contains=("too many invalid recipient", "too many unknown recipients",
-                   "too many bad recipients"),
+                   "too many bad recipients", "dictionary attack", "directory harvest"),
          tier=P),
 )
 
