@@ -922,6 +922,8 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      Stage.CONNECT, R.BLOCKLISTED, True),
     ("550 Transaction failed. (SPAM_SUSPECT:IP_CONTROL)", "mx2.paran.com", Stage.MAIL,
      R.BLOCKLISTED, False),
+    ("450 4.7.1 <a@b.example>: Recipient address rejected: SPF temperror (DNS timeout)",
+     "mx.b.example", Stage.RCPT, R.SERVER_BUSY, True),
     # An AUP# code the rules do not know: a block in a 5xx.
     ("554 cox connection refused from [198.51.100.7]. AUP#CXNEW", "mx.east.cox.net",
      Stage.CONNECT, R.BLOCKLISTED, False),

@@ -330,7 +330,10 @@ _TEXT = (
          contains=("authentication failed", "authentication unsuccessful",
                    "credentials invalid", "invalid credentials", "username and password",
                    "incorrect authentication", "auth failed", "authentication credentials",
-                   "unauthenticated senders", "login failed", "invalid login")),
+                   "unauthenticated senders", "login failed", "invalid login",
+                   # Gmail: "504 5.7.4 Unrecognized authentication type."
+                   "unrecognized authentication type", "unsupported authentication",
+                   "authentication mechanism not supported")),
     Rule(R.RELAY_DENIED, "text: relaying denied",
          contains=("relay access denied", "relaying denied", "relay denied",
                    "relay not permitted", "not permitted to relay", "unable to relay",

@@ -45,6 +45,18 @@ _REJECT = (550, 552, 553, 554)
 _DEFER = (421, 450, 451, 452)
 
 # fmt: off
+# Before every provider's SPF/DKIM/DMARC words: a 4xx that says the check
+# itself failed for a passing reason is a DNS time-out on the server's side,
+# not a verdict on us: Yahoo "451 4.7.5 Temporary error evaluating DMARC
+# policy" (senders.yahooinc.com/smtp-error-codes), Cisco Secure Email "451
+# #4.4.3 Temporary error occurred during SPF verification." (AsyncOS user
+# guide), SPF "temperror" (RFC 7208 §2.6.6).
+_TEMPERROR = (
+    Rule(R.SERVER_BUSY, "text: a check failed temporarily (4xx), not a verdict",
+         contains=("temporary error evaluating", "temporary error occurred during", "temperror"),
+         codes=(421, 450, 451, 452, 454), tier=P),
+)
+
 # Gmail: Google Workspace Admin Help, "SMTP error reference"
 # (support.google.com/a/answer/3726730).
 _GMAIL = (
@@ -703,7 +715,8 @@ _GREETING = (
 )
 
 PROVIDER_RULES: tuple[Rule, ...] = (
-    *_GMAIL, *_MICROSOFT, *_YAHOO, *_AOL, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
+    *_TEMPERROR, *_GMAIL, *_MICROSOFT, *_YAHOO, *_AOL, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN,
+    *_ZOHO, *_GMX,
     *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
     *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_HARVEST, *_MTA,
     *_GREETING,
