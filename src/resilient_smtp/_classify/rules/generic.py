@@ -174,9 +174,9 @@ _BUSY_WORDS = (
 # space; try again later".  Exchange: "432 4.3.2 STOREDRV; mailbox server is
 # too busy", "451 4.7.0 Temporary server error. Please try again later.
 # PRX5", "451 4.4.0 Message failed to be made redundant" (Exchange Online
-# NDR list).  Cisco Secure Email: "451 #4.4.3 Temporary error occurred
-# during SPF verification." (a DNS time-out, not an SPF verdict; AsyncOS
-# user guide, SPF settings).  RFC 5321 §4.2.2: "451 Requested action
+# NDR list).  (A check that failed temporarily, Cisco's "451 #4.4.3
+# Temporary error occurred during SPF verification.", is a provider-tier
+# rule in providers.py, so it comes before every provider's SPF words.)  RFC 5321 §4.2.2: "451 Requested action
 # aborted: local error in processing", "452 ... insufficient system storage".
 _SERVER_TROUBLE_WORDS = (
     "temporary lookup failure", "temporary lookup error", "queue file write error",
@@ -191,7 +191,7 @@ _SERVER_TROUBLE_WORDS = (
     "dns temporary failure",
     "temporary dns failure", "could not complete sender verify callout",
     "could not complete recipient verify",
-    "verification temporarily unavailable", "temporary error occurred during", "temperror",
+    "verification temporarily unavailable",
     "unable to authenticate at present", "try another server", "failed to be made redundant",
     # Postfix with Cyrus SASL: "454 4.7.0 Temporary authentication failure:
     # Connection lost to authentication server" (SASL_README).
@@ -243,9 +243,9 @@ _TEXT = (
     Rule(R.AUTH_POLICY, "text: reverse DNS of the sending IP",
          contains=("reverse dns", "rdns", "reverse hostname", "cannot find your hostname",
                    "reverse lookup", "ptr record")),
-    # Before every other cause word: "451 #4.4.3 Temporary error occurred during SPF
-    # verification" is a DNS time-out, not an SPF verdict, and "451 4.7.0
-    # Temporary server error. Please try again later" is not a rate limit.
+    # Before every other cause word: "451 4.7.0 Temporary server error. Please
+    # try again later" is not a rate limit, "451 4.5.0 Error in processing,
+    # ... spam_scan FAILED" (amavis) not a spam verdict.
     Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
          contains=_SERVER_TROUBLE_WORDS, codes=_TEMP_CODES),
     # Words that only describe a message's form, before the spam and sender
