@@ -176,8 +176,9 @@ _BUSY_WORDS = (
 # PRX5", "451 4.4.0 Message failed to be made redundant" (Exchange Online
 # NDR list).  (A check that failed temporarily, Cisco's "451 #4.4.3
 # Temporary error occurred during SPF verification.", is a provider-tier
-# rule in providers.py, so it comes before every provider's SPF words.)  RFC 5321 §4.2.2: "451 Requested action
-# aborted: local error in processing", "452 ... insufficient system storage".
+# rule in providers.py, so it comes before every provider's SPF words.)
+# RFC 5321 §4.2.2: "451 Requested action aborted: local error in
+# processing", "452 ... insufficient system storage".
 _SERVER_TROUBLE_WORDS = (
     "temporary lookup failure", "temporary lookup error", "queue file write error",
     "internal protocol error", "server configuration error", "server configuration problem",
