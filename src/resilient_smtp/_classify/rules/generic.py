@@ -348,7 +348,11 @@ _TEXT = (
                    # be relayed thru this MTA (#5.7.1)"; "554 Relay operation
                    # rejected".
                    "relayed thru", "be relayed through", "relay operation rejected",
-                   "relay rejected", "relaying rejected", "relay refused", "relaying refused")),
+                   "relay rejected", "relaying rejected", "relay refused", "relaying refused",
+                   # hMailServer, when its IP range does not allow the relay:
+                   # "550 Delivery is not allowed to this address."
+                   # (source/Server/SMTP/SMTPConnection.cpp).
+                   "delivery is not allowed to this address")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -565,7 +569,10 @@ _TEXT = (
                    # postscreen "521 5.7.0 Error: I can break rules, too.
                    # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
                    # unicode address" (smtpd.c).
-                   "break rules", "declare smtputf8")),
+                   "break rules", "declare smtputf8",
+                   # hMailServer: "550 Invalid syntax. Syntax should be MAIL
+                   # FROM:<mailbox@domain>[crlf]".
+                   "invalid syntax")),
     Rule(R.SENDER_REJECTED, "text: sender rejected",
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
