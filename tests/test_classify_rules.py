@@ -117,3 +117,79 @@ def test_tiers_are_inferred_from_the_conditions() -> None:
     assert Rule(Reason.BLOCKLISTED, "s", status="5.7.1").tier is Tier.STATUS
     assert Rule(Reason.BLOCKLISTED, "c", codes=(554,)).tier is Tier.CODE
     assert Rule(Reason.BLOCKLISTED, "t", regex=r"\bx\b").tier is Tier.TEXT
+
+
+# The built-in generic rules by class of reply, on wordings that are not in
+# tests/data/provider_replies.jsonl, so a rule written for one documented row
+# is seen to cover its class (or not).
+R = Reason
+
+
+@pytest.mark.parametrize(
+    ("text", "stage", "reason"),
+    [
+        # Server trouble, not greylisting and not a rate limit.
+        ("451 4.3.0 <a@b.example>: Temporary lookup failure", Stage.RCPT, R.SERVER_BUSY),
+        ("451 4.3.0 Error: queue file write error", Stage.END_OF_DATA, R.SERVER_BUSY),
+        ("452 4.3.1 Insufficient system storage", Stage.MAIL, R.SERVER_BUSY),
+        ("451 4.7.0 Temporary server error. Please try again later. PRX2", Stage.RCPT,
+         R.SERVER_BUSY),
+        ("421 4.3.5 mx.b.example Server configuration error", Stage.CONNECT, R.SERVER_BUSY),
+        ("451 Error in writing spool file", Stage.END_OF_DATA, R.SERVER_BUSY),
+        ("454 4.7.0 Temporary authentication failure: no backend", Stage.AUTH, R.SERVER_BUSY),
+        ("451 4.4.3 Temporary error occurred during DKIM verification", Stage.END_OF_DATA,
+         R.SERVER_BUSY),
+        ("421 4.0.0 Temporary failure", Stage.END_OF_DATA, R.SERVER_BUSY),
+        # ... but greylisting that says "temporary failure" is still greylisting.
+        ("451 4.7.1 Temporary failure: greylisted, come back in 5 minutes", Stage.RCPT,
+         R.GREYLISTED),
+        # Connection counts against rates.
+        ("421 4.7.0 Too many concurrent connections from your IP", Stage.CONNECT,
+         R.TOO_MANY_CONNECTIONS),
+        ("421 Too many simultaneous connections, try again later", Stage.CONNECT,
+         R.TOO_MANY_CONNECTIONS),
+        ("421 4.7.0 Max connections reached for 192.0.2.9", Stage.CONNECT,
+         R.TOO_MANY_CONNECTIONS),
+        ("421 4.7.0 Too many connections per minute from 192.0.2.9", Stage.CONNECT,
+         R.RATE_LIMITED),
+        ("421 4.7.1 Too many connection attempts, slow down", Stage.CONNECT, R.RATE_LIMITED),
+        ("450 4.7.1 Error: too many AUTH commands from 192.0.2.9", Stage.AUTH, R.RATE_LIMITED),
+        ("451 Sender rate overlimit - 12.0 / 1m", Stage.RCPT, R.RATE_LIMITED),
+        ("421 Too many messages in this connection", Stage.MAIL, R.SESSION_LIMIT),
+        # The message's form, before sender and spam words.
+        ("550 5.7.1 Message must be RFC 5322 compliant: missing From address", Stage.END_OF_DATA,
+         R.CONTENT_REJECTED),
+        # The reverse DNS of the sending IP, even "temporarily".
+        ("421 4.7.1 rDNS Temporary Failure for 192.0.2.9", Stage.CONNECT, R.AUTH_POLICY),
+        # A named IP that is blocked.
+        ("550 IP address [192.0.2.9] has been blocked by example.net", Stage.MAIL,
+         R.BLOCKLISTED),
+        # RFC 5321's 553 text names the address it answered.
+        ("553 Requested action not taken: mailbox name not allowed", Stage.RCPT,
+         R.RECIPIENT_UNKNOWN),
+        ("553 Requested action not taken: mailbox name not allowed", Stage.MAIL,
+         R.SENDER_REJECTED),
+        # A loop is a routing failure; sender verification is about the sender
+        # whatever it quotes; a 5xx "unavailable" of any code is permanent.
+        ("554 5.4.6 Hop count exceeded - possible mail loop", Stage.END_OF_DATA,
+         R.CONNECTION_ERROR),
+        ("550 Verification failed for <a@nx.example>: Unrouteable address; Sender verify failed",
+         Stage.RCPT, R.SENDER_REJECTED),
+        ("541 Service unavailable, closing channel", Stage.CONNECT, R.SERVER_BUSY),
+        ("521 mx.b.example does not accept mail", Stage.CONNECT, R.DOMAIN_UNKNOWN),
+        ("521 5.5.1 Protocol error", Stage.CONNECT, R.PROTOCOL_ERROR),
+    ],
+)  # fmt: skip
+def test_generic_rules_by_class_of_reply(text: str, stage: Stage, reason: Reason) -> None:
+    c = classify(text, stage=stage)
+    assert c.reason is reason, c.explanation
+    assert c.transient is text.startswith("4"), c.explanation
+
+
+def test_x_7_12_means_a_password_transition_only_in_an_auth_reply() -> None:
+    assert classify("432 4.7.12 A password transition is needed").reason is R.AUTH_CREDENTIALS
+    assert classify("534 5.7.12 Password transition needed", stage=Stage.AUTH).reason is (
+        R.AUTH_CREDENTIALS
+    )
+    c = classify("550 5.7.12 Sender was not authenticated by organization", stage=Stage.RCPT)
+    assert c.reason is R.POLICY_REJECTED, c.explanation

@@ -41,7 +41,7 @@ def test_rows_are_well_formed() -> None:
 def test_the_corpus_covers_the_families_of_issue_18() -> None:
     wanted = {"microsoft", "google", "yahoo", "apple", "gmx", "t-online", "orange", "yandex",
               "mail.ru", "zoho", "mimecast", "proofpoint", "barracuda", "cisco", "trendmicro",
-              "sophos", "comcast", "naver",
+              "sophos", "comcast", "naver", "fastmail",
               "postfix", "exim", "sendmail", "opensmtpd", "haraka", "qmail"}  # fmt: skip
     assert wanted <= set(FAMILIES)
 

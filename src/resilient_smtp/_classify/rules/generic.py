@@ -22,16 +22,41 @@ __all__ = ["GENERIC_RULES"]
 
 _DEFER = (421, 450, 451, 452)
 _PERMANENT = (500, 550, 551, 552, 553, 554)
+_ANY_5XX = tuple(range(500, 600))
 
 # fmt: off
 _STATUS = (
     # RFC 7504: 521 "host does not accept mail", 556 "domain does not accept
-    # mail" (null MX).  Permanent; checked before the x.3.2 status they carry.
+    # mail" (null MX), in so many words; checked before the x.3.2 status they
+    # carry.  A bare 521/556 is a fallback below: Postfix's postscreen also
+    # drops clients with "521 5.5.1 Protocol error", "521 5.7.0 Error: I can
+    # break rules, too. Goodbye." and "521 5.3.2 Service currently
+    # unavailable" (postscreen_early.c, postscreen_smtpd.c, postscreen.c).
     Rule(R.DOMAIN_UNKNOWN, "521/556: does not accept mail (RFC 7504)", codes=(521, 556),
+         contains=("does not accept mail", "not accept email", "no mail service"),
+         tier=Tier.STATUS),
+    # RFC 7504 §3 pairs 521 with 5.3.2 ("system not accepting network
+    # messages"): that pair is the RFC's "does not accept mail".
+    Rule(R.DOMAIN_UNKNOWN, "521 5.3.2: does not accept mail (RFC 7504)", codes=(521,),
+         status="5.3.2", tier=Tier.STATUS),
+    # postscreen's denylist with its "enforce" action: "550 5.3.2 Service
+    # currently unavailable" refuses this client, before the generic 5.3.2.
+    # (Its "drop" action sends the same text as a 521, which RFC 7504 reads
+    # as "does not accept mail", above.)
+    Rule(R.BLOCKLISTED, "5.3.2 service currently unavailable: a refused client (postscreen)",
+         status="5.3.2", contains=("service currently unavailable",), codes=(550, 554),
          tier=Tier.STATUS),
     # A bad address at MAIL FROM is about the sender, whatever the detail.
     Rule(R.SENDER_REJECTED, "x.1.x at MAIL FROM: the sender address", status="x.1.",
          stages=(Stage.MAIL,)),
+    # A 5.1.1 that says the mailbox exists but is switched off: "550 5.1.1
+    # Inactive mbox", "550 5.1.1 Suspended user" (Korean portals' replies,
+    # collected in puffinknight.tistory.com/102).  (iCloud's "550 5.1.1 <x>:
+    # inactive email address" is an address it does not have: not here.)
+    Rule(R.MAILBOX_DISABLED, "x.1.1 with an inactive or suspended mailbox", status="x.1.1",
+         contains=("inactive mbox", "inactive mailbox", "suspended", "deactivated",
+                   "discontinued"),
+         tier=Tier.STATUS),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.1 bad destination mailbox", status="x.1.1"),
     Rule(R.DOMAIN_UNKNOWN, "x.1.2 bad destination system", status="x.1.2"),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.3 bad destination mailbox syntax", status="x.1.3"),
@@ -49,6 +74,11 @@ _STATUS = (
     Rule(R.DOMAIN_UNKNOWN, "5.4.4 unable to route", status="5.4.4"),
     Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5"),
     Rule(R.EXPIRED, "x.4.7 delivery time expired", status="x.4.7"),
+    # OpenSMTPD answers its per-session message limit (max-mails) with
+    # "452 4.5.3 Too many recipients: Too many messages sent" (smtp_session.c:
+    # "we can pretend we had too many recipients"): a new connection goes on.
+    Rule(R.SESSION_LIMIT, "4.5.3 too many messages sent: a per-session limit (OpenSMTPD)",
+         status="4.5.3", contains=("too many messages sent",), tier=Tier.STATUS),
     Rule(R.TOO_MANY_RECIPIENTS, "x.5.3 too many recipients", status="x.5.3"),
     Rule(R.AUTH_CREDENTIALS, "x.7.8 authentication credentials invalid", status="x.7.8"),
     # RFC 4954 §6: x.7.9 answers AUTH.  Yahoo sends "550 5.7.9" for policy
@@ -63,8 +93,12 @@ _STATUS = (
          status="x.7.11"),
     # RFC 4954 §6: x.7.12 "a password transition is needed"; IANA x.7.13
     # "user account disabled" -- our own account, in an AUTH reply.
+    # Only in an AUTH reply: Exchange Online's "550 5.7.12 Sender was not
+    # authenticated by organization" is a recipient restriction (its NDR list).
     Rule(R.AUTH_CREDENTIALS, "x.7.12 password transition needed (RFC 4954)",
-         status="x.7.12"),
+         status="x.7.12", codes=(432, 534, 535, 538)),
+    Rule(R.AUTH_CREDENTIALS, "x.7.12 password transition needed (RFC 4954)",
+         status="x.7.12", stages=(Stage.AUTH,)),
     Rule(R.AUTH_CREDENTIALS, "x.7.13 user account disabled", status="x.7.13",
          stages=(Stage.AUTH,)),
     # RFC 7293 §3.3: the mailbox (x.7.17) or domain (x.7.18) changed owner
@@ -103,7 +137,8 @@ _CODE = (
 
 _SPAM_WORDS = (
     "spam", "unsolicited", "junk mail", "virus", "malware", "phishing", "content denied",
-    "content rejected", "suspicious content", "message content", "bulk mail",
+    "content rejected", "suspicious content", "message content", "bulk mail", "infected",
+    "message is suspicious",
 )
 _LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
 _BUSY_WORDS = (
@@ -116,6 +151,68 @@ _BUSY_WORDS = (
     "overloaded", "high load", "system load", "resources temporarily",
     "try again later", "try later", "internal error", "server error",
 )
+# A 4xx that names trouble on the server's own side: a failed look-up, a
+# full or unwritable spool, a configuration error, load.  These are not
+# greylisting and not a verdict on us: reconnect, later or elsewhere.
+# Postfix (src/smtpd/smtpd.c, smtpd_check.c, postscreen.c,
+# global/cleanup_strerror.c): "451 4.3.0 <x>: Temporary lookup failure",
+# "451 4.3.0 Temporary lookup error", "451 4.3.0 Error: queue file write
+# error", "451 4.3.0 Error: internal protocol error", "421 4.3.5 Server
+# configuration error", "421 4.3.0 <host> Server local data error", "421
+# 4.3.0 Mail system error", "421 4.3.2 No system resources", "454 4.7.0 TLS
+# not available due to local problem".  Exim (src/src/smtp_in.c, acl.c,
+# receive.c): "451 Temporary local problem - please try later", "421 <host>:
+# Too much load; please try again later", "452 Space shortage, please try
+# later", "451 Error while writing spool file", "421 Local configuration
+# error", "454 TLS currently unavailable", "435 Unable to authenticate at
+# present", "451 Cannot resolve <x> at this time", "451 Could not complete
+# sender verify callout".  OpenSMTPD (smtp_session.c): "421 4.0.0 Temporary
+# Error", "421 Internal server error".  qmail-smtpd: "451 qq temporary
+# problem (#4.3.0)", "451 qq write error or disk full (#4.3.0)", "421 unable
+# to read controls (#4.3.0)", "421 out of memory (#4.3.0)", "451 DNS
+# temporary failure (#4.3.0)".  Sendmail: "452 4.4.5 Insufficient disk
+# space; try again later".  Exchange: "432 4.3.2 STOREDRV; mailbox server is
+# too busy", "451 4.7.0 Temporary server error. Please try again later.
+# PRX5", "451 4.4.0 Message failed to be made redundant" (Exchange Online
+# NDR list).  (A check that failed temporarily, Cisco's "451 #4.4.3
+# Temporary error occurred during SPF verification.", is a provider-tier
+# rule in providers.py, so it comes before every provider's SPF words.)
+# RFC 5321 §4.2.2: "451 Requested action aborted: local error in
+# processing", "452 ... insufficient system storage".
+_SERVER_TROUBLE_WORDS = (
+    "temporary lookup failure", "temporary lookup error", "queue file write error",
+    "internal protocol error", "server configuration error", "server configuration problem",
+    "local configuration error", "server local data error", "server local error",
+    "mail system error", "no system resources", "insufficient system storage",
+    "insufficient system resources", "insufficient disk space", "space shortage",
+    "spool file", "write error", "unable to read controls", "out of memory",
+    "too much load", "temporary local problem", "local error in processing",
+    "temporary server error", "temporary system error", "temporary system failure",
+    "internal server error", "qq temporary problem", "qq write error", "qq read error",
+    "dns temporary failure",
+    "temporary dns failure", "could not complete sender verify callout",
+    "could not complete recipient verify",
+    "verification temporarily unavailable",
+    "unable to authenticate at present", "try another server", "failed to be made redundant",
+    # Postfix with Cyrus SASL: "454 4.7.0 Temporary authentication failure:
+    # Connection lost to authentication server" (SASL_README).
+    "temporary authentication failure", "no space left on device",
+    # amavisd-new: "451 4.5.0 Error in processing, id=..., spam_scan FAILED"
+    # (its checker failed; not a spam verdict).
+    "error in processing",
+    "server is too busy",
+)
+# Weaker words, tried after the cause words (greylisting, rates, connection
+# counts, DNS): OpenSMTPD "421 4.0.0 Temporary Error"/"Temporary failure",
+# Haraka "421 Too busy; please try again later".
+_SERVER_TROUBLE_WEAK = (
+    "temporary error", "temporary failure", "currently unavailable", "too busy",
+    "cannot resolve", "local problem", "lookup failed", "lookup failure",
+    # Exchange "432 4.2.0 STOREDRV.Deliver; Agent transient failure during
+    # message resubmission" (NDR list).
+    "transient failure", "not ready",
+)
+_TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
 _TEXT = (
@@ -133,15 +230,70 @@ _TEXT = (
     # Duplicate header 'X'").
     Rule(R.CONTENT_REJECTED, "text: duplicate header",
          contains=("duplicate header", "duplicated header")),
+    # Postgrey "450 4.2.0 ... Greylisted, see http://postgrey...";
+    # milter-greylist "451 4.7.1 Greylisting in action, please come back
+    # later"; "... is not yet authorized to deliver mail from".
+    Rule(R.GREYLISTED, "text: greylisting",
+         contains=("greylist", "graylist", "grey-list", "gray-list", "grey list",
+                   "gray list", "postgrey", "not yet authorized to deliver mail from")),
+    # A reverse-DNS check that failed, even "temporarily", is about the
+    # sending IP's PTR record, which its owner fixes: Comcast "421 ... Reverse
+    # DNS failure : Try again later", Haraka "421 rDNS Temporary Failure"
+    # (connection.js), Postfix "450 4.7.1 Client host rejected: cannot find
+    # your reverse hostname".
+    Rule(R.AUTH_POLICY, "text: reverse DNS of the sending IP",
+         contains=("reverse dns", "rdns", "reverse hostname", "cannot find your hostname",
+                   "reverse lookup", "ptr record")),
+    # Before every other cause word: "451 4.7.0 Temporary server error. Please
+    # try again later" is not a rate limit, "451 4.5.0 Error in processing,
+    # ... spam_scan FAILED" (amavis) not a spam verdict.
+    Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
+         contains=_SERVER_TROUBLE_WORDS, codes=_TEMP_CODES),
+    # Words that only describe a message's form, before the spam and sender
+    # words: "550 5.7.512 Access denied, message must be RFC 5322 section
+    # 3.6.2 compliant and include a From address" (Exchange Online), "554
+    # Message not allowed - Headers are not RFC compliant[291]" (Yahoo),
+    # "554 5.6.0 Invalid message content" (Exchange), Haraka's "554
+    # Transaction failed due to too many MIME parts".
+    Rule(R.CONTENT_REJECTED, "text: the message's format (RFC 5322, MIME)",
+         contains=("rfc 5322", "rfc5322", "rfc 2822", "rfc2822", "rfc 822 ", "rfc compliant",
+                   "invalid message content", "mime parts", "bare linefeed",
+                   # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
+                   # ConversionFailedException; ... Content conversion: Corrupt
+                   # summary TNEF content" (NDR list).
+                   "conversionfailed", "content conversion")),
     # Providers that say outright that retrying is pointless (Yahoo's TSS09
     # text is the best known); a 421 with this text is not transient.
     Rule(R.BLOCKLISTED, "text: retrying will not succeed",
          contains=("retrying will not succeed", "permanently deferred"), transient=False),
+    # The recipient's own block list is a policy of that recipient, not a
+    # DNS block list and not a spam verdict: "550 You are registered as
+    # spammer (by user's reject list)", Mimecast's "Blocked Senders".
+    Rule(R.POLICY_REJECTED, "text: the recipient's own block list",
+         contains=("reject list", "blocked senders", "recipient's block list",
+                   "blocked by the recipient", "blocked by recipient")),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
                    "client host blocked", "ip blocked", "listed at", "listed on",
-                   "banned sending ip", "on our block")),
+                   "banned sending ip", "on our block",
+                   # Outlook.com: "550 SC-004 ... A block has been placed against
+                   # your IP address", "550 DY-001 ... we generally do not accept
+                   # email from dynamic IP's"; Comcast ES000010 "dynamic/
+                   # residential IP space"; Mimecast "421 Sender address blocked".
+                   "block has been placed", "dynamic ip", "residential ip",
+                   "dynamic/residential", "sender address blocked", "ip address has been blocked",
+                   # Cisco Secure Email's HAT refusals: "554 Your access to this
+                   # mail system has been rejected due to the sending MTA's poor
+                   # reputation", "550 #5.7.1 Your access to submit messages to
+                   # this e-mail system has been rejected".
+                   "your access to")),
+    # "550 IP 192.0.2.1 is blocked by EarthLink", "... IP address ... has been
+    # blocked": the sending IP, named, is blocked.
+    Rule(R.BLOCKLISTED, "text: the sending IP is blocked",
+         contains=("blocked",),
+         regex=r"\bip(?: address)?\b[\s\[\]\d.:a-f()]{0,45}\b(?:is|was|has been) "
+               r"(?:temporarily )?blocked"),
     Rule(R.BLOCKLISTED, "text: an RBL", regex=r"\brbl\b"),
     # A reputation *rejection* (5xx) is a block; a 4xx is a deferral
     # (KumoMTA's shaping rules suspend on "temporarily rate limited due to
@@ -157,7 +309,11 @@ _TEXT = (
     Rule(R.TLS_REQUIRED, "text: TLS required",
          contains=("starttls", "tls required", "requires tls", "tls is required",
                    "encryption required", "must use tls", "not sent over tls",
-                   "tls connection required", "secure connection required")),
+                   "tls connection required", "secure connection required",
+                   # Exchange Online: "451 4.7.5 Remote certificate failed
+                   # MTA-STS validation", "4.7.323 tlsa-invalid: The domain
+                   # failed DANE validation" (NDR list; RFC 8461, RFC 7672).
+                   "mta-sts", "dane validation", "tlsa-invalid", "certificate failed")),
     Rule(R.AUTH_POLICY, "text: SPF/DKIM/DMARC, reverse DNS or HELO",
          contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
                    "reverse lookup", "ptr record", "rdns", "reverse hostname",
@@ -165,12 +321,20 @@ _TEXT = (
                    "invalid helo", "bad helo", "authentication information",
                    "unauthenticated email", "not pass authentication",
                    "sender is unauthenticated", "requires all senders to authenticate",
-                   "authentication checks")),
+                   "authentication checks",
+                   # Exchange Online 5.7.515 "doesn't meet the required
+                   # authentication level"; Mimecast "Rejected by header based
+                   # Anti-Spoofing policy", "Anti-Spoofing policy - Inbound not
+                   # allowed"; Haraka "Spoofed MAIL FROM".
+                   "authentication level", "anti-spoofing", "spoofed")),
     Rule(R.AUTH_CREDENTIALS, "text: authentication failed",
          contains=("authentication failed", "authentication unsuccessful",
                    "credentials invalid", "invalid credentials", "username and password",
                    "incorrect authentication", "auth failed", "authentication credentials",
-                   "unauthenticated senders", "login failed", "invalid login")),
+                   "unauthenticated senders", "login failed", "invalid login",
+                   # Gmail: "504 5.7.4 Unrecognized authentication type."
+                   "unrecognized authentication type", "unsupported authentication",
+                   "authentication mechanism not supported")),
     Rule(R.RELAY_DENIED, "text: relaying denied",
          contains=("relay access denied", "relaying denied", "relay denied",
                    "relay not permitted", "not permitted to relay", "unable to relay",
@@ -179,7 +343,16 @@ _TEXT = (
                    "not authenticated to send", "must authenticate",
                    # qmail: "553 sorry, that domain isn't in my list of allowed
                    # rcpthosts (#5.7.1)" (qmail-smtpd.c).
-                   "allowed rcpthosts")),
+                   "allowed rcpthosts",
+                   # qmail's chkuser: "553 sorry, that domain isn't allowed to
+                   # be relayed thru this MTA (#5.7.1)"; "554 Relay operation
+                   # rejected".
+                   "relayed thru", "be relayed through", "relay operation rejected",
+                   "relay rejected", "relaying rejected", "relay refused", "relaying refused",
+                   # hMailServer, when its IP range does not allow the relay:
+                   # "550 Delivery is not allowed to this address."
+                   # (source/Server/SMTP/SMTPConnection.cpp).
+                   "delivery is not allowed to this address")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -196,7 +369,11 @@ _TEXT = (
          contains=("mailbox full", "mailbox is full", "over quota", "quota exceeded",
                    "exceeded storage", "mailbox size limit", "mailfolder is full",
                    "disk quota", "out of storage", "storage quota", "mailbox has exceeded",
-                   "user has exceeded")),
+                   "user has exceeded", "mailbox size exceeded", "quota exceeded",
+                   # qmail (vpopmail): "451 qq trouble in home directory" is what
+                   # a recipient over its quota gets (a hosting provider's list of
+                   # common replies, support.onesystems.ch).
+                   "trouble in home directory")),
     # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
     # recipient *rate*, not a per-transaction limit.
     Rule(R.RATE_LIMITED, "text: too many recipients from this client",
@@ -205,17 +382,32 @@ _TEXT = (
     # Sendmail conncontrol "421 4.3.2 Too many open connections.", Exim
     # "421 Too many concurrent SMTP connections", Exchange "421 4.3.2 The
     # maximum number of concurrent server connections has exceeded a limit".
+    # Connections per unit of time are a rate, not a count: "450 too frequent
+    # connects from <ip>" (Cisco), "421 4.3.2 Connection rate limit exceeded."
+    # (Sendmail ratecontrol), "... connections per minute".
+    Rule(R.RATE_LIMITED, "text: connections per unit of time (a rate)",
+         contains=("connection rate", "connections per second", "connections per minute",
+                   "connections per hour", "connection attempts", "connection frequency",
+                   "too frequent connect", "connecting too fast", "connects per")),
     Rule(R.TOO_MANY_CONNECTIONS, "text: too many connections",
          contains=("too many connections", "too many concurrent", "connection limit",
                    "connections limit", "too many open connections",
                    "concurrent connections", "concurrent server connections",
                    "maximum number of connections", "max concurrent connections",
-                   "too many sessions", "connection count limit", "too many simultaneous")),
+                   "too many sessions", "connection count limit", "too many simultaneous",
+                   "simultaneous connections", "parallel connections", "maximum connections",
+                   "max connections", "connection concurrency", "concurrency limit",
+                   "sessions opened", "smtp sessions")),
     Rule(R.SESSION_LIMIT, "text: messages per connection",
          contains=("messages per connection", "message per connection",
                    "messages per session", "messages for this session",
                    "messages in this session", "mails per session",
-                   "messages on this connection", "per connection reached")),
+                   "messages on this connection", "per connection reached",
+                   # Exim: "421 too many messages in this connection" (smtp_in.c).
+                   "messages in this connection", "messages per smtp session",
+                   # Cisco Secure Email: "421 Exceeded allowable connection
+                   # time, disconnecting." (the HAT's maximum session time).
+                   "allowable connection time")),
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.
@@ -229,13 +421,9 @@ _TEXT = (
     Rule(R.TOO_MANY_RECIPIENTS, "text: too many recipients",
          contains=("too many recipients", "recipient limit", "too many rcpt",
                    "maximum number of recipients", "multiple destination domains",
-                   "in a separate transaction")),
-    # Postgrey "450 4.2.0 ... Greylisted, see http://postgrey...";
-    # milter-greylist "451 4.7.1 Greylisting in action, please come back
-    # later"; "... is not yet authorized to deliver mail from".
-    Rule(R.GREYLISTED, "text: greylisting",
-         contains=("greylist", "graylist", "grey-list", "gray-list", "grey list",
-                   "gray list", "postgrey", "not yet authorized to deliver mail from")),
+                   "in a separate transaction",
+                   # Haraka: "450 Split transaction, retry soon".
+                   "split transaction")),
     # Postfix anvil: "450 4.7.1 Error: too much mail from <client>" (not
     # "552 Too much mail data", which is about size).
     Rule(R.RATE_LIMITED, "text: rate limit",
@@ -244,7 +432,21 @@ _TEXT = (
                    "receiving mail at a rate", "receiving mail too quickly", "throttl",
                    "slow down", "exceeded the rate", "rate exceeded", "message rate",
                    "connection rate", "frequency limit", "too many requests",
-                   "sending rate", "too frequent")),
+                   "sending rate", "too frequent",
+                   # Postfix anvil: "450 4.7.1 Error: too many AUTH commands from
+                   # <ip>", "421 4.7.0 <host> Error: too many new TLS sessions from
+                   # <ip>" (smtpd.c); Outlook.com RP-001..003 "We have limits for
+                   # how many messages can be sent per hour and per day".
+                   "too many auth commands", "too many new tls sessions", "rate overlimit",
+                   "messages can be sent per hour", "messages per hour", "messages per minute",
+                   "limits for how many messages",
+                   # "550 5.7.1 ... Since you sent too many e-mails, you are not
+                   # allowed to send more e-mails within 24 hours" (a Korean
+                   # portal, puffinknight.tistory.com/102): a 5xx that lifts.
+                   "too many e-mails", "too many emails", "too many mails",
+                   # Exchange's receive connector: "421 4.4.2 Message submission
+                   # rate for this client has exceeded the configured limit".
+                   "submission rate")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -256,6 +458,11 @@ _TEXT = (
          contains=("mailbox unavailable", "mailbox temporarily unavailable", "mailbox busy",
                    "mailbox is busy"),
          codes=_DEFER),
+    # Exim's sender verification folds the callout's answer into its reply
+    # ("550 Verification failed for <x> / 550 Unrouteable address / 550 Sender
+    # verify failed", acl.c): it is about our sender, whatever it quotes.
+    Rule(R.SENDER_REJECTED, "text: sender verification failed",
+         contains=("sender verify failed", "sender verification failed")),
     # Before the network words: "550 Host unknown (Authoritative answer from
     # name server)" (Sendmail) is about the domain, not the network.
     Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
@@ -265,7 +472,28 @@ _TEXT = (
                    "unknown domain", "no mx record",
                    # Exim, for a null MX or SRV record (RFC 7505):
                    # "an MX or SRV record indicated no SMTP service".
-                   "indicated no smtp service")),
+                   "indicated no smtp service",
+                   # qmail-remote: "Sorry, I couldn't find any host named x.
+                   # (#5.1.2)", "Sorry, I couldn't find a mail exchanger or IP
+                   # address. (#5.4.4)".
+                   "couldn't find any host", "couldn't find a mail exchanger",
+                   # Exchange: "554 5.4.4 SMTPSEND.DNS.NonExistentDomain;
+                   # nonexistent domain" (also inside "451 4.4.0 DNS query
+                   # failed. The error was: ...", where the 4xx keeps it
+                   # transient).
+                   "nonexistent domain", "non-existent domain", "nonexistentdomain")),
+    # A looping message is a routing failure (RFC 3463 x.4.6 "routing loop
+    # detected"): Postfix "554 5.4.0 Error: too many hops" (cleanup_strerror.c),
+    # Exchange "554 5.4.14 Hop count exceeded - possible mail loop", Haraka
+    # "550 Too many received headers - possible mail loop" (connection.js).
+    # Permanent in a 5xx: resending the same message loops again.
+    Rule(R.CONNECTION_ERROR, "text: mail loop (5xx)",
+         contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
+                   "too many received headers"),
+         codes=_ANY_5XX, transient=False),
+    Rule(R.CONNECTION_ERROR, "text: mail loop",
+         contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
+                   "too many received headers")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -273,26 +501,23 @@ _TEXT = (
          contains=("timeout", "timed out", "connection reset", "connection refused",
                    "lost connection", "connection lost", "dns failure", "dns lookup",
                    "dns query", "name server", "network is unreachable", "no route to host",
-                   "connection dropped", "socketerror", "socket error")),
-    # A 4xx that names trouble on the server's side, not greylisting: Postfix
-    # "451 4.3.0 <x>: Temporary lookup failure" (a table or DNS look-up
-    # failed), "451 4.3.0 Error: queue file write error"; qmail "451 qq
-    # temporary problem (#4.3.0)", "451 DNS temporary failure (#4.3.0)"; Exim
-    # "451 Could not complete sender verify callout" (the callout itself
-    # failed); Haraka "450 recipient verification temporarily unavailable".
-    Rule(R.SERVER_BUSY, "text: a 4xx for trouble on the server's side",
-         contains=("temporary lookup failure", "queue file write error", "qq temporary problem",
-                   "dns temporary failure", "could not complete sender verify callout",
-                   "verification temporarily unavailable", "server configuration problem",
-                   "insufficient disk space", "temporary system failure"),
-         codes=_DEFER),
+                   "connection dropped", "socketerror", "socket error",
+                   # qmail-remote "Sorry, I wasn't able to establish an SMTP
+                   # connection. (#4.4.1)"; Sendmail "451 4.4.1 reply: read error
+                   # from <host>".
+                   "able to establish", "read error", "dns query failed",
+                   # Exim "421 Lost incoming connection" (smtp_in.c), Sendmail
+                   # "421 4.4.1 <host> Lost input channel from <client>".
+                   "lost incoming connection", "lost input channel")),
+    Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
+         contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
     # A busy or unavailable server is transient (taxonomy.py), but "554
     # Service unavailable" with nothing more is a 5xx that states no cause:
     # its class decides, unless the text itself says to come back later.
     Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",
          contains=_LATER_WORDS, codes=_PERMANENT),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
-         contains=_BUSY_WORDS, codes=_PERMANENT, transient=False),
+         contains=_BUSY_WORDS, codes=_ANY_5XX, transient=False),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
     Rule(R.RECIPIENT_UNKNOWN, "text: no such recipient",
          contains=("user unknown", "unknown user", "no such user", "mailbox not found",
@@ -303,10 +528,25 @@ _TEXT = (
                    "unknown address", "address not found", "no such account",
                    "invalid mailbox", "mailbox does not", "recipient rejected",
                    "not our customer", "user doesn't exist", "account does not exist",
-                   "user not exist",
+                   "user not exist", "marked as invalid", "address is invalid",
+                   # Baruwa (an Exim-based gateway): "Recipient verification
+                   # failed", "The email address does not exist".
+                   "recipient verification failed", "recipient verify failed",
                    # Lotus Domino: "User <x> not listed in Domino Directory",
                    # "User not listed in public Name & Address Book".
                    "not listed in domino directory", "not listed in public name")),
+    # RFC 5321 §4.2.2: "553 Requested action not taken: mailbox name not
+    # allowed" is about the address it answers: the recipient at RCPT, the
+    # sender at MAIL.
+    # Exim: "501 <x>: recipient address must contain a domain" (smtp_in.c).
+    Rule(R.RECIPIENT_UNKNOWN, "553 text at RCPT: mailbox name not allowed",
+         contains=("mailbox name not allowed", "mailbox name invalid",
+                   "address must contain a domain"),
+         stages=(Stage.RCPT,)),
+    Rule(R.SENDER_REJECTED, "553 text at MAIL: mailbox name not allowed",
+         contains=("mailbox name not allowed", "mailbox name invalid",
+                   "address must contain a domain"),
+         stages=(Stage.MAIL,)),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",
@@ -322,7 +562,17 @@ _TEXT = (
                    "protocol violation", "protocol error", "improper use of smtp",
                    "pipelining", "line too long", "too many unauthenticated commands",
                    "command not implemented", "invalid command", "malformed smtp response",
-                   "malformed response")),
+                   "malformed response",
+                   # Exim "554 SMTP synchronization error", Postfix "554 5.5.0
+                   # Error: SMTP protocol synchronization".
+                   "synchronization error", "protocol synchronization",
+                   # postscreen "521 5.7.0 Error: I can break rules, too.
+                   # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
+                   # unicode address" (smtpd.c).
+                   "break rules", "declare smtputf8",
+                   # hMailServer: "550 Invalid syntax. Syntax should be MAIL
+                   # FROM:<mailbox@domain>[crlf]".
+                   "invalid syntax")),
     Rule(R.SENDER_REJECTED, "text: sender rejected",
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
@@ -332,7 +582,8 @@ _TEXT = (
          contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
                    "mail size limit",
                    "message length exceeds", "exceeds the maximum size",
-                   "message file too big")),
+                   "message file too big", "size exceeded", "maximum email size",
+                   "message size limit")),
     Rule(R.CONTENT_REJECTED, "text: malformed message",
          contains=("missing from", "invalid from", "rfc 5322", "rfc5322", "rfc 2822",
                    "rfc2822", "rfc 822", "not rfc compliant", "malformed message",
@@ -341,13 +592,15 @@ _TEXT = (
                    "illegal header", "bare lf", "8-bit", "8bit", "message-id",
                    "improper header", "invalid message")),
     Rule(R.POLICY_REJECTED, "text: rejected by local policy",
-         contains=("policy", "not authorized", "not authorised", "access denied",
+         contains=("policy", "not authorized", "not authorised", "access denied", "banned",
                    "prohibited", "administrative", "blocked", "refused", "denied",
                    "not allowed", "not permitted", "rejected")),
 )
 
 # Weak rules on codes alone: tried only when no text rule matched.
 _FALLBACK = (
+    Rule(R.DOMAIN_UNKNOWN, "521/556: does not accept mail (RFC 7504)", codes=(521, 556),
+         tier=Tier.FALLBACK),
     # RFC 5321 §4.5.3.1.10: a 552 to RCPT is a "too many recipients" (RFC
     # 821 style) and should be treated as temporary.
     Rule(R.TOO_MANY_RECIPIENTS, "552 at RCPT: too many recipients (RFC 5321 §4.5.3.1.10)",

@@ -45,6 +45,18 @@ _REJECT = (550, 552, 553, 554)
 _DEFER = (421, 450, 451, 452)
 
 # fmt: off
+# Before every provider's SPF/DKIM/DMARC words: a 4xx that says the check
+# itself failed for a passing reason is a DNS time-out on the server's side,
+# not a verdict on us: Yahoo "451 4.7.5 Temporary error evaluating DMARC
+# policy" (senders.yahooinc.com/smtp-error-codes), Cisco Secure Email "451
+# #4.4.3 Temporary error occurred during SPF verification." (AsyncOS user
+# guide), SPF "temperror" (RFC 7208 §2.6.6).
+_TEMPERROR = (
+    Rule(R.SERVER_BUSY, "text: a check failed temporarily (4xx), not a verdict",
+         contains=("temporary error evaluating", "temporary error occurred during", "temperror"),
+         codes=(421, 450, 451, 452, 454), tier=P),
+)
+
 # Gmail: Google Workspace Admin Help, "SMTP error reference"
 # (support.google.com/a/answer/3726730).
 _GMAIL = (
@@ -146,6 +158,10 @@ _GMAIL = (
     # "454 4.5.0 SMTP protocol violation, no commands allowed to pipeline
     # after STARTTLS", "454 5.5.1 STARTTLS may not be repeated": protocol
     # errors that mention STARTTLS, not a demand for TLS.
+    # "550 5.7.0 Mail Sending denied. This error occurs if the sender account
+    # is disabled or not registered within your Google Workspace domain."
+    Rule(R.SENDER_REJECTED, "gmail: mail sending denied (sender account)",
+         contains=("mail sending denied",), tier=P),
     Rule(R.PROTOCOL_ERROR, "gmail: STARTTLS protocol violation",
          contains=("pipeline after starttls", "starttls may not be repeated"), tier=P),
 )
@@ -219,7 +235,12 @@ _MICROSOFT = (
          status="4.7.650", tier=P),
     Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.651 IP reputation deferral",
          status="4.7.651", tier=P),
-    Rule(R.REPUTATION_DEFERRAL, "microsoft: 4.7.652 IP reputation deferral",
+    # "451 4.7.652 The mail server [ip] has exceeded the maximum number of
+    # connections. (S3115)": a connection count, not reputation (quoted in
+    # suped.com's "How to fix Hotmail error 451 4.7.652"; KumoMTA sets the
+    # Outlook connection limit to 1 on "exceeded the maximum number of
+    # connections").
+    Rule(R.TOO_MANY_CONNECTIONS, "microsoft: 4.7.652 maximum number of connections",
          status="4.7.652", tier=P),
     Rule(R.SESSION_LIMIT, "microsoft: 4.7.653 messages per connection", status="4.7.653",
          tier=P),
@@ -275,6 +296,19 @@ _MICROSOFT = (
          status="5.4.1", contains=("recipient address rejected",), tier=P),
     Rule(R.RECIPIENT_UNKNOWN, "microsoft: 550 5.5.0 mailbox unavailable",
          status="5.5.0", contains=("mailbox unavailable",), tier=P),
+    # "550 5.7.12 Sender was not authenticated by organization": the
+    # recipient takes mail from inside its organisation only (NDR list).
+    Rule(R.POLICY_REJECTED, "microsoft: 5.7.12 sender not authenticated by organization",
+         contains=("not authenticated by organization",), tier=P),
+    # Outlook.com's older codes (postmaster troubleshooting page): "421 RP-001
+    # ... We have limits for how many messages can be sent per hour and per
+    # day" (RP-001..003, a rate); "550 SC-001 ... on our block list", "550
+    # SC-004 ... A block has been placed against your IP address", "550
+    # DY-001/DY-002 ... dynamic IP's / compromised server": IP blocks.
+    Rule(R.RATE_LIMITED, "outlook.com: RP-00x hourly/daily limits", regex=r"\brp-00[1-3]\b",
+         tier=P),
+    Rule(R.BLOCKLISTED, "outlook.com: SC-001/SC-004/DY-00x IP blocks",
+         regex=r"\b(?:sc-00[14]|dy-00[12])\b", tier=P),
 )
 
 # Yahoo / AOL: Yahoo Sender Hub, "SMTP error codes"
@@ -319,6 +353,17 @@ _YAHOO = (
     # "554 5.7.9 Message not accepted for policy reasons."
     Rule(R.POLICY_REJECTED, "yahoo: 5.7.9 not accepted for policy reasons",
          contains=("not accepted for policy reasons",), tier=P),
+)
+
+# AOL's legacy postmaster codes (postmaster.info.aol.com/errors/...), still
+# sent by AOL's MXes before Yahoo's: "554 5.7.1 : (RLY:B1) <url>" and "(RTR:BB)"
+# are IP blocks, "421 4.7.1 : (DYN:T1) <url>", "(RLY:CH)" temporary deferrals
+# for volume, complaints or dynamic space.  The code class tells them apart.
+_AOL = (
+    Rule(R.BLOCKLISTED, "aol: postmaster.info.aol.com code, refused (5xx)",
+         contains=("postmaster.info.aol.com",), codes=_REJECT, tier=P),
+    Rule(R.REPUTATION_DEFERRAL, "aol: postmaster.info.aol.com code, deferred (4xx)",
+         contains=("postmaster.info.aol.com",), codes=_DEFER, tier=P),
 )
 
 # Apple iCloud: "Postmaster information for iCloud Mail"
@@ -400,6 +445,11 @@ _ZOHO = (
     # "554 5.1.8 Email Outgoing Blocked.": the account may not send.
     Rule(R.SENDER_REJECTED, "zoho: outgoing blocked",
          contains=("outgoing blocked",), tier=P),
+    # ZeptoMail "553 Relaying disallowed as <address>": the From address's
+    # domain is not one the account may send as
+    # (zoho.com/zeptomail/help/api/smtp-error-codes.html).
+    Rule(R.SENDER_REJECTED, "zoho: relaying disallowed as <sender>",
+         contains=("relaying disallowed as",), tier=P),
 )
 
 # GMX and web.de: postmaster.gmx.net / postmaster.web.de error messages, and
@@ -416,6 +466,10 @@ _GMX = (
     # refuses the sender's configuration.
     Rule(R.POLICY_REJECTED, "gmx: 501 syntax error (configuration refused)", codes=(501,),
          hosts=GMX),
+    # "550 <x>: Syntax error in parameters or arguments" is the same refusal
+    # at RCPT (smtp.codes/unitedinternet, from GMX's postmaster pages).
+    Rule(R.POLICY_REJECTED, "gmx: 550 syntax error in parameters (configuration refused)",
+         contains=("syntax error in parameters",), codes=(550,), hosts=GMX),
 )
 
 # Comcast: Xfinity postmaster "Comcast error codes" (postmaster.comcast.net):
@@ -425,7 +479,19 @@ _GMX = (
 _COMCAST = (
     Rule(R.RATE_LIMITED, "comcast: RLxxxxxx rate limit", regex=r"\brl000\d{3}\b", tier=P),
     Rule(R.BLOCKLISTED, "comcast: BLxxxxxx block list", regex=r"\bbl000\d{3}\b", tier=P),
-    Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), tier=P),
+    # Cox's AUP# codes (postmaster.cox.net, "Error Codes"; forums.cox.com):
+    # CXCNCT is its concurrent-connection limit (a 421), CXSNDR the sender's
+    # domain (no MX/A record, or failed SPF/DKIM), CXMJ a Cox account blocked
+    # for suspicious activity (its owner must reset the password); CXBL,
+    # CDRBL and IPBLxxxx are IP blocks.  An AUP# code it does not know is a
+    # block only in a 5xx.
+    Rule(R.TOO_MANY_CONNECTIONS, "cox: AUP#CXCNCT concurrent connections",
+         contains=("aup#cxcnct",), tier=P),
+    Rule(R.SENDER_REJECTED, "cox: AUP#CXSNDR sender domain", contains=("aup#cxsndr",), tier=P),
+    Rule(R.AUTH_CREDENTIALS, "cox: AUP#CXMJ account blocked", contains=("aup#cxmj",), tier=P),
+    Rule(R.BLOCKLISTED, "cox: AUP#CXBL/CDRBL/IPBL IP blocks",
+         contains=("aup#cxbl", "aup#cdrbl", "aup#ipbl"), tier=P),
+    Rule(R.BLOCKLISTED, "cox: AUP#... blocked", contains=("aup#",), codes=_REJECT, tier=P),
     # The codes named in the postmaster page's links ("...smtp-error-codes.php#
     # BL000001", "#ES000010": dynamic/residential space, also a block).
     Rule(R.BLOCKLISTED, "comcast: ESxxxxxx dynamic/residential IP space",
@@ -492,6 +558,11 @@ _MIMECAST = (
          contains=("unable to process connection at this time",), tier=P),
     Rule(R.RECIPIENT_UNKNOWN, "mimecast: invalid recipient",
          contains=("invalid recipient",), hosts=MIMECAST),
+    # "Policy level block list in force": the recipient organisation's own
+    # Blocked Senders policy (Mimecast, "Managing Blocked Senders and Email
+    # Rejections"), not a DNS block list.
+    Rule(R.POLICY_REJECTED, "mimecast: policy level block list",
+         contains=("policy level block list",), tier=P),
 )
 
 # Gateways that name their own block list in the reply.
@@ -561,14 +632,68 @@ _KOREA = (
          contains=("you send too many messages",), tier=P),
     Rule(R.BLOCKLISTED, "daum: blocked automatically by anti-spam system",
          contains=("blocked automatically by anti-spam system",), tier=P),
+    # Daum/Kakao "421 4.4.5 CCRT <ip>: Connection refused. Server is busy(RT)":
+    # its spam centre has blocked the IP for a while (oliveit.tistory.com/39,
+    # a list of the portal's replies with their meanings).
+    Rule(R.BLOCKLISTED, "daum: CCRT connection refused (IP blocked for a while)",
+         regex=r"\bccrt\b", tier=P),
+    # Paran: "550 Transaction failed. (SPAM_SUSPECT:IP_CONTROL)
+    # (http://cleanip.paran.com)": the IP must be registered first.
+    Rule(R.BLOCKLISTED, "paran: IP_CONTROL, register at cleanip",
+         contains=("ip_control", "cleanip."), tier=P),
 )
 
 # Mail.ru: "550 message sending for this account is disabled" is about our own
 # account (suspected of sending spam; the owner must restore it), not a
 # disabled recipient (mailout.ru/2015/09, on Mail.ru's replies).
+# Yandex, "Report on non-delivery to Yandex" (yandex.com/support/yandex-360/
+# customers/mail/en/bounces/yandex): "Policy rejection on the target address"
+# means the recipient's account is blocked for breaking the user agreement;
+# "Blocked by spam statistics" / "blocked using spam statistics" blocks the
+# sending server for 24 hours.
+_YANDEX = (
+    Rule(R.MAILBOX_DISABLED, "yandex: policy rejection on the target address",
+         contains=("policy rejection on the target address",), tier=P),
+    Rule(R.BLOCKLISTED, "yandex: blocked by spam statistics",
+         contains=("spam statistics",), tier=P),
+)
+
+# Cisco Secure Email (AsyncOS user guide): the LDAP accept query refuses an
+# unknown recipient with "550 #5.1.0 Address rejected.".
+_CISCO = (
+    Rule(R.RECIPIENT_UNKNOWN, "cisco: #5.1.0 address rejected (LDAP accept query)",
+         contains=("#5.1.0 address rejected",), tier=P),
+)
+
+# Fastmail (a Postfix and Cyrus site): its help pages say that "554 5.0.0
+# Unexpected internal error" from its LMTP proxy "actually means the user
+# doesn't exist" (fastimap.com/help/troubleshooting_errors_sending_to_other_
+# accounts.html), and that a mailbox over quota is refused with a 4xx for a
+# week, then a 5xx (fastmail.com/help/account/limits.html): the code class
+# decides, as for any mailbox full.
+FASTMAIL = (".messagingengine.com", ".fastmail.com", ".fastmail.fm")
+_FASTMAIL = (
+    Rule(R.RECIPIENT_UNKNOWN, "fastmail: unexpected internal error (user does not exist)",
+         contains=("unexpected internal error",), hosts=FASTMAIL),
+    Rule(R.MAILBOX_FULL, "fastmail: over quota (4xx for a week, then 5xx)",
+         contains=("over quota",), hosts=FASTMAIL),
+)
+
 _MAILRU = (
     Rule(R.AUTH_CREDENTIALS, "mail.ru: message sending for this account is disabled",
          contains=("sending for this account is disabled",), tier=P),
+)
+
+# Directory-harvest protection (Baruwa: "Dictionary attack detected",
+# bastion.umanix.net/info): "556 Too many invalid recipient requests.
+# Closing connection." (an Exim ACL quoted in a public bounce) is a session
+# cut for too many bad RCPTs, not RFC 7504's "domain does not accept mail",
+# whatever its 556 says; a provider-tier rule so it comes before the code.
+_HARVEST = (
+    Rule(R.PROTOCOL_ERROR, "text: too many invalid recipients (harvest protection)",
+         contains=("too many invalid recipient", "too many unknown recipients",
+                   "too many bad recipients", "dictionary attack", "directory harvest"),
+         tier=P),
 )
 
 # Haraka (github.com/haraka/Haraka, connection.js): "550 I cannot deliver mail
@@ -590,8 +715,10 @@ _GREETING = (
 )
 
 PROVIDER_RULES: tuple[Rule, ...] = (
-    *_GMAIL, *_MICROSOFT, *_YAHOO, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN, *_ZOHO, *_GMX,
+    *_TEMPERROR, *_GMAIL, *_MICROSOFT, *_YAHOO, *_AOL, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN,
+    *_ZOHO, *_GMX,
     *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
-    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_MAILRU, *_MTA, *_GREETING,
+    *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_HARVEST, *_MTA,
+    *_GREETING,
 )
 # fmt: on
