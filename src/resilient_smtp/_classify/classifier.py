@@ -116,18 +116,26 @@ _RETRY_AFTER = re.compile(
 # replies out before the keyword-first regex runs (tests/test_classify.py
 # checks the two give the same waits).
 _RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
-# A keyword followed by a blank, which every match of _RETRY_AFTER has: the
-# rule index looks for these in the same scan as the rules' literals, so most
-# replies are ruled out before any regex runs.
-# (Every character for which str.isspace() holds, as \s matches, is below
-# U+3001.)
+# What every match of _RETRY_AFTER contains: a keyword followed by a blank
+# (a character for which str.isspace() holds, as \s matches; all are below
+# U+3001) and, in an ASCII text, then what the regex allows next: another
+# blank, a digit, or the "in"/"after" of "again in 5 minutes".  The rule
+# index looks for both kinds in the same scan as the rules' literals, so most
+# replies are ruled out before any regex runs: an ASCII text needs a marker
+# of the first kind, any other text one of the second.
+_KEYWORDS = ("again", "retry", "wait", "waiting", "after", "greylisted for", "deferred for",
+             "delayed for", "back", "in")  # fmt: skip
 _BLANKS = tuple(c for c in map(chr, range(0x3001)) if c.isspace())
-_WAIT_MARKERS = tuple(
-    word + blank
-    for word in ("again", "retry", "wait", "waiting", "after", "greylisted for",
-                 "deferred for", "delayed for", "back", "in")
-    for blank in _BLANKS
-)  # fmt: skip
+_ASCII_BLANKS = tuple(c for c in _BLANKS if c.isascii())
+_WAIT_MARKERS = (
+    tuple(
+        word + blank + after
+        for word in _KEYWORDS
+        for blank in _ASCII_BLANKS
+        for after in (*_ASCII_BLANKS, *"0123456789", "i", "a")
+    ),
+    tuple(word + blank for word in _KEYWORDS for blank in _BLANKS),
+)
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
 # what it honours anyway).
@@ -301,7 +309,7 @@ class Classifier:
             search, mask = index.regex_any
             if search(lowered) is not None:
                 found |= mask
-        marked = found > index.everyone  # a wait keyword occurs
+        marks = found >> index.marker_shift  # which kinds of wait markers occur
         found &= allowed
         # The earliest candidate that needs no further check wins unless a
         # candidate before it passes its checks; usually there is none.
@@ -330,7 +338,7 @@ class Classifier:
         fields, transient = outcome
         fields = fields.copy()
         fields["reply"] = reply
-        if transient and marked:
+        if transient and marks and (marks & 1 or not lowered.isascii()):
             # A stated wait means something only for a reply worth retrying.
             fields["retry_after"] = parse_retry_after(lowered)
         c: Classification = _new(Classification)

@@ -82,9 +82,8 @@ def _pure_scan(masks: dict[str, int]) -> Scan:
     implied: dict[str, int] = {}
     for w in words:
         mask = 0
-        for p in words:
-            if w.startswith(p):
-                mask |= masks[p]
+        for end in range(1, len(w) + 1):
+            mask |= masks.get(w[:end], 0)
         implied[w] = mask
 
     def scan(lowered: str) -> int:
@@ -237,6 +236,7 @@ class RuleIndex:
         "_suffix_masks",
         "everyone",
         "free",
+        "marker_shift",
         "regex_any",
         "rules",
         "scan",
@@ -247,7 +247,7 @@ class RuleIndex:
         rules: Sequence[Rule],
         *,
         accelerator: bool | None = None,
-        markers: Sequence[str] = (),
+        markers: Sequence[Sequence[str]] = (),
     ) -> None:
         # Stable: table order is kept within a tier.
         self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.tier or Tier.TEXT))
@@ -283,12 +283,14 @@ class RuleIndex:
                 regex_mask |= bit
             else:
                 always |= bit
-        # Markers ride along in the same scan, above the rules' bits: the
-        # caller learns whether any of them occurs (a found mask above
-        # everyone).
-        for marker in markers:
-            if marker:
-                by_literal[marker.lower()] |= 1 << n
+        # Markers ride along in the same scan, above the rules' bits: bit
+        # ``marker_shift + k`` of a found mask says a marker of the group k
+        # occurs.
+        for k, group in enumerate(markers):
+            for marker in group:
+                if marker:
+                    by_literal[marker.lower()] |= 1 << (n + k)
+        self.marker_shift = n
         self.regex_any: tuple[Callable[[str], Any], int] | None = None
         """A search for the regexes no literal gates, and their rules' mask."""
         if regexes:
