@@ -118,11 +118,12 @@ _RETRY_AFTER = re.compile(
 _RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
 # What every match of _RETRY_AFTER contains: a keyword followed by a blank
 # (a character for which str.isspace() holds, as \s matches; all are below
-# U+3001) and, in an ASCII text, then what the regex allows next: another
-# blank, a digit, or the "in"/"after" of "again in 5 minutes".  The rule
-# index looks for both kinds in the same scan as the rules' literals, so most
-# replies are ruled out before any regex runs: an ASCII text needs a marker
-# of the first kind, any other text one of the second.
+# U+3001) and, in an ASCII text, by what the regex allows next: another
+# blank or a digit ("again in 5 minutes" has "in 5": "in" and "after" are
+# keywords too).  The rule index looks for both kinds in the same scan as
+# the rules' literals, so most replies are ruled out before any regex runs:
+# an ASCII text needs a marker of the first kind, any other text one of the
+# second.
 _KEYWORDS = ("again", "retry", "wait", "waiting", "after", "greylisted for", "deferred for",
              "delayed for", "back", "in")  # fmt: skip
 _BLANKS = tuple(c for c in map(chr, range(0x3001)) if c.isspace())
@@ -132,7 +133,7 @@ _WAIT_MARKERS = (
         word + blank + after
         for word in _KEYWORDS
         for blank in _ASCII_BLANKS
-        for after in (*_ASCII_BLANKS, *"0123456789", "i", "a")
+        for after in (*_ASCII_BLANKS, *"0123456789")
     ),
     tuple(word + blank for word in _KEYWORDS for blank in _BLANKS),
 )
