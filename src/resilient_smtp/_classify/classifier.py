@@ -256,6 +256,11 @@ class Classifier:
             return self._classify_reply(parse_reply(reply), host, stage)
         if type(reply) is Reply:
             return self._classify_reply(reply, host, stage)
+        if isinstance(reply, aiosmtplib.SMTPResponseException):
+            # What the Mailer catches, first (as _normalise would read it).
+            if stage is None:
+                stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
+            return self._classify_reply(parse_reply(reply.message, reply.code), host, stage)
         if isinstance(reply, Classification):
             return reply
         if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
