@@ -194,6 +194,7 @@ class Classifier:
         "_cache_size",
         "_cached",
         "_contexts",
+        "_fallbacks",
         "_index",
         "_outcomes",
         "_verdicts",
@@ -226,6 +227,7 @@ class Classifier:
         # repeat even where the texts do not.
         self._contexts: dict[_Key, _Context] = {}
         self._outcomes: dict[tuple[int | None, Stage | None], dict[int, _Outcome]] = {}
+        self._fallbacks: dict[tuple[int | None, str | None, Stage | None], _Outcome] = {}
         self._cache_size = cache_size
         self._cached = functools.lru_cache(maxsize=cache_size)(self._classify_text)
 
@@ -366,7 +368,13 @@ class Classifier:
                 if len(self._outcomes) >= _MEMO_SIZE:
                     self._outcomes.clear()
                 outcomes = self._outcomes[code, stage] = {}
-            fallback = self._fallback_outcome(Reply(code, enhanced, "-"), code, stage)
+            fallback = self._fallbacks.get((code, enhanced, stage))
+            if fallback is None:
+                if len(self._fallbacks) >= _MEMO_SIZE:
+                    self._fallbacks.clear()
+                fallback = self._fallbacks[code, enhanced, stage] = self._fallback_outcome(
+                    Reply(code, enhanced, "-"), code, stage
+                )
             context = (gates, allowed, outcomes, fallback)
         if len(self._contexts) >= _MEMO_SIZE:
             self._contexts.clear()
