@@ -148,6 +148,16 @@ def linear_rule(classifier: Classifier, text: str, host: str | None, stage: Stag
 
 @pytest.mark.parametrize("classifier", [PURE, FAST], ids=["pure", "fast"])
 def test_the_index_finds_the_rule_a_linear_walk_finds(classifier: Classifier) -> None:
+    from resilient_smtp import Reply
+    from resilient_smtp._classify.classifier import _WAIT_MARKERS
+    from resilient_smtp._classify.index import RuleIndex
+
+    # The index on its own, as the classifier builds it.
+    index = RuleIndex(
+        classifier.rules,
+        accelerator=classifier is FAST and FAST is not PURE,
+        markers=_WAIT_MARKERS,
+    )
     count = 0
     for i, (text, host, stage) in enumerate(corpus_calls()):
         # Every reply with its own host and stage, and with others in turn.
@@ -158,6 +168,10 @@ def test_the_index_finds_the_rule_a_linear_walk_finds(classifier: Classifier) ->
             want = linear_rule(classifier, text, h, s)
             name = "accepted" if got.reason is Reason.ACCEPTED else got.rule or "none"
             assert name == want, (text, h, s)
+            if name != "accepted":
+                reply = Reply.parse(text)
+                rule = index.first_match(reply, reply.text.lower(), (h or "").lower(), s)
+                assert (rule.name if rule else "none") == want, (text, h, s)
             count += 1
     assert count > 300
 
