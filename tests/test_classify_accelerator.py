@@ -213,3 +213,20 @@ def test_a_stated_wait_is_found_whatever_the_scan_rules_out(text: str, prefix: s
         c = classifier(prefix + text)
         expected = parse_retry_after(c.reply.text.lower()) if c.transient else None
         assert c.retry_after == expected, (prefix + text, classifier)
+
+
+@pytest.mark.parametrize("accelerator", [False, None])
+def test_a_regex_rule_before_the_first_plain_candidate_is_tried_first(
+    accelerator: bool | None,
+) -> None:
+    from resilient_smtp import Rule
+
+    rules = [
+        Rule(Reason.RATE_LIMITED, "regex before", regex=r"foo\d"),
+        Rule(Reason.GREYLISTED, "plain", contains=("foo",)),
+        Rule(Reason.SPAM_CONTENT, "regex after", regex=r"foo\s?x"),
+    ]
+    classifier = Classifier(rules, cache_size=0, accelerator=accelerator)
+    assert classifier("550 foo1 x").rule == "regex before"
+    assert classifier("550 foo x").rule == "plain"
+    assert classifier("550 fo x").rule is None

@@ -306,7 +306,7 @@ class Classifier:
         context = self._contexts.get(key)
         if context is None:
             context = self._context(key)
-        gates, allowed, outcomes, fallback = context
+        gates, free, checked, outcomes, fallback = context
         if outcomes is None:  # a 2xx
             return _accepted(reply, stage)
         text = reply.text
@@ -317,20 +317,22 @@ class Classifier:
             search, mask = index.regex_any
             if search(lowered) is not None:
                 found |= mask
-        marks = found >> index.marker_shift  # which kinds of wait markers occur
-        found &= allowed
-        # The earliest candidate that needs no further check wins unless a
-        # candidate before it passes its checks; usually there is none.
-        free = found & index.free
+        # The candidates this reply allows: those that need no further
+        # check, and those with a regex to run.  The earliest of the first
+        # kind wins unless one of the second before it passes; usually there
+        # is none.
+        checked &= found
+        free &= found
         if free:
             low = free & -free
-            earlier = found & (low - 1)
-            i = index.first_checked(earlier, lowered) if earlier else -1
+            i = -1
+            if checked and checked & -checked < low:
+                i = index.first_checked(checked & (low - 1), lowered)
             if i < 0:
                 i = low.bit_length() - 1
             outcome = outcomes.get(i)
-        elif found:
-            i = index.first_checked(found, lowered)
+        elif checked:
+            i = index.first_checked(checked, lowered)
             outcome = outcomes.get(i) if i >= 0 else fallback
         else:
             i = -1
@@ -346,6 +348,7 @@ class Classifier:
         fields, transient = outcome
         fields = fields.copy()
         fields["reply"] = reply
+        marks = found >> index.marker_shift  # which kinds of wait markers occur
         if transient and marks and (marks & 1 or not lowered.isascii()):
             # A stated wait means something only for a reply worth retrying.
             fields["retry_after"] = parse_retry_after(lowered)
@@ -360,9 +363,10 @@ class Classifier:
         outcome when no rule matches."""
         code, enhanced, stage, host = key
         if code is not None and 200 <= code < 300:
-            context: _Context = (0, 0, None, None)
+            context: _Context = (0, 0, 0, None, None)
         else:
             gates, allowed = self._index.masks(code, enhanced, stage, _lower(host))
+            free = allowed & self._index.free
             outcomes = self._outcomes.get((code, stage))
             if outcomes is None:
                 if len(self._outcomes) >= _MEMO_SIZE:
@@ -375,7 +379,7 @@ class Classifier:
                 fallback = self._fallbacks[code, enhanced, stage] = self._fallback_outcome(
                     Reply(code, enhanced, "-"), code, stage
                 )
-            context = (gates, allowed, outcomes, fallback)
+            context = (gates, free, allowed & ~free, outcomes, fallback)
         if len(self._contexts) >= _MEMO_SIZE:
             self._contexts.clear()
         self._contexts[key] = context
@@ -407,9 +411,10 @@ class Classifier:
 # The fields of a Classification but its reply and its stated wait, and
 # whether it is transient.
 _Outcome = tuple[dict[str, Any], bool]
-# (code gates, allowed rules, outcomes per rule, outcome with no rule); a 2xx
-# has no outcomes.
-_Context = tuple[int, int, "dict[int, _Outcome] | None", "_Outcome | None"]
+# (code and status gates, allowed rules that need no check, allowed rules
+# with a regex to run, outcomes per rule, outcome with no rule); a 2xx has
+# no outcomes.
+_Context = tuple[int, int, int, "dict[int, _Outcome] | None", "_Outcome | None"]
 # (code, status, stage, host as given): the host is lowered only when a new
 # context is made.
 _Key = tuple["int | None", "str | None", "Stage | None", "str | None"]
