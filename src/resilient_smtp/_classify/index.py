@@ -2,23 +2,23 @@
 rules that could match it instead of all of them.
 
 Trying a few hundred rules one by one costs tens of microseconds a reply.
-The index gives each rule a cheap *gate* — a status code, a basic code, one
-of its literal substrings, or its regex — and finds the rules whose gate
-holds in one pass over the reply:
+The index gives each rule a cheap *gate* — one of its literal substrings (its
+own, else those its regex requires), a status code, a basic code, or its
+regex — and finds the rules whose gate holds in one pass over the reply:
 
-- status and code gates are dictionary look-ups;
 - literal gates come from one scan of the reply for every rule's literals
   at once, which reports every literal that occurs (see :func:`scanner`);
+- status and code gates are dictionary look-ups;
 - regexes with no literal to gate on are pre-checked with one alternation.
 
 Each gate maps to a bit mask of rules; the candidates are the union.  The
-codes, stages and hosts of all candidates are then checked at once with
-masks remembered per (code, status, stage, host), and only a rule with a
-condition left over (a regex, a status beside its literals) is checked one
-by one with :meth:`Rule.matches`; the lowest candidate that passes, in tier
-then table order, is the rule a linear scan would find.  Callers may add
-*markers*, literals that gate no rule but whose presence the same scan
-reports (the classifier's wait keywords).
+codes, stages, hosts and statuses of all candidates are then checked at once
+with masks (:meth:`RuleIndex.masks`, which the caller remembers per code,
+status, stage and host), and only a rule with a regex is checked one by one
+by running it; the lowest candidate that passes, in tier then table order,
+is the rule a linear walk with :meth:`Rule.matches` would find.  Callers may
+add groups of *markers*, literals that gate no rule but whose presence the
+same scan reports (the classifier's wait keywords).
 """
 
 from __future__ import annotations
