@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from resilient_smtp import Classification, Classifier, Stage
+from resilient_smtp import Classification, Classifier, Reason, Stage
 from resilient_smtp._classify.index import accelerator_available
 
 HERE = Path(__file__).resolve().parent
@@ -120,3 +120,113 @@ def test_with_rules_keeps_the_choice() -> None:
 def test_lone_surrogates_fall_back_to_the_pure_scan(text: str) -> None:
     # ahocorasick-rs takes UTF-8, which has no lone surrogates.
     assert fields(FAST(text)) == fields(PURE(text))
+
+
+# The rule index picks candidates by literals, status, code, stage and host
+# masks and remembers them per (code, status, stage, host); a plain walk over
+# the rules in tier order, each checked with Rule.matches, is what it must
+# agree with.
+HOSTS = [None, "", "MX.Google.COM", "gmail-smtp-in.l.google.com", "google.com", "notgoogle.com",
+         "mta7.am0.yahoodns.net", "x.mail.protection.outlook.com", "mx00.t-online.de",
+         "mx.comcast.net.", "icloud.com", "mx.mail.ru", "mxbiz1.qq.com", "mx1.example.org",
+         "192.0.2.1"]  # fmt: skip
+
+
+def linear_rule(classifier: Classifier, text: str, host: str | None, stage: Stage | None) -> str:
+    from resilient_smtp import Reply
+    from resilient_smtp._classify.rule import Tier
+
+    reply = Reply.parse(text)
+    if reply.code is not None and 200 <= reply.code < 300:
+        return "accepted"
+    lowered = reply.text.lower()
+    for rule in sorted(classifier.rules, key=lambda r: r.tier or Tier.TEXT):
+        if rule.matches(reply, lowered, (host or "").lower(), stage):
+            return rule.name
+    return "none"
+
+
+@pytest.mark.parametrize("classifier", [PURE, FAST], ids=["pure", "fast"])
+def test_the_index_finds_the_rule_a_linear_walk_finds(classifier: Classifier) -> None:
+    from resilient_smtp import Reply
+    from resilient_smtp._classify.classifier import _WAIT_MARKERS
+    from resilient_smtp._classify.index import RuleIndex
+
+    # The index on its own, as the classifier builds it.
+    index = RuleIndex(
+        classifier.rules,
+        accelerator=classifier is FAST and FAST is not PURE,
+        markers=_WAIT_MARKERS,
+    )
+    count = 0
+    for i, (text, host, stage) in enumerate(corpus_calls()):
+        # Every reply with its own host and stage, and with others in turn.
+        other_host = HOSTS[i % len(HOSTS)]
+        other_stage = [None, *Stage][i % (len(Stage) + 1)]
+        for h, s in ((host, stage), (other_host, stage), (host, other_stage)):
+            got = classifier(text, host=h, stage=s)
+            want = linear_rule(classifier, text, h, s)
+            name = "accepted" if got.reason is Reason.ACCEPTED else got.rule or "none"
+            assert name == want, (text, h, s)
+            if name != "accepted":
+                reply = Reply.parse(text)
+                rule = index.first_match(reply, reply.text.lower(), (h or "").lower(), s)
+                assert (rule.name if rule else "none") == want, (text, h, s)
+            count += 1
+    assert count > 300
+
+
+# fmt: off
+_BLANK = st.sampled_from([" ", "  ", "\t", "\u00a0", "\u2003", "\u3000", "\x1c"])
+_WAIT_WORDS = st.sampled_from(["again", "in", "after", "retry", "wait", "waiting", "back",
+                               "greylisted for", "deferred for", "delayed for", "domain", "x"])
+_NUMBER = st.sampled_from(["5", "30", "1:00:00", "00:05:00", "\u0665", "\uff15", "2.5", "x"])
+_UNIT = st.sampled_from(["seconds", "s", "min", "m", "hours", "h", "", "days"])
+_STATED_WAIT = st.tuples(
+    st.sampled_from(["", "try ", "please try ", "Mailbox busy ", "ＴＲＹ "]),
+    _WAIT_WORDS, _BLANK, st.sampled_from(["", "in ", "after ", "in\t"]), _NUMBER,
+    st.sampled_from(["", " ", "\u00a0"]), _UNIT, st.sampled_from(["", ".", " later", " é"]),
+).map("".join)
+_WAIT_NOISE = st.lists(
+    st.sampled_from(["again", "in", "after", "retry", "wait", "back", "greylisted for", "5",
+                     "30", "1:00:00", "minutes", "s", "m", "h", " ", "  ", "\t", "\u00a0",
+                     "\u3000", "\u0665", "x", "try", "."]),
+    max_size=12,
+).map("".join)
+# fmt: on
+
+
+@settings(max_examples=400)
+@given(
+    _STATED_WAIT | _WAIT_NOISE,
+    st.sampled_from(["421 ", "450 4.7.1 ", "451 ", "452 4.2.2 ", "550 5.7.1 ", ""]),
+)  # fmt: skip
+@example("again \u0665 minutes", "451 ")
+@example("Try again in\u00a05 minutes", "421 ")
+@example("greylisted for\t30s", "450 4.7.1 ")
+def test_a_stated_wait_is_found_whatever_the_scan_rules_out(text: str, prefix: str) -> None:
+    # The scan's wait markers only spare the wait regex; they never hide a
+    # wait it would find.
+    from resilient_smtp._classify.classifier import parse_retry_after
+
+    for classifier in (PURE, FAST):
+        c = classifier(prefix + text)
+        expected = parse_retry_after(c.reply.text.lower()) if c.transient else None
+        assert c.retry_after == expected, (prefix + text, classifier)
+
+
+@pytest.mark.parametrize("accelerator", [False, None])
+def test_a_regex_rule_before_the_first_plain_candidate_is_tried_first(
+    accelerator: bool | None,
+) -> None:
+    from resilient_smtp import Rule
+
+    rules = [
+        Rule(Reason.RATE_LIMITED, "regex before", regex=r"foo\d"),
+        Rule(Reason.GREYLISTED, "plain", contains=("foo",)),
+        Rule(Reason.SPAM_CONTENT, "regex after", regex=r"foo\s?x"),
+    ]
+    classifier = Classifier(rules, cache_size=0, accelerator=accelerator)
+    assert classifier("550 foo1 x").rule == "regex before"
+    assert classifier("550 foo x").rule == "plain"
+    assert classifier("550 fo x").rule is None

@@ -29,7 +29,7 @@ from typing import Any
 import aiosmtplib
 
 from .index import RuleIndex
-from .reply import Reply
+from .reply import Reply, parse_reply
 from .rule import Rule, Tier
 from .taxonomy import (
     DEFERRED_BY_4XX,
@@ -45,7 +45,7 @@ from .taxonomy import (
 __all__ = ["Classification", "Classifier", "classify", "default_classifier"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Classification:
     """What a reply means and what to do about it.
 
@@ -116,18 +116,27 @@ _RETRY_AFTER = re.compile(
 # replies out before the keyword-first regex runs (tests/test_classify.py
 # checks the two give the same waits).
 _RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
-# A keyword followed by a blank, which every match of _RETRY_AFTER has: the
-# rule index looks for these in the same scan as the rules' literals, so most
-# replies are ruled out before any regex runs.
-# (Every character for which str.isspace() holds, as \s matches, is below
-# U+3001.)
+# What every match of _RETRY_AFTER contains: a keyword followed by a blank
+# (a character for which str.isspace() holds, as \s matches; all are below
+# U+3001) and, in an ASCII text, by what the regex allows next: another
+# blank or a digit ("again in 5 minutes" has "in 5": "in" and "after" are
+# keywords too).  The rule index looks for both kinds in the same scan as
+# the rules' literals, so most replies are ruled out before any regex runs:
+# an ASCII text needs a marker of the first kind, any other text one of the
+# second.
+_KEYWORDS = ("again", "retry", "wait", "waiting", "after", "greylisted for", "deferred for",
+             "delayed for", "back", "in")  # fmt: skip
 _BLANKS = tuple(c for c in map(chr, range(0x3001)) if c.isspace())
-_WAIT_MARKERS = tuple(
-    word + blank
-    for word in ("again", "retry", "wait", "waiting", "after", "greylisted for",
-                 "deferred for", "delayed for", "back", "in")
-    for blank in _BLANKS
-)  # fmt: skip
+_ASCII_BLANKS = tuple(c for c in _BLANKS if c.isascii())
+_WAIT_MARKERS = (
+    tuple(
+        word + blank + after
+        for word in _KEYWORDS
+        for blank in _ASCII_BLANKS
+        for after in (*_ASCII_BLANKS, *"0123456789")
+    ),
+    tuple(word + blank for word in _KEYWORDS for blank in _BLANKS),
+)
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
 # what it honours anyway).
@@ -180,7 +189,17 @@ class Classifier:
     Classifications are frozen, so sharing them is safe.
     """
 
-    __slots__ = ("_accelerator", "_cache_size", "_cached", "_index", "_verdicts", "rules")
+    __slots__ = (
+        "_accelerator",
+        "_cache_size",
+        "_cached",
+        "_contexts",
+        "_fallbacks",
+        "_index",
+        "_outcomes",
+        "_verdicts",
+        "rules",
+    )
 
     def __init__(
         self,
@@ -203,6 +222,12 @@ class Classifier:
         self._index = RuleIndex(self.rules, accelerator=accelerator, markers=_WAIT_MARKERS)
         # What each rule, in the index's order, says: worked out once.
         self._verdicts = tuple(_Verdict(r) for r in self._index.rules)
+        # (code, status, stage, host) -> _Context, and (code, stage) -> the
+        # outcomes of each rule for such replies: servers, codes and hosts
+        # repeat even where the texts do not.
+        self._contexts: dict[_Key, _Context] = {}
+        self._outcomes: dict[tuple[int | None, Stage | None], dict[int, _Outcome]] = {}
+        self._fallbacks: dict[tuple[int | None, str | None, Stage | None], _Outcome] = {}
         self._cache_size = cache_size
         self._cached = functools.lru_cache(maxsize=cache_size)(self._classify_text)
 
@@ -225,28 +250,36 @@ class Classifier:
     ) -> Classification:
         """Classify a reply string, :class:`Reply`, aiosmtplib response or
         exception, or an ``OSError`` / ``TimeoutError`` / ``ssl.SSLError``."""
-        st = stage if stage is None or type(stage) is Stage else Stage(stage)
+        if stage is not None and type(stage) is not Stage:
+            stage = Stage(stage)
         if type(reply) is str:
             if self._cache_size:
-                return self._cached(reply, host, st)
-            return self._classify_reply(Reply.parse(reply), _lower(host), st)
+                return self._cached(reply, host, stage)
+            return self._classify_reply(parse_reply(reply), host, stage)
         if type(reply) is Reply:
-            return self._classify_reply(reply, _lower(host), st)
+            return self._classify_reply(reply, host, stage)
+        if isinstance(reply, aiosmtplib.SMTPResponseException):
+            # What the Mailer catches, first (as _normalise would read it).
+            if stage is None:
+                stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
+            return self._classify_reply(parse_reply(reply.message, reply.code), host, stage)
         if isinstance(reply, Classification):
             return reply
         if isinstance(reply, (aiosmtplib.SMTPRecipientsRefused, smtplib.SMTPRecipientsRefused)):
             refused = _refused_replies(reply)
             if refused:
-                return self._worst_refusal(refused, (host or "").lower(), st or Stage.RCPT)
-        parsed, st, failure = _normalise(reply, st)
+                return self._worst_refusal(refused, host, stage or Stage.RCPT)
+        parsed, stage, failure = _normalise(reply, stage)
         if failure is not None:
             reason, transient, why = failure
             return Classification.without_reply(
-                reason, transient=transient, explanation=why, reply=parsed, stage=st
+                reason, transient=transient, explanation=why, reply=parsed, stage=stage
             )
-        return self._classify_reply(parsed, (host or "").lower(), st)
+        return self._classify_reply(parsed, host, stage)
 
-    def _worst_refusal(self, refused: list[Reply], host: str, stage: Stage) -> Classification:
+    def _worst_refusal(
+        self, refused: list[Reply], host: str | None, stage: Stage
+    ) -> Classification:
         """Every recipient was refused: the news is a session end if any
         reply ended the session, else a transient refusal if any (the call
         may succeed for that recipient later), else the first refusal."""
@@ -257,73 +290,188 @@ class Classifier:
         )
 
     def _classify_text(self, text: str, host: str | None, stage: Stage | None) -> Classification:
-        return self._classify_reply(Reply.parse(text), (host or "").lower(), stage)
+        return self._classify_reply(parse_reply(text), host, stage)
 
-    def _classify_reply(self, reply: Reply, host: str, stage: Stage | None) -> Classification:
+    def _classify_reply(
+        self, reply: Reply, host: str | None, stage: Stage | None
+    ) -> Classification:
+        """The decision for one parsed reply.
+
+        Everything but the text's literals, its stated wait and the reply
+        itself is the same for every reply with this code, status, stage
+        and host, so it is worked out once per such combination (the
+        context) and per rule that fires there (the outcome)."""
         code = reply.code
-        if code is not None and 200 <= code < 300:
+        key = (code, reply.enhanced, stage, host)
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._context(key)
+        gates, free, checked, outcomes, fallback = context
+        if outcomes is None:  # a 2xx
             return _accepted(reply, stage)
-        lowered = reply.text.lower()
-        session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
-        i, may_wait = self._index.first_index(reply, lowered, host, stage)
-        if i >= 0:
-            v = self._verdicts[i]
-            reason = v.reason
-            transient = v.transient
-            if v.deferred_by_4xx and code is not None and 400 <= code < 500:
-                transient = True
-            why = v.why
-            rule_name: str | None = v.name
+        text = reply.text
+        lowered = text.lower()
+        index = self._index
+        found = index.scan(lowered) | gates
+        if index.regex_any is not None:
+            search, mask = index.regex_any
+            if search(lowered) is not None:
+                found |= mask
+        # The candidates this reply allows: those that need no further
+        # check, and those with a regex to run.  The earliest of the first
+        # kind wins unless one of the second before it passes; usually there
+        # is none.
+        checked &= found
+        free &= found
+        if free:
+            low = free & -free
+            i = -1
+            if checked and checked & -checked < low:
+                i = index.first_checked(checked & (low - 1), lowered)
+            if i < 0:
+                i = low.bit_length() - 1
+            outcome = outcomes.get(i)
+        elif checked:
+            i = index.first_checked(checked, lowered)
+            outcome = outcomes.get(i) if i >= 0 else fallback
         else:
-            # No rule matched: the status subject names the reason, but only
-            # the code class can say whether it is transient.
-            reason, why = _fallback(reply)
-            transient = None
-            rule_name = None
-        if transient is None:
-            transient = code is None or code < 500
-        if code is not None and code >= 400:
-            if code == 421 and not transient:
-                # RFC 5321 §3.8 and §4.2.1: a 421 closes the session and is
-                # a transient negative reply.  Its text may say what it is
-                # about (a policy refusal of one recipient, a block), but it
-                # is never a permanent verdict: the recipients go again, on a
-                # new connection or to the next host (issue 12).
-                transient = True
-                why += "; a 421 is never a permanent verdict, so it stays transient"
-            if code < 600 and transient != (code < 500):
-                why += (
-                    f"; the code {code} says {_CLASS_WORDS[code // 100]} but the reply means "
-                    f"{'transient' if transient else 'permanent'}, and the meaning wins"
-                )
-        if session_over:
-            why = (
-                "421: the server closed the session; " + why
-                if code == 421
-                else "the greeting was refused: no session; " + why
-            )
-        if i >= 0:
-            action = v.transient_action if transient else v.permanent_action
-            scope = v.scope
-        else:
-            action = action_for(reason, transient)
-            scope = scope_for(reason)
-        # Classification(...) without the frozen dataclass's __init__, whose
-        # ten object.__setattr__ calls were a fifth of a fresh
-        # classification: the same frozen value.
+            i = -1
+            outcome = fallback
+        if outcome is None:
+            outcome = outcomes[i] = self._outcome(i, code, stage)
+        elif i < 0 and code is None and not text:
+            # No code and no text: the only fallback that reads the text.
+            outcome = self._fallback_outcome(reply, code, stage)
+        # Classification(...) without the frozen dataclass's __init__ (ten
+        # object.__setattr__ calls, a fifth of a fresh classification): the
+        # outcome's fields, then the reply's own.  The same frozen value.
+        fields, transient = outcome
+        fields = fields.copy()
+        fields["reply"] = reply
+        marks = found >> index.marker_shift  # which kinds of wait markers occur
+        if transient and marks and (marks & 1 or not lowered.isascii()):
+            # A stated wait means something only for a reply worth retrying.
+            fields["retry_after"] = parse_retry_after(lowered)
         c: Classification = _new(Classification)
-        _set_reason(c, reason)
-        _set_transient(c, transient)
-        _set_action(c, action)
-        _set_scope(c, scope)
-        _set_session_over(c, session_over)
-        # A stated wait means something only for a reply worth retrying.
-        _set_retry_after(c, parse_retry_after(lowered) if transient and may_wait else None)
-        _set_reply(c, reply)
-        _set_explanation(c, why)
-        _set_stage(c, stage)
-        _set_rule(c, rule_name)
+        _set_fields(c, fields)
         return c
+
+    def _context(self, key: _Key) -> _Context:
+        """What replies with this code, status, stage and host share: the
+        rules their code and status gate, the rules their code, stage and
+        host allow, the outcomes of rules for their code and stage, and the
+        outcome when no rule matches."""
+        code, enhanced, stage, host = key
+        if code is not None and 200 <= code < 300:
+            context: _Context = (0, 0, 0, None, None)
+        else:
+            gates, allowed = self._index.masks(code, enhanced, stage, _lower(host))
+            free = allowed & self._index.free
+            outcomes = self._outcomes.get((code, stage))
+            if outcomes is None:
+                if len(self._outcomes) >= _MEMO_SIZE:
+                    self._outcomes.clear()
+                outcomes = self._outcomes[code, stage] = {}
+            fallback = self._fallbacks.get((code, enhanced, stage))
+            if fallback is None:
+                if len(self._fallbacks) >= _MEMO_SIZE:
+                    self._fallbacks.clear()
+                fallback = self._fallbacks[code, enhanced, stage] = self._fallback_outcome(
+                    Reply(code, enhanced, "-"), code, stage
+                )
+            context = (gates, free, allowed & ~free, outcomes, fallback)
+        if len(self._contexts) >= _MEMO_SIZE:
+            self._contexts.clear()
+        self._contexts[key] = context
+        return context
+
+    def _outcome(self, i: int, code: int | None, stage: Stage | None) -> _Outcome:
+        """What rule ``i`` (in the index's order) says about a reply with
+        this code at this stage."""
+        v = self._verdicts[i]
+        transient = v.transient
+        if v.deferred_by_4xx and code is not None and 400 <= code < 500:
+            transient = True
+        return _settle(
+            code, stage, v.reason, transient, v.why, v.name, v.transient_action,
+            v.permanent_action, v.scope,
+        )  # fmt: skip
+
+    @staticmethod
+    def _fallback_outcome(reply: Reply, code: int | None, stage: Stage | None) -> _Outcome:
+        """No rule matched: the status subject names the reason, but only
+        the code class can say whether it is transient."""
+        reason, why = _fallback(reply)
+        return _settle(
+            code, stage, reason, None, why, None, action_for(reason, True),
+            action_for(reason, False), scope_for(reason),
+        )  # fmt: skip
+
+
+# The fields of a Classification but its reply and its stated wait, and
+# whether it is transient.
+_Outcome = tuple[dict[str, Any], bool]
+# (code and status gates, allowed rules that need no check, allowed rules
+# with a regex to run, outcomes per rule, outcome with no rule); a 2xx has
+# no outcomes.
+_Context = tuple[int, int, int, "dict[int, _Outcome] | None", "_Outcome | None"]
+# (code, status, stage, host as given): the host is lowered only when a new
+# context is made.
+_Key = tuple["int | None", "str | None", "Stage | None", "str | None"]
+# A memo that reaches this many entries is emptied and filled again.
+_MEMO_SIZE = 4096
+
+
+def _settle(
+    code: int | None,
+    stage: Stage | None,
+    reason: Reason,
+    transient: bool | None,
+    why: str,
+    rule_name: str | None,
+    transient_action: Action,
+    permanent_action: Action,
+    scope: Scope,
+) -> _Outcome:
+    """The classification's fields that follow from the reason, the rule's
+    word on transience and the code and stage."""
+    session_over = code == 421 or (stage is Stage.CONNECT and (code is None or code >= 400))
+    if transient is None:
+        transient = code is None or code < 500
+    if code is not None and code >= 400:
+        if code == 421 and not transient:
+            # RFC 5321 §3.8 and §4.2.1: a 421 closes the session and is
+            # a transient negative reply.  Its text may say what it is
+            # about (a policy refusal of one recipient, a block), but it
+            # is never a permanent verdict: the recipients go again, on a
+            # new connection or to the next host (issue 12).
+            transient = True
+            why += "; a 421 is never a permanent verdict, so it stays transient"
+        if code < 600 and transient != (code < 500):
+            why += (
+                f"; the code {code} says {_CLASS_WORDS[code // 100]} but the reply means "
+                f"{'transient' if transient else 'permanent'}, and the meaning wins"
+            )
+    if session_over:
+        why = (
+            "421: the server closed the session; " + why
+            if code == 421
+            else "the greeting was refused: no session; " + why
+        )
+    action = transient_action if transient else permanent_action
+    fields = {
+        "reason": reason,
+        "transient": transient,
+        "action": action,
+        "scope": scope,
+        "session_over": session_over,
+        "retry_after": None,
+        "reply": None,
+        "explanation": why,
+        "stage": stage,
+        "rule": rule_name,
+    }
+    return fields, transient
 
 
 def _lower(host: str | None) -> str:
@@ -364,17 +512,7 @@ class _Verdict:
 
 
 _new = object.__new__
-_field = Classification.__dict__
-_set_reason = _field["reason"].__set__
-_set_transient = _field["transient"].__set__
-_set_action = _field["action"].__set__
-_set_scope = _field["scope"].__set__
-_set_session_over = _field["session_over"].__set__
-_set_retry_after = _field["retry_after"].__set__
-_set_reply = _field["reply"].__set__
-_set_explanation = _field["explanation"].__set__
-_set_stage = _field["stage"].__set__
-_set_rule = _field["rule"].__set__
+_set_fields = Classification.__dict__["__dict__"].__set__
 
 
 def _accepted(reply: Reply, stage: Stage | None) -> Classification:

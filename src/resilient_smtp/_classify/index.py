@@ -2,23 +2,23 @@
 rules that could match it instead of all of them.
 
 Trying a few hundred rules one by one costs tens of microseconds a reply.
-The index gives each rule a cheap *gate* — a status code, a basic code, one
-of its literal substrings, or its regex — and finds the rules whose gate
-holds in one pass over the reply:
+The index gives each rule a cheap *gate* — one of its literal substrings (its
+own, else those its regex requires), a status code, a basic code, or its
+regex — and finds the rules whose gate holds in one pass over the reply:
 
-- status and code gates are dictionary look-ups;
 - literal gates come from one scan of the reply for every rule's literals
   at once, which reports every literal that occurs (see :func:`scanner`);
+- status and code gates are dictionary look-ups;
 - regexes with no literal to gate on are pre-checked with one alternation.
 
 Each gate maps to a bit mask of rules; the candidates are the union.  The
-codes, stages and hosts of all candidates are then checked at once with
-masks remembered per (code, status, stage, host), and only a rule with a
-condition left over (a regex, a status beside its literals) is checked one
-by one with :meth:`Rule.matches`; the lowest candidate that passes, in tier
-then table order, is the rule a linear scan would find.  Callers may add
-*markers*, literals that gate no rule but whose presence the same scan
-reports (the classifier's wait keywords).
+codes, stages, hosts and statuses of all candidates are then checked at once
+with masks (:meth:`RuleIndex.masks`, which the caller remembers per code,
+status, stage and host), and only a rule with a regex is checked one by one
+by running it; the lowest candidate that passes, in tier then table order,
+is the rule a linear walk with :meth:`Rule.matches` would find.  Callers may
+add groups of *markers*, literals that gate no rule but whose presence the
+same scan reports (the classifier's wait keywords).
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ from .rule import Rule, Tier, host_matches
 from .taxonomy import Stage
 
 __all__ = ["RuleIndex", "accelerator_available", "scanner"]
-
-# (reply code, enhanced status, stage, host name)
-_Key = tuple[int | None, str | None, Stage | None, str]
 
 Scan = Callable[[str], int]
 """A literal scan: the OR of the masks of every literal found in a text."""
@@ -85,9 +82,8 @@ def _pure_scan(masks: dict[str, int]) -> Scan:
     implied: dict[str, int] = {}
     for w in words:
         mask = 0
-        for p in words:
-            if w.startswith(p):
-                mask |= masks[p]
+        for end in range(1, len(w) + 1):
+            mask |= masks.get(w[:end], 0)
         implied[w] = mask
 
     def scan(lowered: str) -> int:
@@ -176,6 +172,12 @@ def _required(items: list[Any]) -> set[str] | None:
             run += chr(av).lower()
             continue
         consider({run} if run else None)
+        if name == "BRANCH" and run:
+            # sre_parse moves a prefix the alternatives share out in front
+            # ("\\[cs\\d+\\]|\\[hm\\d+\\]" is "[" then "cs..." or "hm..."): the
+            # run and each alternative's leading literals are required
+            # together.
+            consider({run + _lead(list(b)) for b in av[1]})
         run = ""
         if name == "AT":  # \\b, ^, $: zero width, keep looking
             continue
@@ -189,15 +191,19 @@ def _required(items: list[Any]) -> set[str] | None:
     return best
 
 
-def _gate_is_enough(rule: Rule, literal_gated: int) -> bool:
-    """Whether a rule whose gate held, and whose codes, stages and hosts
-    allow the reply (checked as masks), needs no further check: a literal
-    gate leaves its status, a status gate its literals."""
-    if rule.regex is not None:
-        return False
-    if literal_gated:
-        return rule.status is None
-    return not rule.contains
+def _lead(items: list[Any]) -> str:
+    """The literals a sequence starts with, in lower case."""
+    run = ""
+    for op, av in items:
+        if str(op) != "LITERAL":
+            break
+        run += chr(av).lower()
+    return run
+
+
+# A memo that reaches this many entries is emptied and filled again: bounded
+# memory whatever the variety of hosts, and no cliff once it is full.
+_MEMO_SIZE = 4096
 
 
 class RuleIndex:
@@ -206,25 +212,34 @@ class RuleIndex:
     The rules are laid out in that order once; bit ``i`` of a mask stands
     for rule ``i``, so the union of the gates' masks, read from the lowest
     bit, gives the candidates in the order a linear scan would try them.
+
+    The work per reply does not grow with the table: one literal scan
+    (:attr:`scan`), a few look-ups remembered per code, status, stage and
+    host (:meth:`masks`), integer operations on the masks, and a check of
+    the few candidates that have a condition left (:meth:`first_checked`).
     """
 
     __slots__ = (
         "_always",
+        "_any_status",
         "_by_code",
         "_by_status",
         "_checks",
         "_code_ok",
         "_codeless",
-        "_everyone",
-        "_free",
-        "_host_rules",
+        "_cs_memo",
+        "_host_memo",
         "_hostless",
-        "_literal_gated",
-        "_prepared",
-        "_regex_any",
-        "_scan",
+        "_odd_hosts",
         "_stage_ok",
+        "_statusless",
+        "_suffix_masks",
+        "everyone",
+        "free",
+        "marker_shift",
+        "regex_any",
         "rules",
+        "scan",
     )
 
     def __init__(
@@ -232,7 +247,7 @@ class RuleIndex:
         rules: Sequence[Rule],
         *,
         accelerator: bool | None = None,
-        markers: Sequence[str] = (),
+        markers: Sequence[Sequence[str]] = (),
     ) -> None:
         # Stable: table order is kept within a tier.
         self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.tier or Tier.TEXT))
@@ -241,136 +256,192 @@ class RuleIndex:
         by_code: dict[int | None, int] = defaultdict(int)
         by_literal: dict[str, int] = defaultdict(int)
         always = 0
-        literal_gated = 0
         regexes: list[str] = []
         regex_mask = 0
         for i, r in enumerate(self.rules):
             bit = 1 << i
-            # The most selective gate first: literals, then the status, then
-            # the codes.
+            # The most selective gate first: literals (the rule's own, else
+            # those its regex requires), then the status, then the codes.
+            # Whatever else the rule asks is checked as a mask or, for a
+            # regex, by running it on the candidates.
+            regex_gates = regex_literals(r.regex) if r.regex is not None else ()
             if r.contains and "" not in r.contains:
                 for lit in r.contains:
                     by_literal[lit] |= bit
-                literal_gated |= bit
             elif r.contains:  # "" occurs in every text
                 always |= bit
+            elif regex_gates and "" not in regex_gates:
+                for lit in regex_gates:
+                    by_literal[lit] |= bit
             elif r.status is not None:
                 by_status[r.status] |= bit
             elif r.codes:
                 for c in r.codes:
                     by_code[c] |= bit
             elif r.regex is not None:
-                gates = regex_literals(r.regex)
-                if gates and "" not in gates:
-                    for lit in gates:
-                        by_literal[lit] |= bit
-                else:
-                    regexes.append(r.regex)
-                    regex_mask |= bit
+                regexes.append(r.regex)
+                regex_mask |= bit
             else:
                 always |= bit
-        # Markers ride along in the same scan, above the rules' bits: the
-        # caller learns whether any of them occurs (see first_index).
-        for marker in markers:
-            if marker:
-                by_literal[marker.lower()] |= 1 << n
-        self._regex_any: tuple[Callable[[str], Any], int] | None = None
+        # Markers ride along in the same scan, above the rules' bits: bit
+        # ``marker_shift + k`` of a found mask says a marker of the group k
+        # occurs.
+        for k, group in enumerate(markers):
+            for marker in group:
+                if marker:
+                    by_literal[marker.lower()] |= 1 << (n + k)
+        self.marker_shift = n
+        self.regex_any: tuple[Callable[[str], Any], int] | None = None
+        """A search for the regexes no literal gates, and their rules' mask."""
         if regexes:
             try:
                 combined = re.compile("|".join(f"(?:{x})" for x in regexes), re.IGNORECASE)
             except re.error:  # e.g. numbered back-references: check each rule
                 always |= regex_mask
             else:
-                self._regex_any = (combined.search, regex_mask)
+                self.regex_any = (combined.search, regex_mask)
         self._by_status = dict(by_status)
         self._by_code = dict(by_code)
         self._always = always
-        self._scan = scanner(dict(by_literal), accelerator=accelerator)
+        self.scan: Scan = scanner(dict(by_literal), accelerator=accelerator)
+        """The literal scan of a lower-case text: the mask of the rules one
+        of whose literals occurs, with bit ``len(rules)`` set when a marker
+        occurs."""
         # Codes, stages and hosts are checked for all candidates at once, as
         # masks of the rules each one lets through.
         everyone = (1 << n) - 1
+        self.everyone = everyone
         self._codeless = everyone & ~sum(1 << i for i, r in enumerate(self.rules) if r.codes)
         code_ok: dict[int | None, int] = defaultdict(lambda: self._codeless)
         for i, r in enumerate(self.rules):
             for c in r.codes:
                 code_ok[c] |= 1 << i
         self._code_ok = dict(code_ok)
+        # A status a rule requires beside its gate (5.4.1 and "recipient
+        # address rejected") is a mask too.
+        by_any_status: dict[str, int] = defaultdict(int)
+        for i, r in enumerate(self.rules):
+            if r.status is not None:
+                by_any_status[r.status] |= 1 << i
+        self._any_status = dict(by_any_status)
+        self._statusless = everyone & ~sum(by_any_status.values())
         self._stage_ok: dict[Stage | None, int] = {
             st: sum(1 << i for i, r in enumerate(self.rules) if not r.stages or st in r.stages)
             for st in (None, *Stage)
         }
-        self._host_rules = tuple((1 << i, r.hosts) for i, r in enumerate(self.rules) if r.hosts)
-        self._hostless = everyone & ~sum(bit for bit, _ in self._host_rules)
-        self._prepared: dict[_Key, tuple[int, int]] = {}
-        self._everyone = everyone
+        # Host suffixes such as ".example.net" are looked up by the host's
+        # own suffixes (a few per host, however many rules); any other
+        # spelling is checked rule by rule, as host_matches does.
+        suffix_masks: dict[str, int] = defaultdict(int)
+        odd_hosts: list[tuple[int, tuple[str, ...]]] = []
+        host_rules = 0
+        for i, r in enumerate(self.rules):
+            if not r.hosts:
+                continue
+            host_rules |= 1 << i
+            odd = tuple(h for h in r.hosts if not (h.startswith(".") and len(h) > 1))
+            for h in r.hosts:
+                if h not in odd:
+                    suffix_masks[h] |= 1 << i
+            if odd:
+                odd_hosts.append((1 << i, odd))
+        self._suffix_masks = dict(suffix_masks)
+        self._odd_hosts = tuple(odd_hosts)
+        self._hostless = everyone & ~host_rules
+        self._host_memo: dict[str, int] = {}
+        self._cs_memo: dict[tuple[int | None, str | None, Stage | None], tuple[int, int]] = {}
         # What is left to check once a rule's gate held and its codes,
-        # stages and hosts passed: nothing (None) for most rules.
-        self._checks: tuple[Rule | None, ...] = tuple(
-            None if _gate_is_enough(r, literal_gated >> i & 1) else r
-            for i, r in enumerate(self.rules)
+        # stages, hosts and status passed: its regex, if it has one.  (A
+        # rule with literals is gated on them, unless one is "", which
+        # every text contains.)
+        self._checks: tuple[Callable[[str], Any] | None, ...] = tuple(
+            None if r.regex is None else re.compile(r.regex, re.IGNORECASE).search
+            for r in self.rules
         )
-        self._literal_gated = literal_gated
-        self._free = sum(1 << i for i, check in enumerate(self._checks) if check is None)
+        self.free = sum(1 << i for i, check in enumerate(self._checks) if check is None)
+        """The rules that need no check beyond their gate and masks."""
 
-    def _prepare(self, key: _Key) -> tuple[int, int]:
-        """For a reply with this code and status, at this stage, from this
-        host: the rules whose status or code gate holds, and the rules whose
-        codes, stages and hosts allow it.  Remembered per combination (servers
-        and their codes repeat; the texts do not)."""
-        code, enh, stage, host = key
-        gates = self._always | self._by_code.get(code, 0)
-        if enh is not None:
-            get = self._by_status.get
-            subject = enh[: enh.index(".", 2) + 1]
-            gates |= get(enh, 0) | get("x" + enh[1:], 0) | get(subject, 0)
-            gates |= get("x" + subject[1:], 0)
-        hosts = self._hostless
-        for bit, suffixes in self._host_rules:
+    def _host_mask(self, host: str) -> int:
+        """The rules whose hosts allow ``host`` (and every rule without hosts)."""
+        mask = self._hostless
+        get = self._suffix_masks.get
+        # ".example.net" matches "example.net" and every name ending in it.
+        dot = -1
+        while True:
+            mask |= get(host[dot:] if dot >= 0 else "." + host, 0)
+            dot = host.find(".", dot + 1)
+            if dot < 0:
+                break
+        for bit, suffixes in self._odd_hosts:
             if host_matches(suffixes, host):
-                hosts |= bit
-        allowed = self._code_ok.get(code, self._codeless) & self._stage_ok[stage] & hosts
-        if len(self._prepared) < 4096:
-            self._prepared[key] = (gates, allowed)
-        return gates, allowed
+                mask |= bit
+        return mask
+
+    def masks(
+        self, code: int | None, enhanced: str | None, stage: Stage | None, host: str
+    ) -> tuple[int, int]:
+        """For a reply with this code and status, at this stage, from this
+        (lower-case) host: the rules whose status or code gate holds, and
+        the rules whose codes, stages and hosts allow it.  Servers, codes
+        and statuses repeat, so the parts are remembered."""
+        key = (code, enhanced, stage)
+        cs = self._cs_memo.get(key)
+        if cs is None:
+            gates = self._always | self._by_code.get(code, 0)
+            allowed = self._code_ok.get(code, self._codeless) & self._stage_ok[stage]
+            status_ok = self._statusless
+            if enhanced is not None:
+                # "5.1.1" is asked for as "5.1.1", "x.1.1", "5.1." or "x.1.".
+                subject = enhanced[: enhanced.index(".", 2) + 1]
+                for form in (enhanced, "x" + enhanced[1:], subject, "x" + subject[1:]):
+                    gates |= self._by_status.get(form, 0)
+                    status_ok |= self._any_status.get(form, 0)
+            allowed &= status_ok
+            if len(self._cs_memo) >= _MEMO_SIZE:
+                self._cs_memo.clear()
+            cs = self._cs_memo[key] = (gates, allowed)
+        hosts = self._host_memo.get(host)
+        if hosts is None:
+            if len(self._host_memo) >= _MEMO_SIZE:
+                self._host_memo.clear()
+            hosts = self._host_memo[host] = self._host_mask(host)
+        return cs[0], cs[1] & hosts
+
+    def first_checked(self, found: int, lowered: str) -> int:
+        """The lowest candidate in ``found`` whose remaining conditions hold
+        (every candidate's gate held and its masks allowed it), or -1."""
+        checks = self._checks
+        while found:
+            low = found & -found
+            i = low.bit_length() - 1
+            check = checks[i]
+            if check is None or check(lowered):
+                return i
+            found ^= low
+        return -1
 
     def first_index(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None
     ) -> tuple[int, bool]:
         """The position in :attr:`rules` of the first matching rule (or -1),
-        and whether any of the markers occurs in ``lowered``."""
-        key = (reply.code, reply.enhanced, stage, host)
-        prepared = self._prepared.get(key)
-        gates, allowed = self._prepare(key) if prepared is None else prepared
-        # The candidates: every rule whose gate holds (a literal found, its
-        # status, its code) ...
-        found = self._scan(lowered) | gates
-        if self._regex_any is not None:
-            search, mask = self._regex_any
+        and whether any of the markers occurs in ``lowered``.  (The
+        classifier does the same steps inline.)"""
+        gates, allowed = self.masks(reply.code, reply.enhanced, stage, host)
+        found = self.scan(lowered) | gates
+        if self.regex_any is not None:
+            search, mask = self.regex_any
             if search(lowered) is not None:
                 found |= mask
-        marked = found > self._everyone  # a marker's bit is above every rule's
-        # ... and whose codes, stages and hosts allow this reply.
+        marked = found > self.everyone  # a marker's bit is above every rule's
         found &= allowed
         # The earliest candidate that needs no further check wins unless a
         # candidate before it passes its checks; usually there is none.
-        free = found & self._free
+        free = found & self.free
         if free:
             first_free = free & -free
-            found &= first_free - 1
-        else:
-            first_free = 0
-        checks = self._checks
-        while found:
-            low = found & -found
-            i = low.bit_length() - 1
-            # A rule gated on its literals was found because one of them
-            # occurs: only its other conditions are left to check.
-            if checks[i].matches(  # type: ignore[union-attr]
-                reply, lowered, host, stage, literal_seen=bool(self._literal_gated & low)
-            ):
-                return i, marked
-            found ^= low
-        return first_free.bit_length() - 1, marked
+            i = self.first_checked(found & (first_free - 1), lowered)
+            return (first_free.bit_length() - 1 if i < 0 else i), marked
+        return self.first_checked(found, lowered), marked
 
     def first_match(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None

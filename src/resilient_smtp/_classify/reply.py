@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Reply"]
+__all__ = ["Reply", "parse_reply"]
 
 # RFC 5321 §4.2: a reply line is three digits, then a space (last line) or a
 # hyphen (continuation), then text.  RFC 3463 §2: class.subject.detail, where
@@ -31,11 +31,13 @@ _LATE_STATUS = {
     c: (c + ".", re.compile(rf"{c}\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?![0-9.])")) for c in "245"
 }
 
-# The front of one stripped line: the code and its separator, then the
-# status, each with the blanks after it (what _parse_lines does step by step).
-_HEAD = re.compile(
+# One stripped line: the code and its separator, then the status, each with
+# the blanks after it (what _parse_lines does step by step), then the text.
+_ONE_LINE = re.compile(
     r"(?:([2-5][0-9][0-9])(?:[ -]|$)\s*)?(?:([245]\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9.])\s*)?"
-)
+    r"(.*)",
+    re.DOTALL,
+).match
 
 
 def _parse_lines(lines: list[str], code: int | None) -> tuple[str | None, str, int | None]:
@@ -81,39 +83,7 @@ class Reply:
         ``code`` is given when the caller already knows the basic code (as
         aiosmtplib's exceptions do) and ``raw`` holds only the message.
         """
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        lines = raw[:_MAX_TEXT].splitlines()
-        if len(lines) == 1:
-            # Most replies are one line: one match takes the code and the
-            # status off its front (the same steps as the loop below).
-            line = lines[0].strip()
-            m = _HEAD.match(line)
-            assert m is not None  # every part of _HEAD is optional
-            head, enhanced = m.group(1, 2)
-            if code is None and head is not None:
-                code = int(head)
-            text = line[m.end() :]
-        else:
-            enhanced, text, code = _parse_lines(lines, code)
-        if enhanced is None and code is not None:
-            # Relays and bounces sometimes put the status later in the text
-            # (after an IP address, say); only trust one whose class matches
-            # the code's class (a 3xx has none).
-            late = _LATE_STATUS.get(str(code)[0])
-            if late is not None and late[0] in text:
-                e = late[1].search(text)
-                enhanced = e.group(0) if e is not None else None
-        if code is not None and not 200 <= code <= 599:
-            code = None
-        # Reply(code, enhanced, text) without the frozen dataclass's
-        # __init__, whose object.__setattr__ calls cost a tenth of a fresh
-        # classification: the same frozen value.
-        reply: Reply = _new(Reply)
-        _set_code(reply, code)
-        _set_enhanced(reply, enhanced)
-        _set_text(reply, text)
-        return reply
+        return parse_reply(raw, code)
 
     @property
     def code_class(self) -> int | None:
@@ -128,3 +98,40 @@ _new = object.__new__
 _set_code = Reply.__dict__["code"].__set__
 _set_enhanced = Reply.__dict__["enhanced"].__set__
 _set_text = Reply.__dict__["text"].__set__
+# "200" .. "599" -> 200 .. 599: a look-up instead of int() on the hot path.
+_CODE_OF = {str(n): n for n in range(200, 600)}
+_LATE_OF = {n: _LATE_STATUS[str(n)[0]] for n in _CODE_OF.values() if str(n)[0] in _LATE_STATUS}
+
+
+def parse_reply(raw: str | bytes, code: int | None = None) -> Reply:
+    """:meth:`Reply.parse`, as a plain function (the classifier calls it for
+    every reply string)."""
+    if type(raw) is not str and isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    lines = raw[:_MAX_TEXT].splitlines()
+    if len(lines) == 1:
+        # Most replies are one line: one match takes the code and the
+        # status off its front (the same steps as _parse_lines).
+        head, enhanced, text = _ONE_LINE(lines[0].strip()).group(1, 2, 3)  # type: ignore[union-attr]
+        if code is None and head is not None:
+            code = _CODE_OF[head]
+    else:
+        enhanced, text, code = _parse_lines(lines, code)
+    if code is not None and enhanced is None:
+        # Relays and bounces sometimes put the status later in the text
+        # (after an IP address, say); only trust one whose class matches
+        # the code's class (a 3xx has none).
+        late = _LATE_OF.get(code) if 200 <= code <= 599 else _LATE_STATUS.get(str(code)[0])
+        if late is not None and late[0] in text:
+            e = late[1].search(text)
+            enhanced = e.group(0) if e is not None else None
+    if code is not None and not 200 <= code <= 599:
+        code = None
+    # Reply(code, enhanced, text) without the frozen dataclass's __init__,
+    # whose object.__setattr__ calls cost a tenth of a fresh classification:
+    # the same frozen value.
+    reply: Reply = _new(Reply)
+    _set_code(reply, code)
+    _set_enhanced(reply, enhanced)
+    _set_text(reply, text)
+    return reply
