@@ -59,6 +59,7 @@ class LatencyProxy:
         self.flights = 0
         self.connections = 0
         self._server: asyncio.AbstractServer | None = None
+        self._open: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> LatencyProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -68,10 +69,19 @@ class LatencyProxy:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
+        # Connections a client left open (a relay's cached sessions) end
+        # with the proxy: their pumps then see end-of-file and return.
+        for w in list(self._open):
+            w.close()
+        for _ in range(100):
+            if not self._open:
+                break
+            await asyncio.sleep(0.01)
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         s_reader, s_writer = await asyncio.open_connection(*self.target)
+        self._open.update((c_writer, s_writer))
         to_server = _Pipe(s_writer, self.rtt / 2)
         to_client = _Pipe(c_writer, self.rtt / 2)
         heard = [True]  # the greeting starts the exchange
@@ -90,7 +100,12 @@ class LatencyProxy:
                 pass
             pipe.push(None)
 
-        await asyncio.gather(pump(c_reader, to_server, True), pump(s_reader, to_client, False))
+        try:
+            await asyncio.gather(pump(c_reader, to_server, True), pump(s_reader, to_client, False))
+        finally:
+            self._open.difference_update((c_writer, s_writer))
+            for w in (c_writer, s_writer):
+                w.close()
 
 
 async def ping_pong(rtt: float, n: int = 20) -> float:
