@@ -72,7 +72,7 @@ from pathlib import Path
 import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _latency_proxy import LatencyProxy, ping_pong
+from _latency_proxy import ProxyProcess, ping_pong
 from _postfix_relay import PostfixRelay, postfix_missing
 
 from resilient_smtp import (
@@ -140,14 +140,44 @@ def server(kind: str) -> Iterator[int]:
 
 
 # --------------------------------------------------------------------------
-# Clients: each runs ``n`` messages over ``conns`` connections to ``port``
-# and calls ``start()`` once its connections are open and warm.
+# Clients: each runs ``n`` messages over ``conns`` connections to ``port``,
+# calls ``start()`` once its connections are open and warm, and
+# ``start.stop()`` when its last message is answered, before it closes its
+# connections (closing is not sending: the Mailer's pool QUITs its
+# connections one after another, aiosmtplib's loop here too).
 
-Start = Callable[[], None]
+
+class Stopwatch:
+    """``start()`` starts it, ``start.stop()`` stops it (first call each);
+    each notes the time and the proxy's flight count."""
+
+    def __init__(self, flights: Callable[[], int] = lambda: 0) -> None:
+        self._flights = flights
+        self.started: tuple[float, int] | None = None
+        self.stopped: tuple[float, int] | None = None
+
+    def __call__(self) -> None:
+        if self.started is None:
+            self.started = (time.perf_counter(), self._flights())
+
+    def stop(self) -> None:
+        if self.stopped is None:
+            self.stopped = (time.perf_counter(), self._flights())
+
+    def result(self) -> tuple[float, int]:
+        """Seconds and flights from start to stop (to now if never stopped)."""
+        assert self.started is not None, "the client never started the clock"
+        self.stop()
+        assert self.stopped is not None
+        return self.stopped[0] - self.started[0], self.stopped[1] - self.started[1]
+
+
+Start = Stopwatch
 
 
 async def run_smtplib(port: int, n: int, conns: int, rcpts: list[str], start: Start) -> None:
     barrier = threading.Barrier(conns, action=start)
+    finish = threading.Barrier(conns, action=start.stop)
 
     def worker(k: int) -> None:
         with smtplib.SMTP(HOST, port, timeout=30) as s:
@@ -155,6 +185,7 @@ async def run_smtplib(port: int, n: int, conns: int, rcpts: list[str], start: St
             barrier.wait()
             for i in range(k, n, conns):
                 s.sendmail(SENDER, rcpts, message(i, rcpts))
+            finish.wait()
 
     # One thread per connection (the default executor has fewer than 16).
     loop = asyncio.get_running_loop()
@@ -174,6 +205,7 @@ async def run_aiosmtplib(port: int, n: int, conns: int, rcpts: list[str], start:
             await clients[k].sendmail(SENDER, rcpts, message(i, rcpts))
 
     await asyncio.gather(*(worker(k) for k in range(conns)))
+    start.stop()
     for c in clients:
         await c.quit()
 
@@ -275,6 +307,7 @@ def _mailer_run(mode: str) -> Callable[..., Awaitable[None]]:
                     for i in range(n)
                 )
             )
+            start.stop()
             if sampler is not None:
                 sampler.cancel()
         bad = [r for r in (*warm, *sent) if not r.ok]
@@ -287,9 +320,6 @@ def _mailer_run(mode: str) -> Callable[..., Awaitable[None]]:
 # The Postfix rows' steady rate at the sink: client name -> (first to last
 # dump file, messages/s), for the row just run.
 STEADY: dict[str, float] = {}
-# When a Postfix row's queue emptied (perf_counter): its clock stops there,
-# not after the instance's shutdown.
-FINISHED: dict[str, float] = {}
 
 
 def _postfix_run(default_concurrency: bool) -> Callable[..., Awaitable[None]]:
@@ -306,7 +336,7 @@ def _postfix_run(default_concurrency: bool) -> Callable[..., Awaitable[None]]:
             start()
             await asyncio.to_thread(relay.release)
             await asyncio.to_thread(relay.wait_empty, 300.0)
-            FINISHED[name] = time.perf_counter()
+            start.stop()  # all delivered: the clock stops before the shutdown
         finally:
             await asyncio.to_thread(relay.stop)
         STEADY[name] = _check_dump(n)
@@ -365,18 +395,11 @@ async def measure(
     client: str, port: int, rtt: float, rcpts: int, conns: int, n: int, srv: str
 ) -> Row:
     addresses = [f"rcpt{j}@example.com" for j in range(rcpts)]
-    async with LatencyProxy(rtt, (HOST, port)) as proxy:
-        mark: list[tuple[float, int]] = []
-
-        def start() -> None:
-            mark.append((time.perf_counter(), proxy.flights))
-
+    with ProxyProcess(rtt, (HOST, port)) as proxy:
+        watch = Stopwatch(lambda: proxy.flights)
         STEADY.pop(client, None)
-        FINISHED.pop(client, None)
-        await CLIENTS[client](proxy.port, n, conns, addresses, start)
-        t0, f0 = mark[0]
-        elapsed = FINISHED.get(client, time.perf_counter()) - t0
-        flights = proxy.flights - f0
+        await CLIENTS[client](proxy.port, n, conns, addresses, watch)
+        elapsed, flights = watch.result()
     await asyncio.to_thread(_clear_dump)
     return Row(
         srv,
@@ -391,10 +414,6 @@ async def measure(
     )
 
 
-def _stamp(mark: list[float]) -> Start:
-    return lambda: mark.append(time.perf_counter())
-
-
 async def loopback(n: int) -> None:
     """No proxy, one connection, one recipient: the Mailer's CPU cost."""
     print(f"\nLoopback smtp-sink, 1 connection, 1 recipient, {n} messages (best of 3):")
@@ -402,9 +421,9 @@ async def loopback(n: int) -> None:
         for client in ("smtplib", "Mailer step", "Mailer"):
             best = 0.0
             for _ in range(3):
-                mark: list[float] = []
-                await CLIENTS[client](port, n, 1, ["rcpt@example.com"], _stamp(mark))
-                best = max(best, n / (time.perf_counter() - mark[0]))
+                watch = Stopwatch()
+                await CLIENTS[client](port, n, 1, ["rcpt@example.com"], watch)
+                best = max(best, n / watch.result()[0])
             print(f"  {client:<16} {best:8.0f} msgs/s")
 
 
