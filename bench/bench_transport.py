@@ -95,7 +95,9 @@ HOST = "127.0.0.1"
 SENDER = "bench@example.org"
 ROOT = Path(__file__).resolve().parent.parent
 # smtp-sink dumps every message here (``-d``): the Postfix rows read it.
-DUMP = Path(tempfile.mkdtemp(prefix="bench-transport-dump-"))
+# Made when smtp-sink starts (not at import: the proxy's process imports
+# this module again), removed at the end of main().
+DUMP = Path(tempfile.gettempdir()) / f"bench-transport-dump-{os.getpid()}"
 
 
 def message(i: int, rcpts: Sequence[str], size: int = 2048) -> bytes:
@@ -131,6 +133,7 @@ def server(kind: str) -> Iterator[int]:
     if kind == "smtp-sink":
         binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        DUMP.mkdir(exist_ok=True)
         os.chmod(DUMP, 0o777)  # smtp-sink writes as nobody
         cmd = [binary, *user, "-d", f"{DUMP}/m.", f"{HOST}:{port}", "256"]
     else:
@@ -350,7 +353,7 @@ def _postfix_run(default_concurrency: bool) -> Callable[..., Awaitable[None]]:
 
 
 def _clear_dump() -> None:
-    for f in DUMP.iterdir():
+    for f in DUMP.iterdir() if DUMP.exists() else ():
         f.unlink()
 
 
@@ -535,10 +538,12 @@ async def main() -> None:
                                         + " ".join(f"{t:.2f}:{w}:{p:g}" for t, w, p in TRACE[::4])
                                     )
     finally:
-        shutil.rmtree(DUMP, ignore_errors=True)
-    print()
-    print(table(rows))
+        print()
+        print(table(rows))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(DUMP, ignore_errors=True)
