@@ -11,9 +11,11 @@ with a ping-pong: N exchanges take N × RTT.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -52,13 +54,16 @@ class LatencyProxy:
     """``async with LatencyProxy(rtt, (host, port)) as p:`` then connect to
     ``p.port``; ``p.flights`` counts client flights over all connections."""
 
-    def __init__(self, rtt: float, target: tuple[str, int]) -> None:
+    def __init__(self, rtt: float, target: tuple[str, int], *, mirror: Any = None) -> None:
         self.rtt = rtt
         self.target = target
         self.port = 0
         self.flights = 0
         self.connections = 0
+        # Another process's view of the counts: [flights, connections].
+        self._mirror = mirror
         self._server: asyncio.AbstractServer | None = None
+        self._open: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> LatencyProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -68,10 +73,21 @@ class LatencyProxy:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
+        # Connections a client left open (a relay's cached sessions) end
+        # with the proxy: their pumps then see end-of-file and return.
+        for w in list(self._open):
+            w.close()
+        for _ in range(100):
+            if not self._open:
+                break
+            await asyncio.sleep(0.01)
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self._mirror is not None:
+            self._mirror[1] = self.connections
         s_reader, s_writer = await asyncio.open_connection(*self.target)
+        self._open.update((c_writer, s_writer))
         to_server = _Pipe(s_writer, self.rtt / 2)
         to_client = _Pipe(c_writer, self.rtt / 2)
         heard = [True]  # the greeting starts the exchange
@@ -82,6 +98,8 @@ class LatencyProxy:
                     if from_client:
                         if heard[0]:
                             self.flights += 1
+                            if self._mirror is not None:
+                                self._mirror[0] = self.flights
                             heard[0] = False
                     else:
                         heard[0] = True
@@ -90,7 +108,58 @@ class LatencyProxy:
                 pass
             pipe.push(None)
 
-        await asyncio.gather(pump(c_reader, to_server, True), pump(s_reader, to_client, False))
+        try:
+            await asyncio.gather(pump(c_reader, to_server, True), pump(s_reader, to_client, False))
+        finally:
+            self._open.difference_update((c_writer, s_writer))
+            for w in (c_writer, s_writer):
+                w.close()
+
+
+def _serve_in_child(rtt: float, target: tuple[str, int], counts: Any, ports: Any) -> None:
+    """A :class:`LatencyProxy` in this process until it is terminated;
+    ``counts[0]``/``counts[1]`` mirror its flights and connections."""
+
+    async def serve() -> None:
+        async with LatencyProxy(rtt, target, mirror=counts) as proxy:
+            ports.put(proxy.port)
+            await asyncio.Event().wait()  # until terminated
+
+    asyncio.run(serve())
+
+
+class ProxyProcess:
+    """A :class:`LatencyProxy` in a process of its own, so the forwarding
+    does not share the measured client's event loop (or its GIL):
+    ``with ProxyProcess(rtt, (host, port)) as p:`` then connect to
+    ``p.port``; ``p.flights`` and ``p.connections`` as on the proxy."""
+
+    def __init__(self, rtt: float, target: tuple[str, int]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._counts = ctx.Array("q", 2, lock=False)
+        self._ports: Any = ctx.Queue()
+        self._proc = ctx.Process(
+            target=_serve_in_child, args=(rtt, target, self._counts, self._ports), daemon=True
+        )
+        self.rtt = rtt
+        self.port = 0
+
+    @property
+    def flights(self) -> int:
+        return int(self._counts[0])
+
+    @property
+    def connections(self) -> int:
+        return int(self._counts[1])
+
+    def __enter__(self) -> ProxyProcess:
+        self._proc.start()
+        self.port = int(self._ports.get(timeout=30))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._proc.terminate()
+        self._proc.join(5)
 
 
 async def ping_pong(rtt: float, n: int = 20) -> float:
