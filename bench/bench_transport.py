@@ -491,7 +491,7 @@ async def main() -> None:
     ap.add_argument(
         "--versus-postfix",
         action="store_true",
-        help="RTT 20 ms, 1 recipient, 1 and 16 connections: smtplib, the Mailer and Postfix",
+        help="RTT 20 ms, 1 recipient, 1 and 16 connections: smtplib, the Mailers and Postfix",
     )
     ap.add_argument("--loopback", action="store_true", help="no proxy: CPU cost on smtp-sink")
     ap.add_argument(
@@ -517,6 +517,7 @@ async def main() -> None:
         only = (
             "smtplib",
             "Mailer",
+            "Mailer pipeline_messages",
             "Mailer defaults",
             "Mailer defaults cold",
             "Postfix",
