@@ -201,6 +201,16 @@ _SERVER_TROUBLE_WORDS = (
     # (its checker failed; not a spam verdict).
     "error in processing",
     "server is too busy",
+    # The server's own DNS look-up timed out or failed: Haraka "450 DNS
+    # timeout resolving your HELO hostname" (haraka-plugin-helo.checks),
+    # "450 Temp. resolver error (ETIMEOUT)" (haraka-plugin-mail_from.
+    # is_resolvable).
+    "dns timeout", "resolver error", "resolver failure", "temp. resolver",
+    # Its virus scanner failed (not a verdict on the message): Haraka's clamd
+    # plugin "451 Error connecting to virus scanner", "451 Virus scanner timed
+    # out", "451 Virus scanner error", "451 Error running virus scanner".
+    "virus scanner", "virus scan failed", "scanner timed out", "scanner error",
+    "unable to scan", "could not scan", "scanner unavailable",
 )
 # Weaker words, tried after the cause words (greylisting, rates, connection
 # counts, DNS): OpenSMTPD "421 4.0.0 Temporary Error"/"Temporary failure",
@@ -258,6 +268,14 @@ _TEXT = (
     Rule(R.CONTENT_REJECTED, "text: the message's format (RFC 5322, MIME)",
          contains=("rfc 5322", "rfc5322", "rfc 2822", "rfc2822", "rfc 822 ", "rfc compliant",
                    "invalid message content", "mime parts", "bare linefeed",
+                   # Haraka "451 Bare line-feed; see http://haraka.github.io/
+                   # barelf/" (connection.js).
+                   "bare line-feed", "bare line feed", "bare lf", "bare <lf>",
+                   # Haraka's headers plugin: "550 Required header 'Date'
+                   # missing", "550 The Date header is too far in the future",
+                   # "550 Only one From header allowed. See RFC 5322, Section 3.6".
+                   "required header", "header missing", "missing header",
+                   "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
                    # summary TNEF content" (NDR list).
@@ -272,6 +290,13 @@ _TEXT = (
     Rule(R.POLICY_REJECTED, "text: the recipient's own block list",
          contains=("reject list", "blocked senders", "recipient's block list",
                    "blocked by the recipient", "blocked by recipient")),
+    # A bounce (null sender) refused as such is the receiver's policy, not a
+    # verdict on our authentication: Haraka's bounce plugin "550 Bounces not
+    # accepted here", "550 Invalid bounce (spoofed sender)", "550 <x> does not
+    # accept bounces", "550 this bounce message has too many recipients".
+    Rule(R.POLICY_REJECTED, "text: bounces refused",
+         contains=("bounces not accepted", "not accept bounces", "invalid bounce",
+                   "bounce message has", "bounce with non-empty")),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
@@ -318,7 +343,13 @@ _TEXT = (
          contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
                    "reverse lookup", "ptr record", "rdns", "reverse hostname",
                    "cannot find your hostname", "helo command rejected", "helo rejected",
-                   "invalid helo", "bad helo", "authentication information",
+                   "invalid helo", "bad helo",
+                   # Haraka's helo.checks: "550 HELO host name invalid", "550 HELO
+                   # host does not match rDNS", "550 HELO IP literal does not match
+                   # your IP address", "550 HELO is dynamic", "550 That HELO not
+                   # allowed here"; Haraka "550 HELO denied" / "550 EHLO denied".
+                   "helo host", "helo ip literal", "helo is ", "helo not allowed",
+                   "helo denied", "ehlo denied", "helo name", "helo hostname", "authentication information",
                    "unauthenticated email", "not pass authentication",
                    "sender is unauthenticated", "requires all senders to authenticate",
                    "authentication checks",
@@ -566,6 +597,9 @@ _TEXT = (
                    # Exim "554 SMTP synchronization error", Postfix "554 5.5.0
                    # Error: SMTP protocol synchronization".
                    "synchronization error", "protocol synchronization",
+                   # Talking before the greeting: Haraka's early_talker "554 You
+                   # talk too soon" (haraka-plugin-early_talker).
+                   "talk too soon", "talking too soon", "before greeting",
                    # postscreen "521 5.7.0 Error: I can break rules, too.
                    # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
                    # unicode address" (smtpd.c).

@@ -55,6 +55,12 @@ _TEMPERROR = (
     Rule(R.SERVER_BUSY, "text: a check failed temporarily (4xx), not a verdict",
          contains=("temporary error evaluating", "temporary error occurred during", "temperror"),
          codes=(421, 450, 451, 452, 454), tier=P),
+    # Haraka's spf plugin: "450 sender <x> SPF Temporary Error"
+    # (haraka-plugin-spf/index.js); the same shape for DKIM/DMARC.
+    Rule(R.SERVER_BUSY, "text: an SPF/DKIM/DMARC temporary error (4xx), not a verdict",
+         contains=("spf", "dkim", "dmarc"),
+         regex=r"\b(?:spf|dkim|dmarc)\b.{0,30}\btemp(?:orary|\.)? ?(?:error|failure)\b",
+         codes=(421, 450, 451, 452, 454), tier=P),
 )
 
 # Gmail: Google Workspace Admin Help, "SMTP error reference"
