@@ -924,6 +924,14 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.BLOCKLISTED, False),
     ("450 4.7.1 <a@b.example>: Recipient address rejected: SPF temperror (DNS timeout)",
      "mx.b.example", Stage.RCPT, R.SERVER_BUSY, True),
+    # An SPF/DKIM/DMARC check that failed temporarily, in wordings of no
+    # corpus row (the shape of Haraka's "450 sender <x> SPF Temporary Error").
+    ("451 4.7.1 DKIM temporary failure, try again later", "mx.b.example", Stage.END_OF_DATA,
+     R.SERVER_BUSY, True),
+    ("450 DMARC: temp. error looking up policy", "mx.b.example", Stage.MAIL,
+     R.SERVER_BUSY, True),
+    ("550 5.7.1 SPF fail: temporary error is not the verdict here", "mx.b.example", Stage.MAIL,
+     R.AUTH_POLICY, False),
     # An AUP# code the rules do not know: a block in a 5xx.
     ("554 cox connection refused from [198.51.100.7]. AUP#CXNEW", "mx.east.cox.net",
      Stage.CONNECT, R.BLOCKLISTED, False),
