@@ -132,13 +132,22 @@ _STATUS = (
 _CODE = (
     Rule(R.AUTH_CREDENTIALS, "535 authentication credentials invalid", codes=(535,)),
     Rule(R.AUTH_CREDENTIALS, "534 authentication mechanism too weak", codes=(534,)),
-    Rule(R.PROTOCOL_ERROR, "555 MAIL/RCPT parameters not recognised", codes=(555,)),
+    # A fallback, so a text that names its cause wins: Coremail sends "555
+    # helohost error." for a HELO check (its documented list, blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    Rule(R.PROTOCOL_ERROR, "555 MAIL/RCPT parameters not recognised", codes=(555,),
+         tier=Tier.FALLBACK),
 )
 
 _SPAM_WORDS = (
     "spam", "unsolicited", "junk mail", "virus", "malware", "phishing", "content denied",
     "content rejected", "suspicious content", "message content", "bulk mail", "infected",
     "message is suspicious",
+    # Coremail "552 message rejected by anti-spam engine.", "552 too many
+    # same size mails." (bulk detection); MailChannels "550 5.7.1 [CS] Message
+    # blocked. If this is a false positive, please report this to your
+    # hosting service provider." (a content scan).
+    "anti-spam engine", "antispam engine", "same size mails", "too many same",
+    "too many similar", "false positive",
 )
 _LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
 _BUSY_WORDS = (
@@ -211,6 +220,9 @@ _SERVER_TROUBLE_WORDS = (
     # out", "451 Virus scanner error", "451 Error running virus scanner".
     "virus scanner", "virus scan failed", "scanner timed out", "scanner error",
     "unable to scan", "could not scan", "scanner unavailable",
+    # Coremail "450 queue unavailable.", "450 database temporary error."
+    # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    "queue unavailable", "queue is unavailable", "database error", "database temporary",
 )
 # Weaker words, tried after the cause words (greylisting, rates, connection
 # counts, DNS): OpenSMTPD "421 4.0.0 Temporary Error"/"Temporary failure",
@@ -275,6 +287,8 @@ _TEXT = (
                    # missing", "550 The Date header is too far in the future",
                    # "550 Only one From header allowed. See RFC 5322, Section 3.6".
                    "required header", "header missing", "missing header",
+                   # Coremail "451 stray newline" (a bare LF, blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "stray newline", "stray lf", "stray cr", "bare cr",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -297,6 +311,11 @@ _TEXT = (
     Rule(R.POLICY_REJECTED, "text: bounces refused",
          contains=("bounces not accepted", "not accept bounces", "invalid bounce",
                    "bounce message has", "bounce with non-empty")),
+    # An open relay check refuses the client as a relay it can abuse, a
+    # block on the IP, not a refusal to relay for us: Coremail "554 openrelay
+    # check." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    Rule(R.BLOCKLISTED, "text: the client was found to be an open relay",
+         contains=("openrelay", "open relay")),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
@@ -312,7 +331,11 @@ _TEXT = (
                    # mail system has been rejected due to the sending MTA's poor
                    # reputation", "550 #5.7.1 Your access to submit messages to
                    # this e-mail system has been rejected".
-                   "your access to")),
+                   "your access to",
+                   # Coremail "550 black ip.", "554 Black mail address.", "554 rbl
+                   # deny." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "black ip", "black mail address", "black address", "black sender",
+                   "black domain", "blacked")),
     # "550 IP 192.0.2.1 is blocked by EarthLink", "... IP address ... has been
     # blocked": the sending IP, named, is blocked.
     Rule(R.BLOCKLISTED, "text: the sending IP is blocked",
@@ -349,7 +372,10 @@ _TEXT = (
                    # your IP address", "550 HELO is dynamic", "550 That HELO not
                    # allowed here"; Haraka "550 HELO denied" / "550 EHLO denied".
                    "helo host", "helo ip literal", "helo is ", "helo not allowed",
-                   "helo denied", "ehlo denied", "helo name", "helo hostname", "authentication information",
+                   "helo denied", "ehlo denied", "helo name", "helo hostname",
+                   # Coremail "555 helohost error.", "556 remote ip check error."
+                   # (the client IP against the MAIL FROM domain; blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "helohost", "remote ip check", "authentication information",
                    "unauthenticated email", "not pass authentication",
                    "sender is unauthenticated", "requires all senders to authenticate",
                    "authentication checks",
@@ -383,7 +409,11 @@ _TEXT = (
                    # hMailServer, when its IP range does not allow the relay:
                    # "550 Delivery is not allowed to this address."
                    # (source/Server/SMTP/SMTPConnection.cpp).
-                   "delivery is not allowed to this address")),
+                   "delivery is not allowed to this address",
+                   # Coremail "553 host denies relay.", "553 relay check local
+                   # fail.", "553 relay check domain fail" (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "denies relay", "deny relay", "relay check", "no relaying",
+                   "relaying is not allowed", "relay is not allowed")),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -454,7 +484,10 @@ _TEXT = (
                    "maximum number of recipients", "multiple destination domains",
                    "in a separate transaction",
                    # Haraka: "450 Split transaction, retry soon".
-                   "split transaction")),
+                   "split transaction",
+                   # Coremail "451 out of allow RCPT numbers." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "rcpt numbers", "rcpt number", "rcpt limit", "max rcpt",
+                   "number of rcpt")),
     # Postfix anvil: "450 4.7.1 Error: too much mail from <client>" (not
     # "552 Too much mail data", which is about size).
     Rule(R.RATE_LIMITED, "text: rate limit",
@@ -518,13 +551,14 @@ _TEXT = (
     # Exchange "554 5.4.14 Hop count exceeded - possible mail loop", Haraka
     # "550 Too many received headers - possible mail loop" (connection.js).
     # Permanent in a 5xx: resending the same message loops again.
+    # Coremail "552 looping message." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
     Rule(R.CONNECTION_ERROR, "text: mail loop (5xx)",
          contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
-                   "too many received headers"),
+                   "too many received headers", "looping", "loop detected"),
          codes=_ANY_5XX, transient=False),
     Rule(R.CONNECTION_ERROR, "text: mail loop",
          contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
-                   "too many received headers")),
+                   "too many received headers", "looping", "loop detected")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -583,7 +617,10 @@ _TEXT = (
                    "mailbox is disabled", "account is disabled", "account inactive",
                    "account is inactive", "mailbox is inactive", "inactive account",
                    "account suspended", "account has been suspended", "deactivated",
-                   "account is not active", "mailbox inactive", "disabled account")),
+                   "account is not active", "mailbox inactive", "disabled account",
+                   # Coremail "550 user is locked." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "user is locked", "account is locked", "account locked",
+                   "mailbox is locked", "user locked")),
     # After the recipient and mailbox words: a bounce that folds "550 Unknown
     # user <x> 503 Bad sequence of commands" is about the user; the 503
     # only followed the refusal.
@@ -611,13 +648,21 @@ _TEXT = (
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
                    "sender is not", "from address", "envelope sender", "sender denied",
-                   "unverified sender", "sender identity")),
+                   "unverified sender", "sender identity",
+                   # Coremail "552 mail from invalid.", "553 host denies the
+                   # sender.", "554 sender is unvalidated." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "mail from invalid", "invalid mail from", "bad mail from",
+                   "denies the sender", "sender is unvalidated", "unvalidated sender")),
     Rule(R.MESSAGE_TOO_LARGE, "text: message too large",
          contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
                    "mail size limit",
                    "message length exceeds", "exceeds the maximum size",
                    "message file too big", "size exceeded", "maximum email size",
-                   "message size limit")),
+                   "message size limit",
+                   # Coremail "552 message is too long.", "554 attachment is too
+                   # long." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "message is too long", "message too long", "attachment is too",
+                   "attachment too large", "attachment size", "attachments too large")),
     Rule(R.CONTENT_REJECTED, "text: malformed message",
          contains=("missing from", "invalid from", "rfc 5322", "rfc5322", "rfc 2822",
                    "rfc2822", "rfc 822", "not rfc compliant", "malformed message",
