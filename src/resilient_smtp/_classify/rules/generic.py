@@ -235,6 +235,12 @@ _SERVER_TROUBLE_WEAK = (
     "transient failure", "not ready",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
+# An address refused for its form, which names the address it answers.
+_ADDRESS_FORM_WORDS = (
+    "mailbox name not allowed", "mailbox name invalid", "address must contain a domain",
+    "fully-qualified address", "fully qualified address", "improper recipient address",
+    "improper sender address", "supplying a domain name",
+)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
 _TEXT = (
@@ -335,7 +341,10 @@ _TEXT = (
                    # Coremail "550 black ip.", "554 Black mail address.", "554 rbl
                    # deny." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "black ip", "black mail address", "black address", "black sender",
-                   "black domain", "blacked")),
+                   "black domain", "blacked",
+                   # spamdyke "554 Refused. Your domain name is listed in the
+                   # RHSBL at <zone>" (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "rhsbl", "uribl", "surbl")),
     # "550 IP 192.0.2.1 is blocked by EarthLink", "... IP address ... has been
     # blocked": the sending IP, named, is blocked.
     Rule(R.BLOCKLISTED, "text: the sending IP is blocked",
@@ -391,7 +400,14 @@ _TEXT = (
                    "unauthenticated senders", "login failed", "invalid login",
                    # Gmail: "504 5.7.4 Unrecognized authentication type."
                    "unrecognized authentication type", "unsupported authentication",
-                   "authentication mechanism not supported")),
+                   "authentication mechanism not supported",
+                   # spamdyke "504 Refused. Unknown authentication method." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "unknown authentication", "authentication method not",
+                   "unsupported auth")),
+    # RFC 4954 §4: a 504 to AUTH is an authentication mechanism the server
+    # does not know ("504 5.5.4 Unrecognized authentication type").
+    Rule(R.AUTH_CREDENTIALS, "504 at AUTH: unrecognised authentication type (RFC 4954)",
+         codes=(504,), stages=(Stage.AUTH,), tier=Tier.TEXT),
     Rule(R.RELAY_DENIED, "text: relaying denied",
          contains=("relay access denied", "relaying denied", "relay denied",
                    "relay not permitted", "not permitted to relay", "unable to relay",
@@ -413,7 +429,16 @@ _TEXT = (
                    # Coremail "553 host denies relay.", "553 relay check local
                    # fail.", "553 relay check domain fail" (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "denies relay", "deny relay", "relay check", "no relaying",
-                   "relaying is not allowed", "relay is not allowed")),
+                   "relaying is not allowed", "relay is not allowed",
+                   # spamdyke "554 Refused. Authentication is required to send
+                   # mail." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "authentication is required")),
+    # The same refusal in other words: spamdyke "554 Refused. Sending to
+    # remote addresses (relaying) is not allowed." (spamdyke.h, github.com/chrisboulton/spamdyke).
+    Rule(R.RELAY_DENIED, "text: relaying (is) not allowed / denied",
+         contains=("relay",),
+         regex=r"\brelay(?:ing)?\b\W{0,3}(?:is |are )?(?:not allowed|not permitted|denied|"
+               r"refused|prohibited|rejected|disabled)"),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
          contains=("daily message quota", "sending quota", "sending limit exceeded",
@@ -527,6 +552,12 @@ _TEXT = (
     # verify failed", acl.c): it is about our sender, whatever it quotes.
     Rule(R.SENDER_REJECTED, "text: sender verification failed",
          contains=("sender verify failed", "sender verification failed")),
+    # The sender's domain, named as such, before the domain words: spamdyke
+    # "421 Refused. The domain of your sender address has no mail exchanger
+    # (MX)." (spamdyke.h, github.com/chrisboulton/spamdyke).
+    Rule(R.SENDER_REJECTED, "text: the sender's domain",
+         contains=("domain of your sender", "domain of the sender", "domain of sender",
+                   "sender's domain", "your sender domain", "your sender address")),
     # Before the network words: "550 Host unknown (Authoritative answer from
     # name server)" (Sendmail) is about the domain, not the network.
     Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
@@ -573,7 +604,10 @@ _TEXT = (
                    "able to establish", "read error", "dns query failed",
                    # Exim "421 Lost incoming connection" (smtp_in.c), Sendmail
                    # "421 4.4.1 <host> Lost input channel from <client>".
-                   "lost incoming connection", "lost input channel")),
+                   "lost incoming connection", "lost input channel",
+                   # spamdyke "454 Failed to negotiate TLS connection." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "negotiate tls", "tls negotiation", "tls handshake", "ssl handshake",
+                   "handshake failed", "handshake failure")),
     Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
          contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
     # A busy or unavailable server is transient (taxonomy.py), but "554
@@ -604,14 +638,13 @@ _TEXT = (
     # allowed" is about the address it answers: the recipient at RCPT, the
     # sender at MAIL.
     # Exim: "501 <x>: recipient address must contain a domain" (smtp_in.c).
+    # Postfix "504 5.5.2 <bob>: Recipient address rejected: need
+    # fully-qualified address" (smtpd_check.c); spamdyke "554 Improper
+    # recipient address. Try supplying a domain name." (spamdyke.h, github.com/chrisboulton/spamdyke).
     Rule(R.RECIPIENT_UNKNOWN, "553 text at RCPT: mailbox name not allowed",
-         contains=("mailbox name not allowed", "mailbox name invalid",
-                   "address must contain a domain"),
-         stages=(Stage.RCPT,)),
+         contains=_ADDRESS_FORM_WORDS, stages=(Stage.RCPT,)),
     Rule(R.SENDER_REJECTED, "553 text at MAIL: mailbox name not allowed",
-         contains=("mailbox name not allowed", "mailbox name invalid",
-                   "address must contain a domain"),
-         stages=(Stage.MAIL,)),
+         contains=_ADDRESS_FORM_WORDS, stages=(Stage.MAIL,)),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",
@@ -637,6 +670,11 @@ _TEXT = (
                    # Talking before the greeting: Haraka's early_talker "554 You
                    # talk too soon" (haraka-plugin-early_talker).
                    "talk too soon", "talking too soon", "before greeting",
+                   # spamdyke "554 Refused. You are not following the SMTP
+                   # protocol." (an early talker), "554 Refused. You must specify
+                   # at least one valid recipient." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "not following the smtp", "smtp protocol violation",
+                   "at least one valid recipient",
                    # postscreen "521 5.7.0 Error: I can break rules, too.
                    # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
                    # unicode address" (smtpd.c).
