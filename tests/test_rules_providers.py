@@ -924,6 +924,12 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.BLOCKLISTED, False),
     ("450 4.7.1 <a@b.example>: Recipient address rejected: SPF temperror (DNS timeout)",
      "mx.b.example", Stage.RCPT, R.SERVER_BUSY, True),
+    # Mimecast documents "The incorrect hostname used for inbounds" as a 451
+    # and as a 550 (the corpus holds the 451).
+    ("550 The incorrect hostname used for inbounds", "eu-smtp-inbound-2.mimecast.com",
+     Stage.RCPT, R.CONNECTION_ERROR, False),
+    ("451 4.4.0 Incorrect hostname used for inbounds", "eu-smtp-inbound-2.mimecast.com",
+     Stage.RCPT, R.CONNECTION_ERROR, True),
     # An SPF/DKIM/DMARC check that failed temporarily, in wordings of no
     # corpus row (the shape of Haraka's "450 sender <x> SPF Temporary Error").
     ("451 4.7.1 DKIM temporary failure, try again later", "mx.b.example", Stage.END_OF_DATA,

@@ -210,6 +210,9 @@ _SERVER_TROUBLE_WORDS = (
     # (its checker failed; not a spam verdict).
     "error in processing",
     "server is too busy",
+    # Exchange "432 4.3.2 STOREDRV.Deliver; mailbox database thread limit
+    # exceeded" (NDR list): the server's load, not our connection count.
+    "database thread limit",
     # The server's own DNS look-up timed out or failed: Haraka "450 DNS
     # timeout resolving your HELO hostname" (haraka-plugin-helo.checks),
     # "450 Temp. resolver error (ETIMEOUT)" (haraka-plugin-mail_from.
@@ -233,6 +236,9 @@ _SERVER_TROUBLE_WEAK = (
     # Exchange "432 4.2.0 STOREDRV.Deliver; Agent transient failure during
     # message resubmission" (NDR list).
     "transient failure", "not ready",
+    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "451 Unable to process command", "451 Unable to process an email
+    # at this time", "451 Account service is temporarily unavailable".
+    "unable to process",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 # An address refused for its form, which names the address it answers.
@@ -240,6 +246,8 @@ _ADDRESS_FORM_WORDS = (
     "mailbox name not allowed", "mailbox name invalid", "address must contain a domain",
     "fully-qualified address", "fully qualified address", "improper recipient address",
     "improper sender address", "supplying a domain name",
+    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "501 Invalid address" (at RCPT).
+    "invalid address",
 )
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
@@ -252,7 +260,9 @@ _TEXT = (
          contains=("queue.expired", "message expired", "delivery time expired",
                    "retry timeout exceeded", "too long in queue", "in the queue too long",
                    "have been failing for a long time",
-                   "retry time not reached for any host after a long failure period")),
+                   "retry time not reached for any host after a long failure period",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "550 Journal messages past the expiration".
+                   "past the expiration", "past expiration")),
     # A header that appears twice is the message builder's fault, even when
     # the header is DKIM-Signature (Amazon SES: "554 Transaction failed:
     # Duplicate header 'X'").
@@ -309,7 +319,23 @@ _TEXT = (
     # spammer (by user's reject list)", Mimecast's "Blocked Senders".
     Rule(R.POLICY_REJECTED, "text: the recipient's own block list",
          contains=("reject list", "blocked senders", "recipient's block list",
-                   "blocked by the recipient", "blocked by recipient")),
+                   "blocked by the recipient", "blocked by recipient",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "550 Envelope rejected - Block policy for envelope
+                   # from address", "550 Rejected by header-based Manually
+                   # Blocked Senders - block for manual block".
+                   "block policy", "manually blocked", "managed senders")),
+    # An account switched off as a whole: its inbound mail is the recipient
+    # organisation's setting, its outbound mail ours.  Mimecast "451 Account
+    # inbounds disabled", "451 Account outbounds disabled" (Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm)); Mail.ru "550
+    # message sending for this account is disabled" (mailout.ru/2015/09).
+    Rule(R.POLICY_REJECTED, "text: the account's inbound mail is disabled",
+         contains=("inbound",), regex=r"\binbounds? (?:mail )?(?:is |are )?disabled"),
+    Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled (4xx)",
+         contains=("outbound", "sending", "outgoing"), codes=_TEMP_CODES, transient=True,
+         regex=r"\b(?:outbounds?|outgoing mail|sending)\b.{0,30}\b(?:is |are )?disabled"),
+    Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled",
+         contains=("outbound", "sending", "outgoing"),
+         regex=r"\b(?:outbounds?|outgoing mail|sending)\b.{0,30}\b(?:is |are )?disabled"),
     # A bounce (null sender) refused as such is the receiver's policy, not a
     # verdict on our authentication: Haraka's bounce plugin "550 Bounces not
     # accepted here", "550 Invalid bounce (spoofed sender)", "550 <x> does not
@@ -320,8 +346,10 @@ _TEXT = (
     # An open relay check refuses the client as a relay it can abuse, a
     # block on the IP, not a refusal to relay for us: Coremail "554 openrelay
     # check." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    # (Not "451 Open relay not allowed", Mimecast's refusal to relay for us.)
     Rule(R.BLOCKLISTED, "text: the client was found to be an open relay",
-         contains=("openrelay", "open relay")),
+         contains=("openrelay check", "open relay check", "is an open relay",
+                   "as an open relay", "open relay detected")),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
@@ -370,7 +398,13 @@ _TEXT = (
                    # Exchange Online: "451 4.7.5 Remote certificate failed
                    # MTA-STS validation", "4.7.323 tlsa-invalid: The domain
                    # failed DANE validation" (NDR list; RFC 8461, RFC 7672).
-                   "mta-sts", "dane validation", "tlsa-invalid", "certificate failed")),
+                   "mta-sts", "dane validation", "tlsa-invalid", "certificate failed",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "553 This route requires encryption (TLS)", "553 This
+                   # route requires TLS version 1.2 or greater", "553 This route
+                   # requires high-strength ciphers", "554 Configuration is
+                   # invalid for this certificate".
+                   "requires encryption", "tls version", "strength ciphers",
+                   "for this certificate", "certificate is invalid", "certificate expired")),
     Rule(R.AUTH_POLICY, "text: SPF/DKIM/DMARC, reverse DNS or HELO",
          contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
                    "reverse lookup", "ptr record", "rdns", "reverse hostname",
@@ -403,7 +437,10 @@ _TEXT = (
                    "authentication mechanism not supported",
                    # spamdyke "504 Refused. Unknown authentication method." (spamdyke.h, github.com/chrisboulton/spamdyke).
                    "unknown authentication", "authentication method not",
-                   "unsupported auth")),
+                   "unsupported auth",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "550 Submitter failed to authenticate", "535
+                   # Incorrect authentication data".
+                   "failed to authenticate", "incorrect authentication data")),
     # RFC 4954 §4: a 504 to AUTH is an authentication mechanism the server
     # does not know ("504 5.5.4 Unrecognized authentication type").
     Rule(R.AUTH_CREDENTIALS, "504 at AUTH: unrecognised authentication type (RFC 4954)",
@@ -475,6 +512,11 @@ _TEXT = (
          contains=("connection rate", "connections per second", "connections per minute",
                    "connections per hour", "connection attempts", "connection frequency",
                    "too frequent connect", "connecting too fast", "connects per")),
+    # Threads are concurrent sessions: Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm) "550 Exceeding outbound thread
+    # limit" (Exchange's "mailbox database thread limit" and "recipient thread
+    # limit" are provider rules, before this one).
+    Rule(R.TOO_MANY_CONNECTIONS, "text: a thread (concurrency) limit",
+         contains=("thread limit",), transient=True),
     Rule(R.TOO_MANY_CONNECTIONS, "text: too many connections",
          contains=("too many connections", "too many concurrent", "connection limit",
                    "connections limit", "too many open connections",
@@ -607,7 +649,9 @@ _TEXT = (
                    "lost incoming connection", "lost input channel",
                    # spamdyke "454 Failed to negotiate TLS connection." (spamdyke.h, github.com/chrisboulton/spamdyke).
                    "negotiate tls", "tls negotiation", "tls handshake", "ssl handshake",
-                   "handshake failed", "handshake failure")),
+                   "handshake failed", "handshake failure",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "451 Message ended early".
+                   "ended early", "ended prematurely", "premature end")),
     Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
          contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
     # A busy or unavailable server is transient (taxonomy.py), but "554

@@ -569,6 +569,15 @@ _MIMECAST = (
     # Rejections"), not a DNS block list.
     Rule(R.POLICY_REJECTED, "mimecast: policy level block list",
          contains=("policy level block list",), tier=P),
+    # The same page's other texts: "451 The incorrect hostname used for
+    # inbounds" (the recipient domain's MX points at an outbound host: a
+    # routing fault, retried), "550 Journal messages past the expiration".
+    # Mimecast documents it as a 451 and as a 550; the 550 is the class's.
+    Rule(R.CONNECTION_ERROR, "mimecast: incorrect hostname used for inbounds (5xx)",
+         contains=("incorrect hostname used for inbound",), codes=_REJECT, transient=False,
+         tier=P),
+    Rule(R.CONNECTION_ERROR, "mimecast: incorrect hostname used for inbounds",
+         contains=("incorrect hostname used for inbound",), tier=P),
 )
 
 # Gateways that name their own block list in the reply.
