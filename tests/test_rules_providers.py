@@ -310,12 +310,14 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         R.BLOCKLISTED,
         False,
     ),
+    # The recipient domain's own IP block list: its policy, as Mimecast's
+    # Blocked Senders are (not a public block list the sender could delist from).
     (
         "550 5.7.513 Service unavailable, Client host [192.0.2.1] blocked by example.com using "
         "Customer Block list (AS16012607)",
         OUTLOOK,
         Stage.RCPT,
-        R.BLOCKLISTED,
+        R.POLICY_REJECTED,
         False,
     ),
     (
@@ -924,6 +926,16 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.BLOCKLISTED, False),
     ("450 4.7.1 <a@b.example>: Recipient address rejected: SPF temperror (DNS timeout)",
      "mx.b.example", Stage.RCPT, R.SERVER_BUSY, True),
+    # Exchange Online, in wordings of no corpus row: a quarantine under a 5.2.1
+    # status, STOREDRV faults under x.3 statuses, journaling.
+    ("554 5.2.1 Content Filter agent quarantined this message; see the quarantine",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SPAM_CONTENT, False),
+    ("554 5.3.0 STOREDRV.Deliver; unexpected store error",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, False),
+    ("451 4.3.0 STOREDRV.Deliver.Exception: store unavailable",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, True),
+    ("550 5.3.190 Journaling on-premises messages is not supported",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.POLICY_REJECTED, False),
     # Mimecast documents "The incorrect hostname used for inbounds" as a 451
     # and as a 550 (the corpus holds the 451).
     ("550 The incorrect hostname used for inbounds", "eu-smtp-inbound-2.mimecast.com",

@@ -58,6 +58,11 @@ _STATUS = (
                    "discontinued"),
          tier=Tier.STATUS),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.1 bad destination mailbox", status="x.1.1"),
+    # Exchange "550 5.1.2 Invalid X.400 address" (Exchange Online NDR list (learn.microsoft.com,
+    # "Email non-delivery reports and SMTP errors in Exchange Online")) is the address, not its
+    # system.
+    Rule(R.RECIPIENT_UNKNOWN, "x.1.2 naming an invalid X.400 address", status="x.1.2",
+         contains=("x.400 address",), tier=Tier.STATUS),
     Rule(R.DOMAIN_UNKNOWN, "x.1.2 bad destination system", status="x.1.2"),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.3 bad destination mailbox syntax", status="x.1.3"),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.6 mailbox has moved", status="x.1.6"),
@@ -133,7 +138,8 @@ _CODE = (
     Rule(R.AUTH_CREDENTIALS, "535 authentication credentials invalid", codes=(535,)),
     Rule(R.AUTH_CREDENTIALS, "534 authentication mechanism too weak", codes=(534,)),
     # A fallback, so a text that names its cause wins: Coremail sends "555
-    # helohost error." for a HELO check (its documented list, blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    # helohost error." for a HELO check (its documented list,
+    # blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
     Rule(R.PROTOCOL_ERROR, "555 MAIL/RCPT parameters not recognised", codes=(555,),
          tier=Tier.FALLBACK),
 )
@@ -213,6 +219,10 @@ _SERVER_TROUBLE_WORDS = (
     # Exchange "432 4.3.2 STOREDRV.Deliver; mailbox database thread limit
     # exceeded" (NDR list): the server's load, not our connection count.
     "database thread limit",
+    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and SMTP errors in
+    # Exchange Online"): "451 4.4.24/25/28 Message failed to be replicated: ...", "432 4.7.700 PFA
+    # agent busy, please try again.".
+    "failed to be replicated", "healthy secondary", "agent busy",
     # The server's own DNS look-up timed out or failed: Haraka "450 DNS
     # timeout resolving your HELO hostname" (haraka-plugin-helo.checks),
     # "450 Temp. resolver error (ETIMEOUT)" (haraka-plugin-mail_from.
@@ -236,8 +246,9 @@ _SERVER_TROUBLE_WEAK = (
     # Exchange "432 4.2.0 STOREDRV.Deliver; Agent transient failure during
     # message resubmission" (NDR list).
     "transient failure", "not ready",
-    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "451 Unable to process command", "451 Unable to process an email
-    # at this time", "451 Account service is temporarily unavailable".
+    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com;
+    # texts as collected in sisimai's Rhost/Mimecast.pm): "451 Unable to process command", "451
+    # Unable to process an email at this time", "451 Account service is temporarily unavailable".
     "unable to process",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
@@ -246,7 +257,8 @@ _ADDRESS_FORM_WORDS = (
     "mailbox name not allowed", "mailbox name invalid", "address must contain a domain",
     "fully-qualified address", "fully qualified address", "improper recipient address",
     "improper sender address", "supplying a domain name",
-    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "501 Invalid address" (at RCPT).
+    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com;
+    # texts as collected in sisimai's Rhost/Mimecast.pm): "501 Invalid address" (at RCPT).
     "invalid address",
 )
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
@@ -261,7 +273,9 @@ _TEXT = (
                    "retry timeout exceeded", "too long in queue", "in the queue too long",
                    "have been failing for a long time",
                    "retry time not reached for any host after a long failure period",
-                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "550 Journal messages past the expiration".
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "550 Journal messages past the expiration".
                    "past the expiration", "past expiration")),
     # A header that appears twice is the message builder's fault, even when
     # the header is DKIM-Signature (Amazon SES: "554 Transaction failed:
@@ -303,8 +317,13 @@ _TEXT = (
                    # missing", "550 The Date header is too far in the future",
                    # "550 Only one From header allowed. See RFC 5322, Section 3.6".
                    "required header", "header missing", "missing header",
-                   # Coremail "451 stray newline" (a bare LF, blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   # Coremail "451 stray newline" (a bare LF,
+                   # blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "stray newline", "stray lf", "stray cr", "bare cr",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "550 5.0.350 Generic error; x-dg-ref header
+                   # is too long".
+                   "header is too long", "header too long",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -320,14 +339,17 @@ _TEXT = (
     Rule(R.POLICY_REJECTED, "text: the recipient's own block list",
          contains=("reject list", "blocked senders", "recipient's block list",
                    "blocked by the recipient", "blocked by recipient",
-                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "550 Envelope rejected - Block policy for envelope
-                   # from address", "550 Rejected by header-based Manually
-                   # Blocked Senders - block for manual block".
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "550 Envelope rejected - Block policy for envelope from address", "550
+                   # Rejected by header-based Manually Blocked Senders - block for manual block".
                    "block policy", "manually blocked", "managed senders")),
     # An account switched off as a whole: its inbound mail is the recipient
     # organisation's setting, its outbound mail ours.  Mimecast "451 Account
-    # inbounds disabled", "451 Account outbounds disabled" (Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm)); Mail.ru "550
-    # message sending for this account is disabled" (mailout.ru/2015/09).
+    # inbounds disabled", "451 Account outbounds disabled" (Mimecast, "Email Security Cloud
+    # Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's
+    # Rhost/Mimecast.pm)); Mail.ru "550 message sending for this account is disabled"
+    # (mailout.ru/2015/09).
     Rule(R.POLICY_REJECTED, "text: the account's inbound mail is disabled",
          contains=("inbound",), regex=r"\binbounds? (?:mail )?(?:is |are )?disabled"),
     Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled (4xx)",
@@ -399,12 +421,19 @@ _TEXT = (
                    # MTA-STS validation", "4.7.323 tlsa-invalid: The domain
                    # failed DANE validation" (NDR list; RFC 8461, RFC 7672).
                    "mta-sts", "dane validation", "tlsa-invalid", "certificate failed",
-                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "553 This route requires encryption (TLS)", "553 This
-                   # route requires TLS version 1.2 or greater", "553 This route
-                   # requires high-strength ciphers", "554 Configuration is
-                   # invalid for this certificate".
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "553 This route requires encryption (TLS)", "553 This route requires TLS
+                   # version 1.2 or greater", "553 This route requires high-strength ciphers", "554
+                   # Configuration is invalid for this certificate".
                    "requires encryption", "tls version", "strength ciphers",
-                   "for this certificate", "certificate is invalid", "certificate expired")),
+                   "for this certificate", "certificate is invalid", "certificate expired",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "451 4.7.324 dnssec-invalid: ...", "550
+                   # 5.7.325 certificate-host-mismatch: Remote certificate MUST ...", "550 5.7.322
+                   # certificate-expired: ..." (DANE, RFC 7672).
+                   "dnssec-invalid", "certificate-host-mismatch", "certificate-expired",
+                   "remote certificate")),
     Rule(R.AUTH_POLICY, "text: SPF/DKIM/DMARC, reverse DNS or HELO",
          contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
                    "reverse lookup", "ptr record", "rdns", "reverse hostname",
@@ -417,7 +446,8 @@ _TEXT = (
                    "helo host", "helo ip literal", "helo is ", "helo not allowed",
                    "helo denied", "ehlo denied", "helo name", "helo hostname",
                    # Coremail "555 helohost error.", "556 remote ip check error."
-                   # (the client IP against the MAIL FROM domain; blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   # (the client IP against the MAIL FROM domain;
+                   # blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "helohost", "remote ip check", "authentication information",
                    "unauthenticated email", "not pass authentication",
                    "sender is unauthenticated", "requires all senders to authenticate",
@@ -435,11 +465,13 @@ _TEXT = (
                    # Gmail: "504 5.7.4 Unrecognized authentication type."
                    "unrecognized authentication type", "unsupported authentication",
                    "authentication mechanism not supported",
-                   # spamdyke "504 Refused. Unknown authentication method." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   # spamdyke "504 Refused. Unknown authentication method." (spamdyke.h,
+                   # github.com/chrisboulton/spamdyke).
                    "unknown authentication", "authentication method not",
                    "unsupported auth",
-                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "550 Submitter failed to authenticate", "535
-                   # Incorrect authentication data".
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "550 Submitter failed to authenticate", "535 Incorrect authentication data".
                    "failed to authenticate", "incorrect authentication data")),
     # RFC 4954 §4: a 504 to AUTH is an authentication mechanism the server
     # does not know ("504 5.5.4 Unrecognized authentication type").
@@ -464,7 +496,8 @@ _TEXT = (
                    # (source/Server/SMTP/SMTPConnection.cpp).
                    "delivery is not allowed to this address",
                    # Coremail "553 host denies relay.", "553 relay check local
-                   # fail.", "553 relay check domain fail" (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   # fail.", "553 relay check domain fail"
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "denies relay", "deny relay", "relay check", "no relaying",
                    "relaying is not allowed", "relay is not allowed",
                    # spamdyke "554 Refused. Authentication is required to send
@@ -512,9 +545,10 @@ _TEXT = (
          contains=("connection rate", "connections per second", "connections per minute",
                    "connections per hour", "connection attempts", "connection frequency",
                    "too frequent connect", "connecting too fast", "connects per")),
-    # Threads are concurrent sessions: Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm) "550 Exceeding outbound thread
-    # limit" (Exchange's "mailbox database thread limit" and "recipient thread
-    # limit" are provider rules, before this one).
+    # Threads are concurrent sessions: Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error
+    # codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm) "550
+    # Exceeding outbound thread limit" (Exchange's "mailbox database thread limit" and "recipient
+    # thread limit" are provider rules, before this one).
     Rule(R.TOO_MANY_CONNECTIONS, "text: a thread (concurrency) limit",
          contains=("thread limit",), transient=True),
     Rule(R.TOO_MANY_CONNECTIONS, "text: too many connections",
@@ -552,7 +586,8 @@ _TEXT = (
                    "in a separate transaction",
                    # Haraka: "450 Split transaction, retry soon".
                    "split transaction",
-                   # Coremail "451 out of allow RCPT numbers." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   # Coremail "451 out of allow RCPT numbers."
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "rcpt numbers", "rcpt number", "rcpt limit", "max rcpt",
                    "number of rcpt")),
     # Postfix anvil: "450 4.7.1 Error: too much mail from <client>" (not
@@ -577,7 +612,11 @@ _TEXT = (
                    "too many e-mails", "too many emails", "too many mails",
                    # Exchange's receive connector: "421 4.4.2 Message submission
                    # rate for this client has exceeded the configured limit".
-                   "submission rate")),
+                   "submission rate",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "550 5.7.508 Access denied, [ip] has
+                   # exceeded permitted limits within /64 range" (a volume from an IPv6 range).
+                   "exceeded permitted limits", "permitted limits within")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -594,6 +633,14 @@ _TEXT = (
     # verify failed", acl.c): it is about our sender, whatever it quotes.
     Rule(R.SENDER_REJECTED, "text: sender verification failed",
          contains=("sender verify failed", "sender verification failed")),
+    # A domain name that a HELO/EHLO reply complains of is the greeting's
+    # argument, not a destination: Exchange "501 5.5.4 Invalid domain name",
+    # "501 5.0.0 HELO / EHLO requires domain address" (Exchange Online NDR list
+    # (learn.microsoft.com, "Email non-delivery reports and SMTP errors in Exchange Online")).
+    Rule(R.PROTOCOL_ERROR, "text at EHLO: the greeting's domain argument",
+         contains=("invalid domain name", "requires domain", "domain address",
+                   "invalid domain"),
+         stages=(Stage.EHLO,)),
     # The sender's domain, named as such, before the domain words: spamdyke
     # "421 Refused. The domain of your sender address has no mail exchanger
     # (MX)." (spamdyke.h, github.com/chrisboulton/spamdyke).
@@ -647,10 +694,13 @@ _TEXT = (
                    # Exim "421 Lost incoming connection" (smtp_in.c), Sendmail
                    # "421 4.4.1 <host> Lost input channel from <client>".
                    "lost incoming connection", "lost input channel",
-                   # spamdyke "454 Failed to negotiate TLS connection." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   # spamdyke "454 Failed to negotiate TLS connection." (spamdyke.h,
+                   # github.com/chrisboulton/spamdyke).
                    "negotiate tls", "tls negotiation", "tls handshake", "ssl handshake",
                    "handshake failed", "handshake failure",
-                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm): "451 Message ended early".
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "451 Message ended early".
                    "ended early", "ended prematurely", "premature end")),
     Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
          contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
@@ -684,7 +734,8 @@ _TEXT = (
     # Exim: "501 <x>: recipient address must contain a domain" (smtp_in.c).
     # Postfix "504 5.5.2 <bob>: Recipient address rejected: need
     # fully-qualified address" (smtpd_check.c); spamdyke "554 Improper
-    # recipient address. Try supplying a domain name." (spamdyke.h, github.com/chrisboulton/spamdyke).
+    # recipient address. Try supplying a domain name." (spamdyke.h,
+    # github.com/chrisboulton/spamdyke).
     Rule(R.RECIPIENT_UNKNOWN, "553 text at RCPT: mailbox name not allowed",
          contains=_ADDRESS_FORM_WORDS, stages=(Stage.RCPT,)),
     Rule(R.SENDER_REJECTED, "553 text at MAIL: mailbox name not allowed",
@@ -695,9 +746,14 @@ _TEXT = (
                    "account is inactive", "mailbox is inactive", "inactive account",
                    "account suspended", "account has been suspended", "deactivated",
                    "account is not active", "mailbox inactive", "disabled account",
-                   # Coremail "550 user is locked." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   # Coremail "550 user is locked."
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "user is locked", "account is locked", "account locked",
-                   "mailbox is locked", "user locked")),
+                   "mailbox is locked", "user locked",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "550 5.7.505 Access denied, banned
+                   # recipient".
+                   "banned recipient")),
     # After the recipient and mailbox words: a bounce that folds "550 Unknown
     # user <x> 503 Bad sequence of commands" is about the user; the 503
     # only followed the refusal.
@@ -732,7 +788,8 @@ _TEXT = (
                    "sender is not", "from address", "envelope sender", "sender denied",
                    "unverified sender", "sender identity",
                    # Coremail "552 mail from invalid.", "553 host denies the
-                   # sender.", "554 sender is unvalidated." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   # sender.", "554 sender is unvalidated."
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "mail from invalid", "invalid mail from", "bad mail from",
                    "denies the sender", "sender is unvalidated", "unvalidated sender")),
     Rule(R.MESSAGE_TOO_LARGE, "text: message too large",

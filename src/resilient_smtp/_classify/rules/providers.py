@@ -190,8 +190,21 @@ _MICROSOFT = (
          contains=("traffic not accepted from this ip",), tier=P),
     # "550 5.7.513 Service unavailable, Client host [ip] blocked by <domain>
     # using Customer Block list".
-    Rule(R.BLOCKLISTED, "microsoft: 5.7.513 customer block list",
+    # The recipient organisation's own IP block list (its connection
+    # filter), not Microsoft's: a policy of that recipient, like Mimecast's
+    # Blocked Senders (see "the recipient's own block list" in generic.py).
+    Rule(R.POLICY_REJECTED, "microsoft: 5.7.513 customer block list",
          contains=("customer block list",), tier=P),
+    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and SMTP errors in
+    # Exchange Online"): "550 5.2.1 Content Filter agent quarantined this message" is a spam
+    # verdict under a "mailbox" status; "550 5.3.2 STOREDRV.Deliver: Missing or bad StoreDriver MDB
+    # properties" a fault in the recipient's mailbox database (not RFC 3463's "not accepting
+    # messages"); "550 5.3.190 Journaling on-premises messages to Microsoft 365 ... not supported"
+    # a tenant setting.
+    Rule(R.SPAM_CONTENT, "microsoft: content filter agent quarantined the message",
+         contains=("content filter agent", "quarantined this message"), tier=P),
+    Rule(R.POLICY_REJECTED, "microsoft: 5.3.190 journaling not supported",
+         contains=("journaling",), status="5.3.190", tier=P),
     # "550 5.7.750 Service unavailable. Client blocked from sending from
     # unregistered domains.": the sender's domain is not one of the tenant's
     # accepted domains; fix the sender identity.
@@ -226,6 +239,13 @@ _MICROSOFT = (
     # deliveries at once to one mailbox; comes back by itself (same page).
     Rule(R.RATE_LIMITED, "microsoft: 4.3.2 STOREDRV recipient thread limit",
          contains=("recipient thread limit",), tier=P),
+    # Any other STOREDRV reply under a x.3 status is the mailbox database's
+    # fault ("550 5.3.2 STOREDRV.Deliver: Missing or bad StoreDriver MDB
+    # properties", NDR list); a 5xx keeps its class.
+    Rule(R.SERVER_BUSY, "microsoft: STOREDRV fault in the mailbox database (5xx)",
+         contains=("storedrv", "storedriver"), status="5.3.", transient=False, tier=P),
+    Rule(R.SERVER_BUSY, "microsoft: STOREDRV fault in the mailbox database (x.3.x)",
+         contains=("storedrv", "storedriver"), status="x.3.", tier=P),
     # "550 5.4.310 DNS domain <d> does not exist" (same page).
     Rule(R.DOMAIN_UNKNOWN, "microsoft: 5.4.310 DNS domain does not exist", status="5.4.310",
          tier=P),
