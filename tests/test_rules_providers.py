@@ -182,11 +182,16 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         True,
     ),
     ("550 5.7.1 Email quota exceeded.", RELAY, Stage.MAIL, R.SENDING_QUOTA, True),
+    # From the MX the same words are the recipient's mailbox.
+    ("550 5.7.1 Email quota exceeded.", "gmail-smtp-in.l.google.com", Stage.RCPT,
+     R.MAILBOX_FULL, False),
+    # The recipient domain's IP allowlist: its policy ("check if your IP
+    # address is allowed to send emails to the receiver").
     (
         "421 4.7.0 IP not in whitelist for RCPT domain, closing connection.",
         RELAY,
         Stage.RCPT,
-        R.RELAY_DENIED,
+        R.POLICY_REJECTED,
         True,
     ),
     (

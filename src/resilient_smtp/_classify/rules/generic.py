@@ -324,6 +324,11 @@ _TEXT = (
                    # SMTP errors in Exchange Online"): "550 5.0.350 Generic error; x-dg-ref header
                    # is too long".
                    "header is too long", "header too long",
+                   # Google Workspace SMTP error reference (support.google.com/a/answer/3726730):
+                   # "550 5.7.1 Messages missing a valid address in the From: header, or having no
+                   # From: header, are not accepted.", "... a Unicode character in a disallowed
+                   # header.".
+                   "from: header", "disallowed header", "message-id: header",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -472,7 +477,11 @@ _TEXT = (
                    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
                    # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
                    # "550 Submitter failed to authenticate", "535 Incorrect authentication data".
-                   "failed to authenticate", "incorrect authentication data")),
+                   "failed to authenticate", "incorrect authentication data",
+                   # Gmail "501 5.5.2 Cannot Decode response." to AUTH (Google Workspace SMTP error
+                   # reference (support.google.com/a/answer/3726730)); RFC 4954 §4: "501 5.5.2
+                   # Cannot Base64-decode Client responses".
+                   "cannot decode response", "base64-decode", "decode response")),
     # RFC 4954 §4: a 504 to AUTH is an authentication mechanism the server
     # does not know ("504 5.5.4 Unrecognized authentication type").
     Rule(R.AUTH_CREDENTIALS, "504 at AUTH: unrecognised authentication type (RFC 4954)",
@@ -569,7 +578,10 @@ _TEXT = (
                    "messages in this connection", "messages per smtp session",
                    # Cisco Secure Email: "421 Exceeded allowable connection
                    # time, disconnecting." (the HAT's maximum session time).
-                   "allowable connection time")),
+                   "allowable connection time",
+                   # Google Workspace SMTP error reference (support.google.com/a/answer/3726730):
+                   # "421 4.7.0 Connection expired, try reconnecting.".
+                   "connection expired")),
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.
@@ -637,9 +649,12 @@ _TEXT = (
     # argument, not a destination: Exchange "501 5.5.4 Invalid domain name",
     # "501 5.0.0 HELO / EHLO requires domain address" (Exchange Online NDR list
     # (learn.microsoft.com, "Email non-delivery reports and SMTP errors in Exchange Online")).
+    # Gmail: "501 5.5.4 Empty HELO/EHLO argument not allowed, closing
+    # connection.", "501 5.5.4 HELO/EHLO argument is invalid" (Google Workspace SMTP error
+    # reference (support.google.com/a/answer/3726730)).
     Rule(R.PROTOCOL_ERROR, "text at EHLO: the greeting's domain argument",
          contains=("invalid domain name", "requires domain", "domain address",
-                   "invalid domain"),
+                   "invalid domain", "argument"),
          stages=(Stage.EHLO,)),
     # The sender's domain, named as such, before the domain words: spamdyke
     # "421 Refused. The domain of your sender address has no mail exchanger

@@ -28,6 +28,7 @@ P = Tier.PROVIDER
 
 # MX (and relay) host name suffixes.
 GMAIL = (".google.com", ".googlemail.com", ".gmail.com")
+GMAIL_SUBMISSION = ("smtp.gmail.com", "smtp-relay.gmail.com")
 MICROSOFT = (".outlook.com", ".hotmail.com", ".office365.com", ".live.com", ".msn.com")
 YAHOO = (".yahoodns.net", ".yahoo.com", ".aol.com", ".yahoo.co.jp")
 APPLE = (".icloud.com", ".me.com", ".mac.com", ".apple.com")
@@ -134,14 +135,20 @@ _GMAIL = (
     # "Peak" is a short-term rate, not the daily quota: slow down.
     Rule(R.RATE_LIMITED, "gmail: 450 4.2.1 peak SMTP relay limit",
          contains=("peak smtp relay limit",), tier=P),
+    # "550 5.7.1 Email quota exceeded" is our quota when Google's submission
+    # or relay host says it; from the MX (gmail-smtp-in) it is the
+    # recipient's mailbox, which the generic "quota exceeded" words call full.
     Rule(R.SENDING_QUOTA, "gmail: 550 5.7.1 email quota exceeded (SMTP relay)",
-         contains=("email quota exceeded",), hosts=GMAIL),
-    # "421 4.7.0 IP not in whitelist for RCPT domain, closing connection",
+         contains=("email quota exceeded",), hosts=GMAIL_SUBMISSION),
     # "550 5.7.1 Invalid credentials for relay": the SMTP relay service is
     # not set up for this sender.
     Rule(R.RELAY_DENIED, "gmail: SMTP relay not set up for this sender",
-         contains=("not in whitelist for rcpt domain", "invalid credentials for relay"),
-         tier=P),
+         contains=("invalid credentials for relay",), tier=P),
+    # "421 4.7.0 IP not in whitelist for RCPT domain, closing connection": the
+    # recipient domain accepts mail only from the IPs it lists ("check if
+    # your IP address is allowed to send emails to the receiver"): its policy.
+    Rule(R.POLICY_REJECTED, "gmail: IP not in the recipient domain's allowlist",
+         contains=("not in whitelist for rcpt domain",), tier=P),
     # "550 5.7.1 The IP you're using to send mail is not authorized to send
     # email directly to our servers. Please use the SMTP relay at your
     # service provider instead."
