@@ -223,6 +223,9 @@ _SERVER_TROUBLE_WORDS = (
     # Exchange Online"): "451 4.4.24/25/28 Message failed to be replicated: ...", "432 4.7.700 PFA
     # agent busy, please try again.".
     "failed to be replicated", "healthy secondary", "agent busy",
+    # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "458 Unable to fork
+    # process", "458 Internal failure", "435 Internal error" (amavisd-new: "can't fork").
+    "unable to fork", "can't fork", "cannot fork", "internal failure", "internal error",
     # The server's own DNS look-up timed out or failed: Haraka "450 DNS
     # timeout resolving your HELO hostname" (haraka-plugin-helo.checks),
     # "450 Temp. resolver error (ETIMEOUT)" (haraka-plugin-mail_from.
@@ -260,6 +263,9 @@ _ADDRESS_FORM_WORDS = (
     # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com;
     # texts as collected in sisimai's Rhost/Mimecast.pm): "501 Invalid address" (at RCPT).
     "invalid address",
+    # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "550 Restricted characters
+    # in address".
+    "restricted characters",
 )
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
@@ -329,6 +335,12 @@ _TEXT = (
                    # From: header, are not accepted.", "... a Unicode character in a disallowed
                    # header.".
                    "from: header", "disallowed header", "message-id: header",
+                   # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "552 A
+                   # message header line is too long", "552 Message header is ridiculously long",
+                   # "552 Message header not CRLF terminated", "550 maximum allowed line length is
+                   # 998 octets", "550 header syntax".
+                   "header line", "ridiculously long", "crlf terminated", "line length",
+                   "header syntax",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -713,6 +725,9 @@ _TEXT = (
                    # github.com/chrisboulton/spamdyke).
                    "negotiate tls", "tls negotiation", "tls handshake", "ssl handshake",
                    "handshake failed", "handshake failure",
+                   # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "451 Error
+                   # while reading input data".
+                   "reading input",
                    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
                    # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
                    # "451 Message ended early".
@@ -724,6 +739,12 @@ _TEXT = (
     # its class decides, unless the text itself says to come back later.
     Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",
          contains=_LATER_WORDS, codes=_PERMANENT),
+    # RFC 5321 §3.1: a 554 *greeting* is "no SMTP service here" for this
+    # client, whatever words say the service is unavailable: Exim "554 SMTP
+    # service not available" (smtp_in.c, host_reject_connection).
+    Rule(R.BLOCKLISTED, "554 greeting that says the service is unavailable (RFC 5321 §3.1)",
+         contains=("service not available", "service unavailable", "not available"),
+         codes=(554,), stages=(Stage.CONNECT,)),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
          contains=_BUSY_WORDS, codes=_ANY_5XX, transient=False),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
@@ -789,6 +810,13 @@ _TEXT = (
                    # protocol." (an early talker), "554 Refused. You must specify
                    # at least one valid recipient." (spamdyke.h, github.com/chrisboulton/spamdyke).
                    "not following the smtp", "smtp protocol violation",
+                   # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "501 NUL
+                   # characters are not allowed in SMTP commands", "533 no support for
+                   # internationalised mailbox name", "553 Initial data not expected", "501
+                   # Unexpected argument data".
+                   "in smtp commands", "nul character", "internationalised mailbox",
+                   "internationalized mailbox", "smtputf8", "initial data not expected",
+                   "unexpected argument",
                    "at least one valid recipient",
                    # postscreen "521 5.7.0 Error: I can break rules, too.
                    # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
