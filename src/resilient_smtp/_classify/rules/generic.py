@@ -550,7 +550,12 @@ _TEXT = (
                    # qmail (vpopmail): "451 qq trouble in home directory" is what
                    # a recipient over its quota gets (a hosting provider's list of
                    # common replies, support.onesystems.ch).
-                   "trouble in home directory")),
+                   "trouble in home directory",
+                   # web.de, in the typical bounces that sitepackage.de lists (web.de, Lycos and
+                   # others): "550 ... User has exhausted allowed storage space.", "550 ... User
+                   # has too many messages on the server.".
+                   "storage space", "exhausted allowed", "messages on the server",
+                   "messages in the mailbox", "messages in mailbox")),
     # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
     # recipient *rate*, not a per-transaction limit.
     Rule(R.RATE_LIMITED, "text: too many recipients from this client",
@@ -763,7 +768,10 @@ _TEXT = (
                    "recipient verification failed", "recipient verify failed",
                    # Lotus Domino: "User <x> not listed in Domino Directory",
                    # "User not listed in public Name & Address Book".
-                   "not listed in domino directory", "not listed in public name")),
+                   "not listed in domino directory", "not listed in public name",
+                   # the typical bounces that sitepackage.de lists (web.de, Lycos and others): "550
+                   # Unknown local part <x> in <x@web.de>", "550 Recipient verification problem".
+                   "unknown local part", "unknown local-part", "recipient verification")),
     # RFC 5321 §4.2.2: "553 Requested action not taken: mailbox name not
     # allowed" is about the address it answers: the recipient at RCPT, the
     # sender at MAIL.
@@ -789,7 +797,11 @@ _TEXT = (
                    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
                    # SMTP errors in Exchange Online"): "550 5.7.505 Access denied, banned
                    # recipient".
-                   "banned recipient")),
+                   "banned recipient",
+                   # Lycos, in the typical bounces that sitepackage.de lists (web.de, Lycos and
+                   # others): "550 <x>: Recipient address rejected: Account Closed".
+                   "account closed", "account has been closed", "account is closed",
+                   "mailbox closed")),
     # After the recipient and mailbox words: a bounce that folds "550 Unknown
     # user <x> 503 Bad sequence of commands" is about the user; the 503
     # only followed the refusal.
