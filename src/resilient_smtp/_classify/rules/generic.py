@@ -77,7 +77,6 @@ _STATUS = (
     Rule(R.POLICY_REJECTED, "5.3.2 system not accepting network messages", status="5.3.2"),
     Rule(R.MESSAGE_TOO_LARGE, "x.3.4 message too big for system", status="x.3.4"),
     Rule(R.DOMAIN_UNKNOWN, "5.4.4 unable to route", status="5.4.4"),
-    Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5"),
     Rule(R.EXPIRED, "x.4.7 delivery time expired", status="x.4.7"),
     # OpenSMTPD answers its per-session message limit (max-mails) with
     # "452 4.5.3 Too many recipients: Too many messages sent" (smtp_session.c:
@@ -253,6 +252,13 @@ _SERVER_TROUBLE_WEAK = (
     # texts as collected in sisimai's Rhost/Mimecast.pm): "451 Unable to process command", "451
     # Unable to process an email at this time", "451 Account service is temporarily unavailable".
     "unable to process",
+    # The server's own look-ups or stores, in other words than the strong
+    # list's: "unable to resolve ... at this time", "DNS resolution
+    # temporarily failed", "could not connect to database" (the same class as
+    # Exim's "451 Cannot resolve <x> at this time" and Coremail's "450
+    # database temporary error.").
+    "unable to resolve", "could not resolve", "can't resolve", "dns resolution",
+    "temporarily failed", "database",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 # An address refused for its form, which names the address it answers.
@@ -282,7 +288,7 @@ _TEXT = (
                    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
                    # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
                    # "550 Journal messages past the expiration".
-                   "past the expiration", "past expiration")),
+                   "past the expiration", "past expiration", "queued too long")),
     # A header that appears twice is the message builder's fault, even when
     # the header is DKIM-Signature (Amazon SES: "554 Transaction failed:
     # Duplicate header 'X'").
@@ -639,6 +645,7 @@ _TEXT = (
                    # allowed to send more e-mails within 24 hours" (a Korean
                    # portal, puffinknight.tistory.com/102): a 5xx that lifts.
                    "too many e-mails", "too many emails", "too many mails",
+                   "too quickly",
                    # Exchange's receive connector: "421 4.4.2 Message submission
                    # rate for this client has exceeded the configured limit".
                    "submission rate",
@@ -896,6 +903,9 @@ _FALLBACK = (
     # (ratecontrol), and those texts say more than the status.
     Rule(R.SERVER_BUSY, "4.3.2 system not accepting network messages", status="4.3.2",
          tier=Tier.FALLBACK),
+    # RFC 3463 x.4.5 "mail system congestion": a fallback too, so "421 4.4.5
+    # Too many connections per minute" is the rate it says it is.
+    Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5", tier=Tier.FALLBACK),
     # RFC 5321 §3.8, §4.2.2: 421 "Service not available, closing
     # transmission channel" with no telling text.
     Rule(R.SERVER_BUSY, "421 service not available", codes=(421,), tier=Tier.FALLBACK),
