@@ -75,6 +75,10 @@ _STATUS = (
     Rule(R.MESSAGE_TOO_LARGE, "x.2.3 message length exceeds limit", status="x.2.3"),
     Rule(R.SERVER_BUSY, "x.3.1 mail system full", status="x.3.1"),
     Rule(R.POLICY_REJECTED, "5.3.2 system not accepting network messages", status="5.3.2"),
+    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c): x.3.3 "System
+    # not capable of selected features" (a feature the message asked for, such as 8BITMIME or
+    # BINARYMIME).
+    Rule(R.PROTOCOL_ERROR, "x.3.3 system not capable of selected features", status="x.3.3"),
     Rule(R.MESSAGE_TOO_LARGE, "x.3.4 message too big for system", status="x.3.4"),
     Rule(R.DOMAIN_UNKNOWN, "5.4.4 unable to route", status="5.4.4"),
     Rule(R.EXPIRED, "x.4.7 delivery time expired", status="x.4.7"),
@@ -164,6 +168,8 @@ _BUSY_WORDS = (
     "local error in processing", "temporarily unavailable", "maintenance",
     "overloaded", "high load", "system load", "resources temporarily",
     "try again later", "try later", "internal error", "server error",
+    # Daum "421 4.4.1 CHIC <ip>: Network is busy." (puffinknight.tistory.com/102).
+    "is busy",
 )
 # A 4xx that names trouble on the server's own side: a failed look-up, a
 # full or unwritable spool, a configuration error, load.  These are not
@@ -259,6 +265,9 @@ _SERVER_TROUBLE_WEAK = (
     # database temporary error.").
     "unable to resolve", "could not resolve", "can't resolve", "dns resolution",
     "temporarily failed", "database",
+    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c): x.4.3
+    # "Directory server failure".
+    "directory server", "directory failure", "ldap",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
 # An address refused for its form, which names the address it answers.
@@ -269,6 +278,9 @@ _ADDRESS_FORM_WORDS = (
     # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com;
     # texts as collected in sisimai's Rhost/Mimecast.pm): "501 Invalid address" (at RCPT).
     "invalid address",
+    # OpenSMTPD "501 5.1.0 Recipient address syntax error", "553 5.1.0 Sender
+    # address syntax error" (smtp_session.c).
+    "address syntax",
     # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "550 Restricted characters
     # in address".
     "restricted characters",
@@ -347,6 +359,9 @@ _TEXT = (
                    # 998 octets", "550 header syntax".
                    "header line", "ridiculously long", "crlf terminated", "line length",
                    "header syntax",
+                   # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c):
+                   # "554 5.7.7 Message integrity failure".
+                   "integrity failure", "message integrity",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -450,6 +465,9 @@ _TEXT = (
                    # version 1.2 or greater", "553 This route requires high-strength ciphers", "554
                    # Configuration is invalid for this certificate".
                    "requires encryption", "tls version", "strength ciphers",
+                   # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c):
+                   # "554 5.7.4 Security features not supported".
+                   "security features not supported",
                    "for this certificate", "certificate is invalid", "certificate expired",
                    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
                    # SMTP errors in Exchange Online"): "451 4.7.324 dnssec-invalid: ...", "550
@@ -903,6 +921,13 @@ _FALLBACK = (
     # (ratecontrol), and those texts say more than the status.
     Rule(R.SERVER_BUSY, "4.3.2 system not accepting network messages", status="4.3.2",
          tier=Tier.FALLBACK),
+    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c): x.4.1 "No
+    # answer from host", x.4.2 "Bad connection", x.4.3 "Directory server failure": fallbacks, so a
+    # text that names its cause ("421 4.4.2 Message submission rate ...") wins, and before the bare
+    # 421.
+    Rule(R.CONNECTION_ERROR, "x.4.1 no answer from host", status="x.4.1", tier=Tier.FALLBACK),
+    Rule(R.CONNECTION_ERROR, "x.4.2 bad connection", status="x.4.2", tier=Tier.FALLBACK),
+    Rule(R.SERVER_BUSY, "x.4.3 directory server failure", status="x.4.3", tier=Tier.FALLBACK),
     # RFC 3463 x.4.5 "mail system congestion": a fallback too, so "421 4.4.5
     # Too many connections per minute" is the rate it says it is.
     Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5", tier=Tier.FALLBACK),
