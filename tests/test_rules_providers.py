@@ -941,6 +941,13 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, True),
     ("550 5.3.190 Journaling on-premises messages is not supported",
      "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.POLICY_REJECTED, False),
+    # AT&T and Barracuda, in wordings of no corpus row.
+    ("421 failure in DNS look-up for 192.0.2.7", "ff-ip4-mx-vip2.prodigy.net", Stage.CONNECT,
+     R.AUTH_POLICY, True),
+    ("550 unauthorized interface for [192.0.2.7]", "mx2.bellsouth.net", Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("554 rejecting spoofed message from a known brand", "d456.ess.barracudanetworks.com",
+     Stage.END_OF_DATA, R.SPAM_CONTENT, False),
     # Mimecast documents "The incorrect hostname used for inbounds" as a 451
     # and as a 550 (the corpus holds the 451).
     ("550 The incorrect hostname used for inbounds", "eu-smtp-inbound-2.mimecast.com",

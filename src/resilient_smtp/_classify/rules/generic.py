@@ -70,6 +70,13 @@ _STATUS = (
     Rule(R.SENDER_REJECTED, "x.1.8 bad sender system address", status="x.1.8"),
     Rule(R.DOMAIN_UNKNOWN, "x.1.10 recipient domain has a null MX (RFC 7505)",
          status="x.1.10"),
+    # A 5.2.1 that says the address is unknown: AT&T "550 5.2.1 <x>...
+    # Addressee unknown", "... blank mailhost - invalid address"
+    # (smtp.codes/550).
+    Rule(R.RECIPIENT_UNKNOWN, "5.2.1 that says the address is unknown", status="5.2.1",
+         contains=("addressee unknown", "user unknown", "unknown user", "invalid address",
+                   "no such user", "does not exist", "not found"),
+         tier=Tier.STATUS),
     Rule(R.MAILBOX_DISABLED, "5.2.1 mailbox disabled", status="5.2.1"),
     Rule(R.MAILBOX_FULL, "x.2.2 mailbox full", status="x.2.2"),
     Rule(R.MESSAGE_TOO_LARGE, "x.2.3 message length exceeds limit", status="x.2.3"),
@@ -157,6 +164,10 @@ _SPAM_WORDS = (
     # hosting service provider." (a content scan).
     "anti-spam engine", "antispam engine", "same size mails", "too many same",
     "too many similar", "false positive",
+    # Symantec Email Security.cloud's list of recipient-side rejections (knowledge.broadcom.com,
+    # articles 162445 and 169925): "552 MS-Office file containing VBA macros found inside of the
+    # email".
+    "vba macro", "macros found",
 )
 _LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
 _BUSY_WORDS = (
@@ -362,6 +373,10 @@ _TEXT = (
                    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c):
                    # "554 5.7.7 Message integrity failure".
                    "integrity failure", "message integrity",
+                   # Symantec Email Security.cloud's list of recipient-side rejections
+                   # (knowledge.broadcom.com, articles 162445 and 169925): "554 Rejected due to
+                   # banned content" (amavisd-new's BANNED: a forbidden file name or type).
+                   "banned content", "banned attachment", "banned file",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -381,7 +396,11 @@ _TEXT = (
                    # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
                    # "550 Envelope rejected - Block policy for envelope from address", "550
                    # Rejected by header-based Manually Blocked Senders - block for manual block".
-                   "block policy", "manually blocked", "managed senders")),
+                   "block policy", "manually blocked", "managed senders",
+                   # Symantec Email Security.cloud's list of recipient-side rejections
+                   # (knowledge.broadcom.com, articles 162445 and 169925): "551 Sender is on
+                   # domain's blacklist".
+                   "domain's blacklist", "domain's block list", "domain's blocklist")),
     # An account switched off as a whole: its inbound mail is the recipient
     # organisation's setting, its outbound mail ours.  Mimecast "451 Account
     # inbounds disabled", "451 Account outbounds disabled" (Mimecast, "Email Security Cloud
@@ -430,6 +449,8 @@ _TEXT = (
                    # deny." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
                    "black ip", "black mail address", "black address", "black sender",
                    "black domain", "blacked",
+                   # AT&T "550 Error. Blocked for abuse" (att.net, "Mailblock").
+                   "blocked for abuse", "blocked due to abuse",
                    # spamdyke "554 Refused. Your domain name is listed in the
                    # RHSBL at <zone>" (spamdyke.h, github.com/chrisboulton/spamdyke).
                    "rhsbl", "uribl", "surbl")),
@@ -439,6 +460,12 @@ _TEXT = (
          contains=("blocked",),
          regex=r"\bip(?: address)?\b[\s\[\]\d.:a-f()]{0,45}\b(?:is|was|has been) "
                r"(?:temporarily )?blocked"),
+    # The same with the address alone: AT&T "521 <192.0.2.1> is blocked", "550
+    # <192.0.2.1> blocked by ldap:ou=rblmx,dc=bellsouth,dc=net" (att.net).
+    Rule(R.BLOCKLISTED, "text: an IP address literal that is blocked",
+         contains=("blocked",),
+         regex=r"\b\d{1,3}(?:\.\d{1,3}){3}\b[\]>)]*\s+(?:is\s+|was\s+|has\s+been\s+)?"
+               r"(?:temporarily\s+)?blocked\b"),
     Rule(R.BLOCKLISTED, "text: an RBL", regex=r"\brbl\b"),
     # A reputation *rejection* (5xx) is a block; a 4xx is a deferral
     # (KumoMTA's shaping rules suspend on "temporarily rate limited due to
@@ -579,7 +606,10 @@ _TEXT = (
                    # others): "550 ... User has exhausted allowed storage space.", "550 ... User
                    # has too many messages on the server.".
                    "storage space", "exhausted allowed", "messages on the server",
-                   "messages in the mailbox", "messages in mailbox")),
+                   "messages in the mailbox", "messages in mailbox",
+                   # Yandex's list of other servers' texts: "552 Account is full",
+                   # "Error writing message: Disk quota exceeded".
+                   "account is full", "inbox is full", "box is full")),
     # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
     # recipient *rate*, not a per-transaction limit.
     Rule(R.RATE_LIMITED, "text: too many recipients from this client",
@@ -670,7 +700,10 @@ _TEXT = (
                    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
                    # SMTP errors in Exchange Online"): "550 5.7.508 Access denied, [ip] has
                    # exceeded permitted limits within /64 range" (a volume from an IPv6 range).
-                   "exceeded permitted limits", "permitted limits within")),
+                   "exceeded permitted limits", "permitted limits within",
+                   # Rackspace "450 4.2.1 <x>: Mailbox received too much email in a
+                   # short period of time (G30)" (smtp.codes/rackspace).
+                   "too much email", "short period of time")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -722,7 +755,9 @@ _TEXT = (
                    # nonexistent domain" (also inside "451 4.4.0 DNS query
                    # failed. The error was: ...", where the 4xx keeps it
                    # transient).
-                   "nonexistent domain", "non-existent domain", "nonexistentdomain")),
+                   "nonexistent domain", "non-existent domain", "nonexistentdomain",
+                   # Yandex's list: "550 Host or domain name not found".
+                   "domain name not found", "host or domain name")),
     # A looping message is a routing failure (RFC 3463 x.4.6 "routing loop
     # detected"): Postfix "554 5.4.0 Error: too many hops" (cleanup_strerror.c),
     # Exchange "554 5.4.14 Hop count exceeded - possible mail loop", Haraka
@@ -826,7 +861,9 @@ _TEXT = (
                    # Lycos, in the typical bounces that sitepackage.de lists (web.de, Lycos and
                    # others): "550 <x>: Recipient address rejected: Account Closed".
                    "account closed", "account has been closed", "account is closed",
-                   "mailbox closed")),
+                   "mailbox closed",
+                   # AT&T "550 [suspend] Mailbox currently suspended" (att.net).
+                   "mailbox currently suspended", "mailbox suspended", "mailbox is suspended")),
     # After the recipient and mailbox words: a bounce that folds "550 Unknown
     # user <x> 503 Bad sequence of commands" is about the user; the 503
     # only followed the refusal.

@@ -60,7 +60,10 @@ _TEMPERROR = (
     # (haraka-plugin-spf/index.js); the same shape for DKIM/DMARC.
     Rule(R.SERVER_BUSY, "text: an SPF/DKIM/DMARC temporary error (4xx), not a verdict",
          contains=("spf", "dkim", "dmarc"),
-         regex=r"\b(?:spf|dkim|dmarc)\b.{0,30}\btemp(?:orary|\.)? ?(?:error|failure)\b",
+         regex=r"\b(?:spf|dkim|dmarc)\b.{0,30}\btemp(?:orary|\.)? ?(?:error|failure)\b"
+               # Rackspace "450 4.4.0 <x> Temporary DMARC DNS lookup failure (G1E)"
+               # (smtp.codes/rackspace).
+               r"|\btemp(?:orary|\.)? (?:spf|dkim|dmarc)\b",
          codes=(421, 450, 451, 452, 454), tier=P),
 )
 
@@ -548,6 +551,28 @@ _QQ = (
 
 # Others from KumoMTA's community shaping rules (assets/community/shaping.toml
 # in https://github.com/KumoCorp/kumomta), Orange's OFRxxx_xxx codes among them.
+# AT&T / BellSouth (worldnet.att.net/general-info/bls_info/block_enduser.html;
+# smtp.codes/550): "421 failure in DNS look-up." and "550 [permfail] <d>
+# requires valid sender domain" / "550 5.7.1 Connections not accepted from
+# servers without a valid sender domain. ## Fix reverse DNS for <ip>" ask for
+# the sending IP's reverse DNS; "550 unauthorized interface for <ip>" is an
+# IP that is no valid source of mail (a block).
+ATT = (".att.net", ".bellsouth.net", ".prodigy.net", ".sbcglobal.net")
+_ATT = (
+    Rule(R.AUTH_POLICY, "at&t: the sending host's DNS (reverse DNS, sender domain)",
+         contains=("failure in dns look-up", "valid sender domain"), hosts=ATT),
+    Rule(R.BLOCKLISTED, "at&t: unauthorized interface", contains=("unauthorized interface",),
+         hosts=ATT),
+)
+
+# Barracuda: "550 rejecting spoofed message" is its brand-impersonation
+# (phishing) filter, not an SPF/DKIM verdict (smtp.codes/550, Barracuda).
+BARRACUDA = (".barracudanetworks.com", ".barracuda.com")
+_BARRACUDA = (
+    Rule(R.SPAM_CONTENT, "barracuda: rejecting spoofed message (brand impersonation)",
+         contains=("rejecting spoofed message",), hosts=BARRACUDA),
+)
+
 _OTHERS = (
     Rule(R.TOO_MANY_CONNECTIONS, "orange: trop de connexions / OFR004_104",
          contains=("trop de connexions", "ofr004_104"), tier=P),
@@ -759,7 +784,7 @@ _GREETING = (
 PROVIDER_RULES: tuple[Rule, ...] = (
     *_TEMPERROR, *_GMAIL, *_MICROSOFT, *_YAHOO, *_AOL, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN,
     *_ZOHO, *_GMX,
-    *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
+    *_COMCAST, *_QQ, *_ATT, *_BARRACUDA, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
     *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_HARVEST, *_MTA,
     *_GREETING,
 )
