@@ -941,6 +941,12 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, True),
     ("550 5.3.190 Journaling on-premises messages is not supported",
      "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.POLICY_REJECTED, False),
+    # iCloud, in wordings of no corpus row: a recipient receiving too fast, a
+    # Hide My Email address switched off.
+    ("421 4.7.1 Message to alice@icloud.com deferred due to excessive volume",
+     "mx02.mail.icloud.com", Stage.RCPT, R.RATE_LIMITED, True),
+    ("550 5.7.1 Relay not permitted for user alice@privaterelay.appleid.com",
+     "mx02.mail.icloud.com", Stage.RCPT, R.MAILBOX_DISABLED, False),
     # AT&T and Barracuda, in wordings of no corpus row.
     ("421 failure in DNS look-up for 192.0.2.7", "ff-ip4-mx-vip2.prodigy.net", Stage.CONNECT,
      R.AUTH_POLICY, True),

@@ -78,6 +78,11 @@ _STATUS = (
                    "no such user", "does not exist", "not found"),
          tier=Tier.STATUS),
     Rule(R.MAILBOX_DISABLED, "5.2.1 mailbox disabled", status="5.2.1"),
+    # A status its text contradicts: EveryCloud's gateway reason codes (support.everycloudtech.com,
+    # "Workspace reason codes") "550 5.2.2 explicit blocking of sender or recipient address" is a
+    # block, not a full mailbox.
+    Rule(R.POLICY_REJECTED, "x.2.2 whose text says the address is blocked", status="x.2.2",
+         contains=("blocking of", "explicit block"), tier=Tier.STATUS),
     Rule(R.MAILBOX_FULL, "x.2.2 mailbox full", status="x.2.2"),
     Rule(R.MESSAGE_TOO_LARGE, "x.2.3 message length exceeds limit", status="x.2.3"),
     Rule(R.SERVER_BUSY, "x.3.1 mail system full", status="x.3.1"),
@@ -94,6 +99,15 @@ _STATUS = (
     # "we can pretend we had too many recipients"): a new connection goes on.
     Rule(R.SESSION_LIMIT, "4.5.3 too many messages sent: a per-session limit (OpenSMTPD)",
          status="4.5.3", contains=("too many messages sent",), tier=Tier.STATUS),
+    # The same gateway reuses 5.5.3: "550 5.5.3 recipient address rejected:
+    # multi-recipient bounce" (a bounce to many, refused by policy, as
+    # Postfix's "Data command rejected: Multi-recipient bounce"), "554 5.5.3
+    # email rejected due to Content Filter Size Limit" (EveryCloud's gateway reason codes
+    # (support.everycloudtech.com, "Workspace reason codes")).
+    Rule(R.POLICY_REJECTED, "x.5.3 whose text says multi-recipient bounce", status="x.5.3",
+         contains=("multi-recipient bounce",), tier=Tier.STATUS),
+    Rule(R.MESSAGE_TOO_LARGE, "x.5.3 whose text says a size limit", status="x.5.3",
+         contains=("size limit", "too large", "message size"), tier=Tier.STATUS),
     Rule(R.TOO_MANY_RECIPIENTS, "x.5.3 too many recipients", status="x.5.3"),
     Rule(R.AUTH_CREDENTIALS, "x.7.8 authentication credentials invalid", status="x.7.8"),
     # RFC 4954 §6: x.7.9 answers AUTH.  Yahoo sends "550 5.7.9" for policy
@@ -377,6 +391,12 @@ _TEXT = (
                    # (knowledge.broadcom.com, articles 162445 and 169925): "554 Rejected due to
                    # banned content" (amavisd-new's BANNED: a forbidden file name or type).
                    "banned content", "banned attachment", "banned file",
+                   # EveryCloud's gateway reason codes (support.everycloudtech.com, "Workspace
+                   # reason codes"): "554 5.5.7 email rejected due to content of attachment";
+                   # Iridis mailRelay "550 MSG-EXT: Blacklisted high risk file extension detected"
+                   # (portal.iridis.uk, article 254).
+                   "content of attachment", "file extension", "attachment type",
+                   "attachment extension", "forbidden attachment",
                    "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
@@ -583,7 +603,11 @@ _TEXT = (
                r"refused|prohibited|rejected|disabled)"),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
-         contains=("daily message quota", "sending quota", "sending limit exceeded",
+         # Our own relay's hourly or daily allowance (Iridis mailRelay "451
+         # HST-RTE: Hourly send rate exceeded, retry later"): a quota of the
+         # account, not a receiver's rate limit on our IP.
+         contains=("hourly send", "daily send", "hourly sending",
+                   "daily message quota", "sending quota", "sending limit exceeded",
                    "daily sending limit", "credits exceeded", "daily limit",
                    "message quota exceeded", "relay limit exceeded", "quota for sending")),
     # RFC 821's text for 552 was "exceeded storage allocation", and RFC 821
@@ -736,7 +760,9 @@ _TEXT = (
     # (MX)." (spamdyke.h, github.com/chrisboulton/spamdyke).
     Rule(R.SENDER_REJECTED, "text: the sender's domain",
          contains=("domain of your sender", "domain of the sender", "domain of sender",
-                   "sender's domain", "your sender domain", "your sender address")),
+                   "sender's domain", "your sender domain", "your sender address",
+                   # Iridis mailRelay "550 SND-VFY: Sender domain does not exist".
+                   "sender domain")),
     # Before the network words: "550 Host unknown (Authoritative answer from
     # name server)" (Sendmail) is about the domain, not the network.
     Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
@@ -766,11 +792,15 @@ _TEXT = (
     # Coremail "552 looping message." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
     Rule(R.CONNECTION_ERROR, "text: mail loop (5xx)",
          contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
-                   "too many received headers", "looping", "loop detected"),
+                   "too many received headers", "looping", "loop detected",
+                   "loop detection"),
          codes=_ANY_5XX, transient=False),
     Rule(R.CONNECTION_ERROR, "text: mail loop",
          contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
-                   "too many received headers", "looping", "loop detected")),
+                   "too many received headers", "looping", "loop detected",
+                   # EveryCloud's gateway reason codes (support.everycloudtech.com, "Workspace
+                   # reason codes"): "554 5.5.6 loop detection".
+                   "loop detection")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -904,6 +934,9 @@ _TEXT = (
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
                    "sender is not", "from address", "envelope sender", "sender denied",
                    "unverified sender", "sender identity",
+                   # Iridis mailRelay "550 MSG-DOM: Envelope-From (<x>) does not use
+                   # a domain authorised for relay".
+                   "envelope-from", "envelope from",
                    # Coremail "552 mail from invalid.", "553 host denies the
                    # sender.", "554 sender is unvalidated."
                    # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).

@@ -416,6 +416,15 @@ _APPLE = (
     # "421 ... [HCM1] ... deferred" (KumoMTA suspends 15 minutes)
     Rule(R.REPUTATION_DEFERRAL, "icloud: [HCMx]/[HMxx] deferred",
          regex=r"\[hc?m\d+\]", tier=P),
+    # "421 4.7.1 Messages to <x> deferred due to excessive volume. Try again
+    # later" is the recipient receiving too fast (smtp.codes/icloud); "550
+    # 5.7.1 Relay not permitted for user." is a Hide My Email address its
+    # owner switched off (tamingdns.com/bounce-decoder/apple): the address
+    # no longer takes mail, whatever "relay" says.
+    Rule(R.RATE_LIMITED, "icloud: deferred due to excessive volume",
+         contains=("excessive volume",), hosts=APPLE),
+    Rule(R.MAILBOX_DISABLED, "icloud: Hide My Email address switched off",
+         contains=("relay not permitted for user",), hosts=APPLE),
     Rule(R.SERVER_BUSY, "icloud: service unavailable, try again later",
          contains=("service unavailable", "try again later"), hosts=APPLE),
 )
