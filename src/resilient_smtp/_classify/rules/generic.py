@@ -428,12 +428,12 @@ _TEXT = (
     # Rhost/Mimecast.pm)); Mail.ru "550 message sending for this account is disabled"
     # (mailout.ru/2015/09).
     Rule(R.POLICY_REJECTED, "text: the account's inbound mail is disabled",
-         contains=("inbound",), regex=r"\binbounds? (?:mail )?(?:is |are )?disabled"),
+         contains=("disabled",), regex=r"\binbounds? (?:mail )?(?:is |are )?disabled"),
     Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled (4xx)",
-         contains=("outbound", "sending", "outgoing"), codes=_TEMP_CODES, transient=True,
+         contains=("disabled",), codes=_TEMP_CODES, transient=True,
          regex=r"\b(?:outbounds?|outgoing mail|sending)\b.{0,30}\b(?:is |are )?disabled"),
     Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled",
-         contains=("outbound", "sending", "outgoing"),
+         contains=("disabled",),
          regex=r"\b(?:outbounds?|outgoing mail|sending)\b.{0,30}\b(?:is |are )?disabled"),
     # A bounce (null sender) refused as such is the receiver's policy, not a
     # verdict on our authentication: Haraka's bounce plugin "550 Bounces not
