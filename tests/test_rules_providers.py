@@ -941,6 +941,9 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, True),
     ("550 5.3.190 Journaling on-premises messages is not supported",
      "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.POLICY_REJECTED, False),
+    # Proofpoint's block list, in the words its customers see.
+    ("554 5.7.0 Local Policy Violation - see your postmaster", "mx0b-00123401.pphosted.com",
+     Stage.CONNECT, R.BLOCKLISTED, False),
     # iCloud, in wordings of no corpus row: a recipient receiving too fast, a
     # Hide My Email address switched off.
     ("421 4.7.1 Message to alice@icloud.com deferred due to excessive volume",

@@ -309,6 +309,9 @@ _ADDRESS_FORM_WORDS = (
     # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "550 Restricted characters
     # in address".
     "restricted characters",
+    # smtpf (Barricade MX), "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html): "550 5.7.1
+    # special case of at-sign in local-part denied #133".
+    "at-sign in local-part",
 )
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
@@ -449,6 +452,12 @@ _TEXT = (
     Rule(R.BLOCKLISTED, "text: the client was found to be an open relay",
          contains=("openrelay check", "open relay check", "is an open relay",
                    "as an open relay", "open relay detected")),
+    # A *recipient* on a block list is the receiving site's own rule, not a
+    # DNS list: smtpf (Barricade MX), "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html) "550
+    # 5.7.1 recipient <x> black listed #139".
+    Rule(R.POLICY_REJECTED, "text: a recipient on the site's block list",
+         contains=("black listed", "blacklisted", "blocklisted", "block listed"),
+         regex=r"\brecipient\b.{0,80}\b(?:black|block) ?listed"),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
@@ -594,7 +603,11 @@ _TEXT = (
                    "relaying is not allowed", "relay is not allowed",
                    # spamdyke "554 Refused. Authentication is required to send
                    # mail." (spamdyke.h, github.com/chrisboulton/spamdyke).
-                   "authentication is required")),
+                   "authentication is required",
+                   # smtpf (Barricade MX), "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html):
+                   # "550 5.7.1 UUCP addressing denied #132" (source-routed and bang paths are
+                   # relaying).
+                   "uucp addressing", "source route", "percent hack")),
     # The same refusal in other words: spamdyke "554 Refused. Sending to
     # remote addresses (relaying) is not allowed." (spamdyke.h, github.com/chrisboulton/spamdyke).
     Rule(R.RELAY_DENIED, "text: relaying (is) not allowed / denied",
@@ -744,6 +757,15 @@ _TEXT = (
     # verify failed", acl.c): it is about our sender, whatever it quotes.
     Rule(R.SENDER_REJECTED, "text: sender verification failed",
          contains=("sender verify failed", "sender verification failed")),
+    # A name under an unknown or reserved top-level domain: the connecting
+    # host's (its HELO or reverse DNS) before MAIL, the sender's at MAIL; smtpf (Barricade MX),
+    # "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html): "550 5.7.1 host <h> [<ip>] from unknown
+    # TLD #122", "... from RFC2606 reserved domain #121", "550 5.7.1 sender <x> from unknown TLD
+    # #129".
+    Rule(R.AUTH_POLICY, "text: the client's name is under an unknown or reserved TLD",
+         contains=("unknown tld", "reserved domain"), stages=(Stage.CONNECT, Stage.EHLO)),
+    Rule(R.SENDER_REJECTED, "text: the sender's domain is under an unknown or reserved TLD",
+         contains=("unknown tld", "reserved domain"), stages=(Stage.MAIL,)),
     # A domain name that a HELO/EHLO reply complains of is the greeting's
     # argument, not a destination: Exchange "501 5.5.4 Invalid domain name",
     # "501 5.0.0 HELO / EHLO requires domain address" (Exchange Online NDR list

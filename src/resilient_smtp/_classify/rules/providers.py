@@ -650,6 +650,11 @@ _MIMECAST = (
 _GATEWAYS = (
     Rule(R.BLOCKLISTED, "proofpoint: blocked, see ipcheck.proofpoint.com",
          contains=("ipcheck.proofpoint.com", "proofpoint.com/dnsbl-lookup"), tier=P),
+    # Proofpoint answers a client on its real-time block list with "550 5.7.0
+    # Local Policy Violation" (a Proofpoint customer's documentation,
+    # hunter.cuny.edu, "Spam Interception").
+    Rule(R.BLOCKLISTED, "proofpoint: 5.7.0 local policy violation (its block list)",
+         contains=("local policy violation",), hosts=(".pphosted.com", ".ppe-hosted.com")),
     Rule(R.RELAY_DENIED, "trend micro: domain of forward path is not allowed",
          contains=("domain of forward path is not allowed",), tier=P),
 )
