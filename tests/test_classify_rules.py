@@ -178,6 +178,43 @@ R = Reason
         ("541 Service unavailable, closing channel", Stage.CONNECT, R.SERVER_BUSY),
         ("521 mx.b.example does not accept mail", Stage.CONNECT, R.DOMAIN_UNKNOWN),
         ("521 5.5.1 Protocol error", Stage.CONNECT, R.PROTOCOL_ERROR),
+        # Issue 18, third pass: the classes widened from the blind batches,
+        # each in a wording of no corpus row.
+        # A congestion status does not outrank a text that names a rate.
+        ("421 4.4.5 Too many connections per minute", Stage.CONNECT, R.RATE_LIMITED),
+        ("451 4.7.1 You are sending too quickly", Stage.RCPT, R.RATE_LIMITED),
+        # The server's own look-ups, stores, replicas and scanners.
+        ("451 4.4.3 Unable to resolve your domain at this time", Stage.MAIL, R.SERVER_BUSY),
+        ("451 4.4.0 DNS resolution temporarily failed", Stage.RCPT, R.SERVER_BUSY),
+        ("450 4.4.0 Resolver error looking up the sender domain", Stage.MAIL, R.SERVER_BUSY),
+        ("451 Could not connect to database", Stage.RCPT, R.SERVER_BUSY),
+        ("451 4.3.0 Message failed to be replicated to a second server", Stage.END_OF_DATA,
+         R.SERVER_BUSY),
+        ("450 4.7.1 Virus scanner timeout, try later", Stage.END_OF_DATA, R.SERVER_BUSY),
+        ("451 SPF temporary error for example.org", Stage.MAIL, R.SERVER_BUSY),
+        # HELO checks are the sender's identity; bounces refused are a policy.
+        ("550 HELO hostname is not a FQDN", Stage.RCPT, R.AUTH_POLICY),
+        ("550 Bounce messages are not accepted: invalid bounce", Stage.RCPT,
+         R.POLICY_REJECTED),
+        ("550 Rejected by the recipient block policy", Stage.RCPT, R.POLICY_REJECTED),
+        # Relaying refused in other words; an open relay *check* is a block.
+        ("553 Relaying is not allowed for this client", Stage.RCPT, R.RELAY_DENIED),
+        ("550 Open relay not allowed through this gateway", Stage.RCPT, R.RELAY_DENIED),
+        ("554 Refused. Your domain is listed in the URIBL", Stage.MAIL, R.BLOCKLISTED),
+        ("550 Your IP is on our black ip list", Stage.CONNECT, R.BLOCKLISTED),
+        ("554 SMTP service unavailable for you", Stage.CONNECT, R.BLOCKLISTED),
+        # The sender's domain and address, named as such.
+        ("421 The domain of the sender has no MX record", Stage.MAIL, R.SENDER_REJECTED),
+        ("501 Improper sender address: try supplying a domain", Stage.MAIL, R.SENDER_REJECTED),
+        # Accounts switched off: the recipient's, and ours for sending.
+        ("550 Mailbox is locked by the administrator", Stage.RCPT, R.MAILBOX_DISABLED),
+        ("550 Outgoing mail is disabled for this account", Stage.MAIL, R.AUTH_CREDENTIALS),
+        ("451 Outbound sending is disabled for your account", Stage.MAIL, R.AUTH_CREDENTIALS),
+        # Size, form, TLS, a session cut short.
+        ("552 Attachment too large for this server", Stage.END_OF_DATA, R.MESSAGE_TOO_LARGE),
+        ("550 Header line too long (max 998)", Stage.END_OF_DATA, R.CONTENT_REJECTED),
+        ("554 This route requires encryption", Stage.MAIL, R.TLS_REQUIRED),
+        ("451 Message ended prematurely", Stage.END_OF_DATA, R.CONNECTION_ERROR),
     ],
 )  # fmt: skip
 def test_generic_rules_by_class_of_reply(text: str, stage: Stage, reason: Reason) -> None:

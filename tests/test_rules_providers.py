@@ -182,11 +182,16 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         True,
     ),
     ("550 5.7.1 Email quota exceeded.", RELAY, Stage.MAIL, R.SENDING_QUOTA, True),
+    # From the MX the same words are the recipient's mailbox.
+    ("550 5.7.1 Email quota exceeded.", "gmail-smtp-in.l.google.com", Stage.RCPT,
+     R.MAILBOX_FULL, False),
+    # The recipient domain's IP allowlist: its policy ("check if your IP
+    # address is allowed to send emails to the receiver").
     (
         "421 4.7.0 IP not in whitelist for RCPT domain, closing connection.",
         RELAY,
         Stage.RCPT,
-        R.RELAY_DENIED,
+        R.POLICY_REJECTED,
         True,
     ),
     (
@@ -310,12 +315,14 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
         R.BLOCKLISTED,
         False,
     ),
+    # The recipient domain's own IP block list: its policy, as Mimecast's
+    # Blocked Senders are (not a public block list the sender could delist from).
     (
         "550 5.7.513 Service unavailable, Client host [192.0.2.1] blocked by example.com using "
         "Customer Block list (AS16012607)",
         OUTLOOK,
         Stage.RCPT,
-        R.BLOCKLISTED,
+        R.POLICY_REJECTED,
         False,
     ),
     (
@@ -924,6 +931,46 @@ EXAMPLES: list[tuple[str, str | None, Stage | None, Reason, bool]] = [
      R.BLOCKLISTED, False),
     ("450 4.7.1 <a@b.example>: Recipient address rejected: SPF temperror (DNS timeout)",
      "mx.b.example", Stage.RCPT, R.SERVER_BUSY, True),
+    # Exchange Online, in wordings of no corpus row: a quarantine under a 5.2.1
+    # status, STOREDRV faults under x.3 statuses, journaling.
+    ("554 5.2.1 Content Filter agent quarantined this message; see the quarantine",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SPAM_CONTENT, False),
+    ("554 5.3.0 STOREDRV.Deliver; unexpected store error",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, False),
+    ("451 4.3.0 STOREDRV.Deliver.Exception: store unavailable",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.SERVER_BUSY, True),
+    ("550 5.3.190 Journaling on-premises messages is not supported",
+     "example-com.mail.protection.outlook.com", Stage.END_OF_DATA, R.POLICY_REJECTED, False),
+    # Proofpoint's block list, in the words its customers see.
+    ("554 5.7.0 Local Policy Violation - see your postmaster", "mx0b-00123401.pphosted.com",
+     Stage.CONNECT, R.BLOCKLISTED, False),
+    # iCloud, in wordings of no corpus row: a recipient receiving too fast, a
+    # Hide My Email address switched off.
+    ("421 4.7.1 Message to alice@icloud.com deferred due to excessive volume",
+     "mx02.mail.icloud.com", Stage.RCPT, R.RATE_LIMITED, True),
+    ("550 5.7.1 Relay not permitted for user alice@privaterelay.appleid.com",
+     "mx02.mail.icloud.com", Stage.RCPT, R.MAILBOX_DISABLED, False),
+    # AT&T and Barracuda, in wordings of no corpus row.
+    ("421 failure in DNS look-up for 192.0.2.7", "ff-ip4-mx-vip2.prodigy.net", Stage.CONNECT,
+     R.AUTH_POLICY, True),
+    ("550 unauthorized interface for [192.0.2.7]", "mx2.bellsouth.net", Stage.CONNECT,
+     R.BLOCKLISTED, False),
+    ("554 rejecting spoofed message from a known brand", "d456.ess.barracudanetworks.com",
+     Stage.END_OF_DATA, R.SPAM_CONTENT, False),
+    # Mimecast documents "The incorrect hostname used for inbounds" as a 451
+    # and as a 550 (the corpus holds the 451).
+    ("550 The incorrect hostname used for inbounds", "eu-smtp-inbound-2.mimecast.com",
+     Stage.RCPT, R.CONNECTION_ERROR, False),
+    ("451 4.4.0 Incorrect hostname used for inbounds", "eu-smtp-inbound-2.mimecast.com",
+     Stage.RCPT, R.CONNECTION_ERROR, True),
+    # An SPF/DKIM/DMARC check that failed temporarily, in wordings of no
+    # corpus row (the shape of Haraka's "450 sender <x> SPF Temporary Error").
+    ("451 4.7.1 DKIM temporary failure, try again later", "mx.b.example", Stage.END_OF_DATA,
+     R.SERVER_BUSY, True),
+    ("450 DMARC: temp. error looking up policy", "mx.b.example", Stage.MAIL,
+     R.SERVER_BUSY, True),
+    ("550 5.7.1 SPF fail: temporary error is not the verdict here", "mx.b.example", Stage.MAIL,
+     R.AUTH_POLICY, False),
     # An AUP# code the rules do not know: a block in a 5xx.
     ("554 cox connection refused from [198.51.100.7]. AUP#CXNEW", "mx.east.cox.net",
      Stage.CONNECT, R.BLOCKLISTED, False),

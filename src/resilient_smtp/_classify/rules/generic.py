@@ -58,6 +58,11 @@ _STATUS = (
                    "discontinued"),
          tier=Tier.STATUS),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.1 bad destination mailbox", status="x.1.1"),
+    # Exchange "550 5.1.2 Invalid X.400 address" (Exchange Online NDR list (learn.microsoft.com,
+    # "Email non-delivery reports and SMTP errors in Exchange Online")) is the address, not its
+    # system.
+    Rule(R.RECIPIENT_UNKNOWN, "x.1.2 naming an invalid X.400 address", status="x.1.2",
+         contains=("x.400 address",), tier=Tier.STATUS),
     Rule(R.DOMAIN_UNKNOWN, "x.1.2 bad destination system", status="x.1.2"),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.3 bad destination mailbox syntax", status="x.1.3"),
     Rule(R.RECIPIENT_UNKNOWN, "x.1.6 mailbox has moved", status="x.1.6"),
@@ -65,20 +70,44 @@ _STATUS = (
     Rule(R.SENDER_REJECTED, "x.1.8 bad sender system address", status="x.1.8"),
     Rule(R.DOMAIN_UNKNOWN, "x.1.10 recipient domain has a null MX (RFC 7505)",
          status="x.1.10"),
+    # A 5.2.1 that says the address is unknown: AT&T "550 5.2.1 <x>...
+    # Addressee unknown", "... blank mailhost - invalid address"
+    # (smtp.codes/550).
+    Rule(R.RECIPIENT_UNKNOWN, "5.2.1 that says the address is unknown", status="5.2.1",
+         contains=("addressee unknown", "user unknown", "unknown user", "invalid address",
+                   "no such user", "does not exist", "not found"),
+         tier=Tier.STATUS),
     Rule(R.MAILBOX_DISABLED, "5.2.1 mailbox disabled", status="5.2.1"),
+    # A status its text contradicts: EveryCloud's gateway reason codes (support.everycloudtech.com,
+    # "Workspace reason codes") "550 5.2.2 explicit blocking of sender or recipient address" is a
+    # block, not a full mailbox.
+    Rule(R.POLICY_REJECTED, "x.2.2 whose text says the address is blocked", status="x.2.2",
+         contains=("blocking of", "explicit block"), tier=Tier.STATUS),
     Rule(R.MAILBOX_FULL, "x.2.2 mailbox full", status="x.2.2"),
     Rule(R.MESSAGE_TOO_LARGE, "x.2.3 message length exceeds limit", status="x.2.3"),
     Rule(R.SERVER_BUSY, "x.3.1 mail system full", status="x.3.1"),
     Rule(R.POLICY_REJECTED, "5.3.2 system not accepting network messages", status="5.3.2"),
+    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c): x.3.3 "System
+    # not capable of selected features" (a feature the message asked for, such as 8BITMIME or
+    # BINARYMIME).
+    Rule(R.PROTOCOL_ERROR, "x.3.3 system not capable of selected features", status="x.3.3"),
     Rule(R.MESSAGE_TOO_LARGE, "x.3.4 message too big for system", status="x.3.4"),
     Rule(R.DOMAIN_UNKNOWN, "5.4.4 unable to route", status="5.4.4"),
-    Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5"),
     Rule(R.EXPIRED, "x.4.7 delivery time expired", status="x.4.7"),
     # OpenSMTPD answers its per-session message limit (max-mails) with
     # "452 4.5.3 Too many recipients: Too many messages sent" (smtp_session.c:
     # "we can pretend we had too many recipients"): a new connection goes on.
     Rule(R.SESSION_LIMIT, "4.5.3 too many messages sent: a per-session limit (OpenSMTPD)",
          status="4.5.3", contains=("too many messages sent",), tier=Tier.STATUS),
+    # The same gateway reuses 5.5.3: "550 5.5.3 recipient address rejected:
+    # multi-recipient bounce" (a bounce to many, refused by policy, as
+    # Postfix's "Data command rejected: Multi-recipient bounce"), "554 5.5.3
+    # email rejected due to Content Filter Size Limit" (EveryCloud's gateway reason codes
+    # (support.everycloudtech.com, "Workspace reason codes")).
+    Rule(R.POLICY_REJECTED, "x.5.3 whose text says multi-recipient bounce", status="x.5.3",
+         contains=("multi-recipient bounce",), tier=Tier.STATUS),
+    Rule(R.MESSAGE_TOO_LARGE, "x.5.3 whose text says a size limit", status="x.5.3",
+         contains=("size limit", "too large", "message size"), tier=Tier.STATUS),
     Rule(R.TOO_MANY_RECIPIENTS, "x.5.3 too many recipients", status="x.5.3"),
     Rule(R.AUTH_CREDENTIALS, "x.7.8 authentication credentials invalid", status="x.7.8"),
     # RFC 4954 §6: x.7.9 answers AUTH.  Yahoo sends "550 5.7.9" for policy
@@ -132,13 +161,27 @@ _STATUS = (
 _CODE = (
     Rule(R.AUTH_CREDENTIALS, "535 authentication credentials invalid", codes=(535,)),
     Rule(R.AUTH_CREDENTIALS, "534 authentication mechanism too weak", codes=(534,)),
-    Rule(R.PROTOCOL_ERROR, "555 MAIL/RCPT parameters not recognised", codes=(555,)),
+    # A fallback, so a text that names its cause wins: Coremail sends "555
+    # helohost error." for a HELO check (its documented list,
+    # blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    Rule(R.PROTOCOL_ERROR, "555 MAIL/RCPT parameters not recognised", codes=(555,),
+         tier=Tier.FALLBACK),
 )
 
 _SPAM_WORDS = (
     "spam", "unsolicited", "junk mail", "virus", "malware", "phishing", "content denied",
     "content rejected", "suspicious content", "message content", "bulk mail", "infected",
     "message is suspicious",
+    # Coremail "552 message rejected by anti-spam engine.", "552 too many
+    # same size mails." (bulk detection); MailChannels "550 5.7.1 [CS] Message
+    # blocked. If this is a false positive, please report this to your
+    # hosting service provider." (a content scan).
+    "anti-spam engine", "antispam engine", "same size mails", "too many same",
+    "too many similar", "false positive",
+    # Symantec Email Security.cloud's list of recipient-side rejections (knowledge.broadcom.com,
+    # articles 162445 and 169925): "552 MS-Office file containing VBA macros found inside of the
+    # email".
+    "vba macro", "macros found",
 )
 _LATER_WORDS = ("try again later", "try later", "please try again", "temporar")
 _BUSY_WORDS = (
@@ -150,6 +193,8 @@ _BUSY_WORDS = (
     "local error in processing", "temporarily unavailable", "maintenance",
     "overloaded", "high load", "system load", "resources temporarily",
     "try again later", "try later", "internal error", "server error",
+    # Daum "421 4.4.1 CHIC <ip>: Network is busy." (puffinknight.tistory.com/102).
+    "is busy",
 )
 # A 4xx that names trouble on the server's own side: a failed look-up, a
 # full or unwritable spool, a configuration error, load.  These are not
@@ -201,6 +246,29 @@ _SERVER_TROUBLE_WORDS = (
     # (its checker failed; not a spam verdict).
     "error in processing",
     "server is too busy",
+    # Exchange "432 4.3.2 STOREDRV.Deliver; mailbox database thread limit
+    # exceeded" (NDR list): the server's load, not our connection count.
+    "database thread limit",
+    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and SMTP errors in
+    # Exchange Online"): "451 4.4.24/25/28 Message failed to be replicated: ...", "432 4.7.700 PFA
+    # agent busy, please try again.".
+    "failed to be replicated", "healthy secondary", "agent busy",
+    # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "458 Unable to fork
+    # process", "458 Internal failure", "435 Internal error" (amavisd-new: "can't fork").
+    "unable to fork", "can't fork", "cannot fork", "internal failure", "internal error",
+    # The server's own DNS look-up timed out or failed: Haraka "450 DNS
+    # timeout resolving your HELO hostname" (haraka-plugin-helo.checks),
+    # "450 Temp. resolver error (ETIMEOUT)" (haraka-plugin-mail_from.
+    # is_resolvable).
+    "dns timeout", "resolver error", "resolver failure", "temp. resolver",
+    # Its virus scanner failed (not a verdict on the message): Haraka's clamd
+    # plugin "451 Error connecting to virus scanner", "451 Virus scanner timed
+    # out", "451 Virus scanner error", "451 Error running virus scanner".
+    "virus scanner", "virus scan failed", "scanner timed out", "scanner error",
+    "unable to scan", "could not scan", "scanner unavailable",
+    # Coremail "450 queue unavailable.", "450 database temporary error."
+    # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    "queue unavailable", "queue is unavailable", "database error", "database temporary",
 )
 # Weaker words, tried after the cause words (greylisting, rates, connection
 # counts, DNS): OpenSMTPD "421 4.0.0 Temporary Error"/"Temporary failure",
@@ -211,8 +279,40 @@ _SERVER_TROUBLE_WEAK = (
     # Exchange "432 4.2.0 STOREDRV.Deliver; Agent transient failure during
     # message resubmission" (NDR list).
     "transient failure", "not ready",
+    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com;
+    # texts as collected in sisimai's Rhost/Mimecast.pm): "451 Unable to process command", "451
+    # Unable to process an email at this time", "451 Account service is temporarily unavailable".
+    "unable to process",
+    # The server's own look-ups or stores, in other words than the strong
+    # list's: "unable to resolve ... at this time", "DNS resolution
+    # temporarily failed", "could not connect to database" (the same class as
+    # Exim's "451 Cannot resolve <x> at this time" and Coremail's "450
+    # database temporary error.").
+    "unable to resolve", "could not resolve", "can't resolve", "dns resolution",
+    "temporarily failed", "database",
+    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c): x.4.3
+    # "Directory server failure".
+    "directory server", "directory failure", "ldap",
 )
 _TEMP_CODES = (421, 432, 435, 450, 451, 452, 454, 458)
+# An address refused for its form, which names the address it answers.
+_ADDRESS_FORM_WORDS = (
+    "mailbox name not allowed", "mailbox name invalid", "address must contain a domain",
+    "fully-qualified address", "fully qualified address", "improper recipient address",
+    "improper sender address", "supplying a domain name",
+    # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes" (community.mimecast.com;
+    # texts as collected in sisimai's Rhost/Mimecast.pm): "501 Invalid address" (at RCPT).
+    "invalid address",
+    # OpenSMTPD "501 5.1.0 Recipient address syntax error", "553 5.1.0 Sender
+    # address syntax error" (smtp_session.c).
+    "address syntax",
+    # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "550 Restricted characters
+    # in address".
+    "restricted characters",
+    # smtpf (Barricade MX), "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html): "550 5.7.1
+    # special case of at-sign in local-part denied #133".
+    "at-sign in local-part",
+)
 _REPUTATION_WORDS = ("reputation", "temporarily deferred", "user complaints", "unexpected volume")
 
 _TEXT = (
@@ -224,7 +324,11 @@ _TEXT = (
          contains=("queue.expired", "message expired", "delivery time expired",
                    "retry timeout exceeded", "too long in queue", "in the queue too long",
                    "have been failing for a long time",
-                   "retry time not reached for any host after a long failure period")),
+                   "retry time not reached for any host after a long failure period",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "550 Journal messages past the expiration".
+                   "past the expiration", "past expiration", "queued too long")),
     # A header that appears twice is the message builder's fault, even when
     # the header is DKIM-Signature (Amazon SES: "554 Transaction failed:
     # Duplicate header 'X'").
@@ -258,6 +362,45 @@ _TEXT = (
     Rule(R.CONTENT_REJECTED, "text: the message's format (RFC 5322, MIME)",
          contains=("rfc 5322", "rfc5322", "rfc 2822", "rfc2822", "rfc 822 ", "rfc compliant",
                    "invalid message content", "mime parts", "bare linefeed",
+                   # Haraka "451 Bare line-feed; see http://haraka.github.io/
+                   # barelf/" (connection.js).
+                   "bare line-feed", "bare line feed", "bare lf", "bare <lf>",
+                   # Haraka's headers plugin: "550 Required header 'Date'
+                   # missing", "550 The Date header is too far in the future",
+                   # "550 Only one From header allowed. See RFC 5322, Section 3.6".
+                   "required header", "header missing", "missing header",
+                   # Coremail "451 stray newline" (a bare LF,
+                   # blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "stray newline", "stray lf", "stray cr", "bare cr",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "550 5.0.350 Generic error; x-dg-ref header
+                   # is too long".
+                   "header is too long", "header too long",
+                   # Google Workspace SMTP error reference (support.google.com/a/answer/3726730):
+                   # "550 5.7.1 Messages missing a valid address in the From: header, or having no
+                   # From: header, are not accepted.", "... a Unicode character in a disallowed
+                   # header.".
+                   "from: header", "disallowed header", "message-id: header",
+                   # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "552 A
+                   # message header line is too long", "552 Message header is ridiculously long",
+                   # "552 Message header not CRLF terminated", "550 maximum allowed line length is
+                   # 998 octets", "550 header syntax".
+                   "header line", "ridiculously long", "crlf terminated", "line length",
+                   "header syntax",
+                   # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c):
+                   # "554 5.7.7 Message integrity failure".
+                   "integrity failure", "message integrity",
+                   # Symantec Email Security.cloud's list of recipient-side rejections
+                   # (knowledge.broadcom.com, articles 162445 and 169925): "554 Rejected due to
+                   # banned content" (amavisd-new's BANNED: a forbidden file name or type).
+                   "banned content", "banned attachment", "banned file",
+                   # EveryCloud's gateway reason codes (support.everycloudtech.com, "Workspace
+                   # reason codes"): "554 5.5.7 email rejected due to content of attachment";
+                   # Iridis mailRelay "550 MSG-EXT: Blacklisted high risk file extension detected"
+                   # (portal.iridis.uk, article 254).
+                   "content of attachment", "file extension", "attachment type",
+                   "attachment extension", "forbidden attachment",
+                   "date header", "header allowed",
                    # Exchange "554 5.2.0 STOREDRV.Deliver.Exception:
                    # ConversionFailedException; ... Content conversion: Corrupt
                    # summary TNEF content" (NDR list).
@@ -271,7 +414,50 @@ _TEXT = (
     # spammer (by user's reject list)", Mimecast's "Blocked Senders".
     Rule(R.POLICY_REJECTED, "text: the recipient's own block list",
          contains=("reject list", "blocked senders", "recipient's block list",
-                   "blocked by the recipient", "blocked by recipient")),
+                   "blocked by the recipient", "blocked by recipient",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "550 Envelope rejected - Block policy for envelope from address", "550
+                   # Rejected by header-based Manually Blocked Senders - block for manual block".
+                   "block policy", "manually blocked", "managed senders",
+                   # Symantec Email Security.cloud's list of recipient-side rejections
+                   # (knowledge.broadcom.com, articles 162445 and 169925): "551 Sender is on
+                   # domain's blacklist".
+                   "domain's blacklist", "domain's block list", "domain's blocklist")),
+    # An account switched off as a whole: its inbound mail is the recipient
+    # organisation's setting, its outbound mail ours.  Mimecast "451 Account
+    # inbounds disabled", "451 Account outbounds disabled" (Mimecast, "Email Security Cloud
+    # Gateway: Mimecast SMTP error codes" (community.mimecast.com; texts as collected in sisimai's
+    # Rhost/Mimecast.pm)); Mail.ru "550 message sending for this account is disabled"
+    # (mailout.ru/2015/09).
+    Rule(R.POLICY_REJECTED, "text: the account's inbound mail is disabled",
+         contains=("disabled",), regex=r"\binbounds? (?:mail )?(?:is |are )?disabled"),
+    Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled (4xx)",
+         contains=("disabled",), codes=_TEMP_CODES, transient=True,
+         regex=r"\b(?:outbounds?|outgoing mail|sending)\b.{0,30}\b(?:is |are )?disabled"),
+    Rule(R.AUTH_CREDENTIALS, "text: the account's outbound mail is disabled",
+         contains=("disabled",),
+         regex=r"\b(?:outbounds?|outgoing mail|sending)\b.{0,30}\b(?:is |are )?disabled"),
+    # A bounce (null sender) refused as such is the receiver's policy, not a
+    # verdict on our authentication: Haraka's bounce plugin "550 Bounces not
+    # accepted here", "550 Invalid bounce (spoofed sender)", "550 <x> does not
+    # accept bounces", "550 this bounce message has too many recipients".
+    Rule(R.POLICY_REJECTED, "text: bounces refused",
+         contains=("bounces not accepted", "not accept bounces", "invalid bounce",
+                   "bounce message has", "bounce with non-empty")),
+    # An open relay check refuses the client as a relay it can abuse, a
+    # block on the IP, not a refusal to relay for us: Coremail "554 openrelay
+    # check." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+    # (Not "451 Open relay not allowed", Mimecast's refusal to relay for us.)
+    Rule(R.BLOCKLISTED, "text: the client was found to be an open relay",
+         contains=("openrelay check", "open relay check", "is an open relay",
+                   "as an open relay", "open relay detected")),
+    # A *recipient* on a block list is the receiving site's own rule, not a
+    # DNS list: smtpf (Barricade MX), "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html) "550
+    # 5.7.1 recipient <x> black listed #139".
+    Rule(R.POLICY_REJECTED, "text: a recipient on the site's block list",
+         contains=("black listed", "blacklisted", "blocklisted", "block listed"),
+         regex=r"\brecipient\b.{0,80}\b(?:black|block) ?listed"),
     Rule(R.BLOCKLISTED, "text: listed on a DNS blocklist",
          contains=("spamhaus", "blocklist", "blacklist", "block list", "black list", "dnsbl",
                    "spamcop", "barracuda", "sorbs.net", "abuseat", "blocked using",
@@ -287,13 +473,28 @@ _TEXT = (
                    # mail system has been rejected due to the sending MTA's poor
                    # reputation", "550 #5.7.1 Your access to submit messages to
                    # this e-mail system has been rejected".
-                   "your access to")),
+                   "your access to",
+                   # Coremail "550 black ip.", "554 Black mail address.", "554 rbl
+                   # deny." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "black ip", "black mail address", "black address", "black sender",
+                   "black domain", "blacked",
+                   # AT&T "550 Error. Blocked for abuse" (att.net, "Mailblock").
+                   "blocked for abuse", "blocked due to abuse",
+                   # spamdyke "554 Refused. Your domain name is listed in the
+                   # RHSBL at <zone>" (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "rhsbl", "uribl", "surbl")),
     # "550 IP 192.0.2.1 is blocked by EarthLink", "... IP address ... has been
     # blocked": the sending IP, named, is blocked.
     Rule(R.BLOCKLISTED, "text: the sending IP is blocked",
          contains=("blocked",),
          regex=r"\bip(?: address)?\b[\s\[\]\d.:a-f()]{0,45}\b(?:is|was|has been) "
                r"(?:temporarily )?blocked"),
+    # The same with the address alone: AT&T "521 <192.0.2.1> is blocked", "550
+    # <192.0.2.1> blocked by ldap:ou=rblmx,dc=bellsouth,dc=net" (att.net).
+    Rule(R.BLOCKLISTED, "text: an IP address literal that is blocked",
+         contains=("blocked",),
+         regex=r"\b\d{1,3}(?:\.\d{1,3}){3}\b[\]>)]*\s+(?:is\s+|was\s+|has\s+been\s+)?"
+               r"(?:temporarily\s+)?blocked\b"),
     Rule(R.BLOCKLISTED, "text: an RBL", regex=r"\brbl\b"),
     # A reputation *rejection* (5xx) is a block; a 4xx is a deferral
     # (KumoMTA's shaping rules suspend on "temporarily rate limited due to
@@ -313,12 +514,38 @@ _TEXT = (
                    # Exchange Online: "451 4.7.5 Remote certificate failed
                    # MTA-STS validation", "4.7.323 tlsa-invalid: The domain
                    # failed DANE validation" (NDR list; RFC 8461, RFC 7672).
-                   "mta-sts", "dane validation", "tlsa-invalid", "certificate failed")),
+                   "mta-sts", "dane validation", "tlsa-invalid", "certificate failed",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "553 This route requires encryption (TLS)", "553 This route requires TLS
+                   # version 1.2 or greater", "553 This route requires high-strength ciphers", "554
+                   # Configuration is invalid for this certificate".
+                   "requires encryption", "tls version", "strength ciphers",
+                   # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c):
+                   # "554 5.7.4 Security features not supported".
+                   "security features not supported",
+                   "for this certificate", "certificate is invalid", "certificate expired",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "451 4.7.324 dnssec-invalid: ...", "550
+                   # 5.7.325 certificate-host-mismatch: Remote certificate MUST ...", "550 5.7.322
+                   # certificate-expired: ..." (DANE, RFC 7672).
+                   "dnssec-invalid", "certificate-host-mismatch", "certificate-expired",
+                   "remote certificate")),
     Rule(R.AUTH_POLICY, "text: SPF/DKIM/DMARC, reverse DNS or HELO",
          contains=("spf", "dkim", "dmarc", "sender policy framework", "reverse dns",
                    "reverse lookup", "ptr record", "rdns", "reverse hostname",
                    "cannot find your hostname", "helo command rejected", "helo rejected",
-                   "invalid helo", "bad helo", "authentication information",
+                   "invalid helo", "bad helo",
+                   # Haraka's helo.checks: "550 HELO host name invalid", "550 HELO
+                   # host does not match rDNS", "550 HELO IP literal does not match
+                   # your IP address", "550 HELO is dynamic", "550 That HELO not
+                   # allowed here"; Haraka "550 HELO denied" / "550 EHLO denied".
+                   "helo host", "helo ip literal", "helo is ", "helo not allowed",
+                   "helo denied", "ehlo denied", "helo name", "helo hostname",
+                   # Coremail "555 helohost error.", "556 remote ip check error."
+                   # (the client IP against the MAIL FROM domain;
+                   # blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "helohost", "remote ip check", "authentication information",
                    "unauthenticated email", "not pass authentication",
                    "sender is unauthenticated", "requires all senders to authenticate",
                    "authentication checks",
@@ -334,7 +561,23 @@ _TEXT = (
                    "unauthenticated senders", "login failed", "invalid login",
                    # Gmail: "504 5.7.4 Unrecognized authentication type."
                    "unrecognized authentication type", "unsupported authentication",
-                   "authentication mechanism not supported")),
+                   "authentication mechanism not supported",
+                   # spamdyke "504 Refused. Unknown authentication method." (spamdyke.h,
+                   # github.com/chrisboulton/spamdyke).
+                   "unknown authentication", "authentication method not",
+                   "unsupported auth",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "550 Submitter failed to authenticate", "535 Incorrect authentication data".
+                   "failed to authenticate", "incorrect authentication data",
+                   # Gmail "501 5.5.2 Cannot Decode response." to AUTH (Google Workspace SMTP error
+                   # reference (support.google.com/a/answer/3726730)); RFC 4954 §4: "501 5.5.2
+                   # Cannot Base64-decode Client responses".
+                   "cannot decode response", "base64-decode", "decode response")),
+    # RFC 4954 §4: a 504 to AUTH is an authentication mechanism the server
+    # does not know ("504 5.5.4 Unrecognized authentication type").
+    Rule(R.AUTH_CREDENTIALS, "504 at AUTH: unrecognised authentication type (RFC 4954)",
+         codes=(504,), stages=(Stage.AUTH,), tier=Tier.TEXT),
     Rule(R.RELAY_DENIED, "text: relaying denied",
          contains=("relay access denied", "relaying denied", "relay denied",
                    "relay not permitted", "not permitted to relay", "unable to relay",
@@ -352,10 +595,32 @@ _TEXT = (
                    # hMailServer, when its IP range does not allow the relay:
                    # "550 Delivery is not allowed to this address."
                    # (source/Server/SMTP/SMTPConnection.cpp).
-                   "delivery is not allowed to this address")),
+                   "delivery is not allowed to this address",
+                   # Coremail "553 host denies relay.", "553 relay check local
+                   # fail.", "553 relay check domain fail"
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "denies relay", "deny relay", "relay check", "no relaying",
+                   "relaying is not allowed", "relay is not allowed",
+                   # spamdyke "554 Refused. Authentication is required to send
+                   # mail." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "authentication is required",
+                   # smtpf (Barricade MX), "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html):
+                   # "550 5.7.1 UUCP addressing denied #132" (source-routed and bang paths are
+                   # relaying).
+                   "uucp addressing", "source route", "percent hack")),
+    # The same refusal in other words: spamdyke "554 Refused. Sending to
+    # remote addresses (relaying) is not allowed." (spamdyke.h, github.com/chrisboulton/spamdyke).
+    Rule(R.RELAY_DENIED, "text: relaying (is) not allowed / denied",
+         contains=("relay",),
+         regex=r"\brelay(?:ing)?\b\W{0,3}(?:is |are )?(?:not allowed|not permitted|denied|"
+               r"refused|prohibited|rejected|disabled)"),
     Rule(R.RELAY_DENIED, "530 authentication required", codes=(530,), tier=Tier.TEXT),
     Rule(R.SENDING_QUOTA, "text: account sending quota",
-         contains=("daily message quota", "sending quota", "sending limit exceeded",
+         # Our own relay's hourly or daily allowance (Iridis mailRelay "451
+         # HST-RTE: Hourly send rate exceeded, retry later"): a quota of the
+         # account, not a receiver's rate limit on our IP.
+         contains=("hourly send", "daily send", "hourly sending",
+                   "daily message quota", "sending quota", "sending limit exceeded",
                    "daily sending limit", "credits exceeded", "daily limit",
                    "message quota exceeded", "relay limit exceeded", "quota for sending")),
     # RFC 821's text for 552 was "exceeded storage allocation", and RFC 821
@@ -373,7 +638,15 @@ _TEXT = (
                    # qmail (vpopmail): "451 qq trouble in home directory" is what
                    # a recipient over its quota gets (a hosting provider's list of
                    # common replies, support.onesystems.ch).
-                   "trouble in home directory")),
+                   "trouble in home directory",
+                   # web.de, in the typical bounces that sitepackage.de lists (web.de, Lycos and
+                   # others): "550 ... User has exhausted allowed storage space.", "550 ... User
+                   # has too many messages on the server.".
+                   "storage space", "exhausted allowed", "messages on the server",
+                   "messages in the mailbox", "messages in mailbox",
+                   # Yandex's list of other servers' texts: "552 Account is full",
+                   # "Error writing message: Disk quota exceeded".
+                   "account is full", "inbox is full", "box is full")),
     # Postfix anvil: "450 4.7.1 Error: too many recipients from <client>" is a
     # recipient *rate*, not a per-transaction limit.
     Rule(R.RATE_LIMITED, "text: too many recipients from this client",
@@ -389,6 +662,12 @@ _TEXT = (
          contains=("connection rate", "connections per second", "connections per minute",
                    "connections per hour", "connection attempts", "connection frequency",
                    "too frequent connect", "connecting too fast", "connects per")),
+    # Threads are concurrent sessions: Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error
+    # codes" (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm) "550
+    # Exceeding outbound thread limit" (Exchange's "mailbox database thread limit" and "recipient
+    # thread limit" are provider rules, before this one).
+    Rule(R.TOO_MANY_CONNECTIONS, "text: a thread (concurrency) limit",
+         contains=("thread limit",), transient=True),
     Rule(R.TOO_MANY_CONNECTIONS, "text: too many connections",
          contains=("too many connections", "too many concurrent", "connection limit",
                    "connections limit", "too many open connections",
@@ -407,7 +686,10 @@ _TEXT = (
                    "messages in this connection", "messages per smtp session",
                    # Cisco Secure Email: "421 Exceeded allowable connection
                    # time, disconnecting." (the HAT's maximum session time).
-                   "allowable connection time")),
+                   "allowable connection time",
+                   # Google Workspace SMTP error reference (support.google.com/a/answer/3726730):
+                   # "421 4.7.0 Connection expired, try reconnecting.".
+                   "connection expired")),
     # Gmail: "451 4.3.0 Multiple destination domains per transaction is
     # unsupported" and "452 4.5.3 ... try this recipient in a separate
     # transaction" (Gmail SMTP error reference): split the transaction.
@@ -423,7 +705,11 @@ _TEXT = (
                    "maximum number of recipients", "multiple destination domains",
                    "in a separate transaction",
                    # Haraka: "450 Split transaction, retry soon".
-                   "split transaction")),
+                   "split transaction",
+                   # Coremail "451 out of allow RCPT numbers."
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "rcpt numbers", "rcpt number", "rcpt limit", "max rcpt",
+                   "number of rcpt")),
     # Postfix anvil: "450 4.7.1 Error: too much mail from <client>" (not
     # "552 Too much mail data", which is about size).
     Rule(R.RATE_LIMITED, "text: rate limit",
@@ -444,9 +730,17 @@ _TEXT = (
                    # allowed to send more e-mails within 24 hours" (a Korean
                    # portal, puffinknight.tistory.com/102): a 5xx that lifts.
                    "too many e-mails", "too many emails", "too many mails",
+                   "too quickly",
                    # Exchange's receive connector: "421 4.4.2 Message submission
                    # rate for this client has exceeded the configured limit".
-                   "submission rate")),
+                   "submission rate",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "550 5.7.508 Access denied, [ip] has
+                   # exceeded permitted limits within /64 range" (a volume from an IPv6 range).
+                   "exceeded permitted limits", "permitted limits within",
+                   # Rackspace "450 4.2.1 <x>: Mailbox received too much email in a
+                   # short period of time (G30)" (smtp.codes/rackspace).
+                   "too much email", "short period of time")),
     # "421 4.7.0 Try again later": a policy (x.7) status with no other words
     # is how most servers say "you are sending too fast".
     Rule(R.RATE_LIMITED, "text: try again later under a 4.7.x policy status", status="4.7.",
@@ -463,6 +757,34 @@ _TEXT = (
     # verify failed", acl.c): it is about our sender, whatever it quotes.
     Rule(R.SENDER_REJECTED, "text: sender verification failed",
          contains=("sender verify failed", "sender verification failed")),
+    # A name under an unknown or reserved top-level domain: the connecting
+    # host's (its HELO or reverse DNS) before MAIL, the sender's at MAIL; smtpf (Barricade MX),
+    # "SMTP Replies" (snertsoft.com/smtp/smtpf/reply.html): "550 5.7.1 host <h> [<ip>] from unknown
+    # TLD #122", "... from RFC2606 reserved domain #121", "550 5.7.1 sender <x> from unknown TLD
+    # #129".
+    Rule(R.AUTH_POLICY, "text: the client's name is under an unknown or reserved TLD",
+         contains=("unknown tld", "reserved domain"), stages=(Stage.CONNECT, Stage.EHLO)),
+    Rule(R.SENDER_REJECTED, "text: the sender's domain is under an unknown or reserved TLD",
+         contains=("unknown tld", "reserved domain"), stages=(Stage.MAIL,)),
+    # A domain name that a HELO/EHLO reply complains of is the greeting's
+    # argument, not a destination: Exchange "501 5.5.4 Invalid domain name",
+    # "501 5.0.0 HELO / EHLO requires domain address" (Exchange Online NDR list
+    # (learn.microsoft.com, "Email non-delivery reports and SMTP errors in Exchange Online")).
+    # Gmail: "501 5.5.4 Empty HELO/EHLO argument not allowed, closing
+    # connection.", "501 5.5.4 HELO/EHLO argument is invalid" (Google Workspace SMTP error
+    # reference (support.google.com/a/answer/3726730)).
+    Rule(R.PROTOCOL_ERROR, "text at EHLO: the greeting's domain argument",
+         contains=("invalid domain name", "requires domain", "domain address",
+                   "invalid domain", "argument"),
+         stages=(Stage.EHLO,)),
+    # The sender's domain, named as such, before the domain words: spamdyke
+    # "421 Refused. The domain of your sender address has no mail exchanger
+    # (MX)." (spamdyke.h, github.com/chrisboulton/spamdyke).
+    Rule(R.SENDER_REJECTED, "text: the sender's domain",
+         contains=("domain of your sender", "domain of the sender", "domain of sender",
+                   "sender's domain", "your sender domain", "your sender address",
+                   # Iridis mailRelay "550 SND-VFY: Sender domain does not exist".
+                   "sender domain")),
     # Before the network words: "550 Host unknown (Authoritative answer from
     # name server)" (Sendmail) is about the domain, not the network.
     Rule(R.DOMAIN_UNKNOWN, "text: domain does not exist",
@@ -481,19 +803,26 @@ _TEXT = (
                    # nonexistent domain" (also inside "451 4.4.0 DNS query
                    # failed. The error was: ...", where the 4xx keeps it
                    # transient).
-                   "nonexistent domain", "non-existent domain", "nonexistentdomain")),
+                   "nonexistent domain", "non-existent domain", "nonexistentdomain",
+                   # Yandex's list: "550 Host or domain name not found".
+                   "domain name not found", "host or domain name")),
     # A looping message is a routing failure (RFC 3463 x.4.6 "routing loop
     # detected"): Postfix "554 5.4.0 Error: too many hops" (cleanup_strerror.c),
     # Exchange "554 5.4.14 Hop count exceeded - possible mail loop", Haraka
     # "550 Too many received headers - possible mail loop" (connection.js).
     # Permanent in a 5xx: resending the same message loops again.
+    # Coremail "552 looping message." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
     Rule(R.CONNECTION_ERROR, "text: mail loop (5xx)",
          contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
-                   "too many received headers"),
+                   "too many received headers", "looping", "loop detected",
+                   "loop detection"),
          codes=_ANY_5XX, transient=False),
     Rule(R.CONNECTION_ERROR, "text: mail loop",
          contains=("too many hops", "hop count exceeded", "mail loop", "routing loop",
-                   "too many received headers")),
+                   "too many received headers", "looping", "loop detected",
+                   # EveryCloud's gateway reason codes (support.everycloudtech.com, "Workspace
+                   # reason codes"): "554 5.5.6 loop detection".
+                   "loop detection")),
     # Before "server busy": Exim's "421 <host>: SMTP command timeout -
     # closing connection" is about the connection, not the server's load.
     # Exchange "421 4.4.2 Connection dropped due to SocketError".
@@ -508,7 +837,18 @@ _TEXT = (
                    "able to establish", "read error", "dns query failed",
                    # Exim "421 Lost incoming connection" (smtp_in.c), Sendmail
                    # "421 4.4.1 <host> Lost input channel from <client>".
-                   "lost incoming connection", "lost input channel")),
+                   "lost incoming connection", "lost input channel",
+                   # spamdyke "454 Failed to negotiate TLS connection." (spamdyke.h,
+                   # github.com/chrisboulton/spamdyke).
+                   "negotiate tls", "tls negotiation", "tls handshake", "ssl handshake",
+                   "handshake failed", "handshake failure",
+                   # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "451 Error
+                   # while reading input data".
+                   "reading input",
+                   # Mimecast, "Email Security Cloud Gateway: Mimecast SMTP error codes"
+                   # (community.mimecast.com; texts as collected in sisimai's Rhost/Mimecast.pm):
+                   # "451 Message ended early".
+                   "ended early", "ended prematurely", "premature end")),
     Rule(R.SERVER_BUSY, "text: a 4xx for a temporary error on the server's side",
          contains=_SERVER_TROUBLE_WEAK, codes=_TEMP_CODES),
     # A busy or unavailable server is transient (taxonomy.py), but "554
@@ -516,6 +856,12 @@ _TEXT = (
     # its class decides, unless the text itself says to come back later.
     Rule(R.SERVER_BUSY, "text: 5xx that says to try again later",
          contains=_LATER_WORDS, codes=_PERMANENT),
+    # RFC 5321 §3.1: a 554 *greeting* is "no SMTP service here" for this
+    # client, whatever words say the service is unavailable: Exim "554 SMTP
+    # service not available" (smtp_in.c, host_reject_connection).
+    Rule(R.BLOCKLISTED, "554 greeting that says the service is unavailable (RFC 5321 §3.1)",
+         contains=("service not available", "service unavailable", "not available"),
+         codes=(554,), stages=(Stage.CONNECT,)),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable in a 5xx (permanent by its class)",
          contains=_BUSY_WORDS, codes=_ANY_5XX, transient=False),
     Rule(R.SERVER_BUSY, "text: server busy or unavailable", contains=_BUSY_WORDS),
@@ -534,25 +880,42 @@ _TEXT = (
                    "recipient verification failed", "recipient verify failed",
                    # Lotus Domino: "User <x> not listed in Domino Directory",
                    # "User not listed in public Name & Address Book".
-                   "not listed in domino directory", "not listed in public name")),
+                   "not listed in domino directory", "not listed in public name",
+                   # the typical bounces that sitepackage.de lists (web.de, Lycos and others): "550
+                   # Unknown local part <x> in <x@web.de>", "550 Recipient verification problem".
+                   "unknown local part", "unknown local-part", "recipient verification")),
     # RFC 5321 §4.2.2: "553 Requested action not taken: mailbox name not
     # allowed" is about the address it answers: the recipient at RCPT, the
     # sender at MAIL.
     # Exim: "501 <x>: recipient address must contain a domain" (smtp_in.c).
+    # Postfix "504 5.5.2 <bob>: Recipient address rejected: need
+    # fully-qualified address" (smtpd_check.c); spamdyke "554 Improper
+    # recipient address. Try supplying a domain name." (spamdyke.h,
+    # github.com/chrisboulton/spamdyke).
     Rule(R.RECIPIENT_UNKNOWN, "553 text at RCPT: mailbox name not allowed",
-         contains=("mailbox name not allowed", "mailbox name invalid",
-                   "address must contain a domain"),
-         stages=(Stage.RCPT,)),
+         contains=_ADDRESS_FORM_WORDS, stages=(Stage.RCPT,)),
     Rule(R.SENDER_REJECTED, "553 text at MAIL: mailbox name not allowed",
-         contains=("mailbox name not allowed", "mailbox name invalid",
-                   "address must contain a domain"),
-         stages=(Stage.MAIL,)),
+         contains=_ADDRESS_FORM_WORDS, stages=(Stage.MAIL,)),
     Rule(R.MAILBOX_DISABLED, "text: mailbox disabled",
          contains=("account disabled", "account has been disabled", "mailbox disabled",
                    "mailbox is disabled", "account is disabled", "account inactive",
                    "account is inactive", "mailbox is inactive", "inactive account",
                    "account suspended", "account has been suspended", "deactivated",
-                   "account is not active", "mailbox inactive", "disabled account")),
+                   "account is not active", "mailbox inactive", "disabled account",
+                   # Coremail "550 user is locked."
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "user is locked", "account is locked", "account locked",
+                   "mailbox is locked", "user locked",
+                   # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and
+                   # SMTP errors in Exchange Online"): "550 5.7.505 Access denied, banned
+                   # recipient".
+                   "banned recipient",
+                   # Lycos, in the typical bounces that sitepackage.de lists (web.de, Lycos and
+                   # others): "550 <x>: Recipient address rejected: Account Closed".
+                   "account closed", "account has been closed", "account is closed",
+                   "mailbox closed",
+                   # AT&T "550 [suspend] Mailbox currently suspended" (att.net).
+                   "mailbox currently suspended", "mailbox suspended", "mailbox is suspended")),
     # After the recipient and mailbox words: a bounce that folds "550 Unknown
     # user <x> 503 Bad sequence of commands" is about the user; the 503
     # only followed the refusal.
@@ -566,6 +929,21 @@ _TEXT = (
                    # Exim "554 SMTP synchronization error", Postfix "554 5.5.0
                    # Error: SMTP protocol synchronization".
                    "synchronization error", "protocol synchronization",
+                   # Talking before the greeting: Haraka's early_talker "554 You
+                   # talk too soon" (haraka-plugin-early_talker).
+                   "talk too soon", "talking too soon", "before greeting",
+                   # spamdyke "554 Refused. You are not following the SMTP
+                   # protocol." (an early talker), "554 Refused. You must specify
+                   # at least one valid recipient." (spamdyke.h, github.com/chrisboulton/spamdyke).
+                   "not following the smtp", "smtp protocol violation",
+                   # Exim (src/src/smtp_in.c, receive.c, verify.c, configure.default): "501 NUL
+                   # characters are not allowed in SMTP commands", "533 no support for
+                   # internationalised mailbox name", "553 Initial data not expected", "501
+                   # Unexpected argument data".
+                   "in smtp commands", "nul character", "internationalised mailbox",
+                   "internationalized mailbox", "smtputf8", "initial data not expected",
+                   "unexpected argument",
+                   "at least one valid recipient",
                    # postscreen "521 5.7.0 Error: I can break rules, too.
                    # Goodbye."; Postfix "553 5.6.7 Must declare SMTPUTF8 to send
                    # unicode address" (smtpd.c).
@@ -577,13 +955,25 @@ _TEXT = (
          contains=("sender address rejected", "sender rejected", "sender verify failed",
                    "sender domain", "not verified", "sender not allowed", "invalid sender",
                    "sender is not", "from address", "envelope sender", "sender denied",
-                   "unverified sender", "sender identity")),
+                   "unverified sender", "sender identity",
+                   # Iridis mailRelay "550 MSG-DOM: Envelope-From (<x>) does not use
+                   # a domain authorised for relay".
+                   "envelope-from", "envelope from",
+                   # Coremail "552 mail from invalid.", "553 host denies the
+                   # sender.", "554 sender is unvalidated."
+                   # (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "mail from invalid", "invalid mail from", "bad mail from",
+                   "denies the sender", "sender is unvalidated", "unvalidated sender")),
     Rule(R.MESSAGE_TOO_LARGE, "text: message too large",
          contains=("too large", "too big", "size exceeds", "exceeds size", "message size",
                    "mail size limit",
                    "message length exceeds", "exceeds the maximum size",
                    "message file too big", "size exceeded", "maximum email size",
-                   "message size limit")),
+                   "message size limit",
+                   # Coremail "552 message is too long.", "554 attachment is too
+                   # long." (blog.sina.com.cn/s/blog_8dc13ec50101fxxr.html).
+                   "message is too long", "message too long", "attachment is too",
+                   "attachment too large", "attachment size", "attachments too large")),
     Rule(R.CONTENT_REJECTED, "text: malformed message",
          contains=("missing from", "invalid from", "rfc 5322", "rfc5322", "rfc 2822",
                    "rfc2822", "rfc 822", "not rfc compliant", "malformed message",
@@ -623,6 +1013,16 @@ _FALLBACK = (
     # (ratecontrol), and those texts say more than the status.
     Rule(R.SERVER_BUSY, "4.3.2 system not accepting network messages", status="4.3.2",
          tier=Tier.FALLBACK),
+    # RFC 3463 (and OpenSMTPD, which sends its descriptions: usr.sbin/smtpd/esc.c): x.4.1 "No
+    # answer from host", x.4.2 "Bad connection", x.4.3 "Directory server failure": fallbacks, so a
+    # text that names its cause ("421 4.4.2 Message submission rate ...") wins, and before the bare
+    # 421.
+    Rule(R.CONNECTION_ERROR, "x.4.1 no answer from host", status="x.4.1", tier=Tier.FALLBACK),
+    Rule(R.CONNECTION_ERROR, "x.4.2 bad connection", status="x.4.2", tier=Tier.FALLBACK),
+    Rule(R.SERVER_BUSY, "x.4.3 directory server failure", status="x.4.3", tier=Tier.FALLBACK),
+    # RFC 3463 x.4.5 "mail system congestion": a fallback too, so "421 4.4.5
+    # Too many connections per minute" is the rate it says it is.
+    Rule(R.SERVER_BUSY, "x.4.5 mail system congestion", status="x.4.5", tier=Tier.FALLBACK),
     # RFC 5321 §3.8, §4.2.2: 421 "Service not available, closing
     # transmission channel" with no telling text.
     Rule(R.SERVER_BUSY, "421 service not available", codes=(421,), tier=Tier.FALLBACK),

@@ -28,6 +28,7 @@ P = Tier.PROVIDER
 
 # MX (and relay) host name suffixes.
 GMAIL = (".google.com", ".googlemail.com", ".gmail.com")
+GMAIL_SUBMISSION = ("smtp.gmail.com", "smtp-relay.gmail.com")
 MICROSOFT = (".outlook.com", ".hotmail.com", ".office365.com", ".live.com", ".msn.com")
 YAHOO = (".yahoodns.net", ".yahoo.com", ".aol.com", ".yahoo.co.jp")
 APPLE = (".icloud.com", ".me.com", ".mac.com", ".apple.com")
@@ -54,6 +55,15 @@ _DEFER = (421, 450, 451, 452)
 _TEMPERROR = (
     Rule(R.SERVER_BUSY, "text: a check failed temporarily (4xx), not a verdict",
          contains=("temporary error evaluating", "temporary error occurred during", "temperror"),
+         codes=(421, 450, 451, 452, 454), tier=P),
+    # Haraka's spf plugin: "450 sender <x> SPF Temporary Error"
+    # (haraka-plugin-spf/index.js); the same shape for DKIM/DMARC.
+    Rule(R.SERVER_BUSY, "text: an SPF/DKIM/DMARC temporary error (4xx), not a verdict",
+         contains=("spf", "dkim", "dmarc"),
+         regex=r"\b(?:spf|dkim|dmarc)\b.{0,30}\btemp(?:orary|\.)? ?(?:error|failure)\b"
+               # Rackspace "450 4.4.0 <x> Temporary DMARC DNS lookup failure (G1E)"
+               # (smtp.codes/rackspace).
+               r"|\btemp(?:orary|\.)? (?:spf|dkim|dmarc)\b",
          codes=(421, 450, 451, 452, 454), tier=P),
 )
 
@@ -128,14 +138,20 @@ _GMAIL = (
     # "Peak" is a short-term rate, not the daily quota: slow down.
     Rule(R.RATE_LIMITED, "gmail: 450 4.2.1 peak SMTP relay limit",
          contains=("peak smtp relay limit",), tier=P),
+    # "550 5.7.1 Email quota exceeded" is our quota when Google's submission
+    # or relay host says it; from the MX (gmail-smtp-in) it is the
+    # recipient's mailbox, which the generic "quota exceeded" words call full.
     Rule(R.SENDING_QUOTA, "gmail: 550 5.7.1 email quota exceeded (SMTP relay)",
-         contains=("email quota exceeded",), hosts=GMAIL),
-    # "421 4.7.0 IP not in whitelist for RCPT domain, closing connection",
+         contains=("email quota exceeded",), hosts=GMAIL_SUBMISSION),
     # "550 5.7.1 Invalid credentials for relay": the SMTP relay service is
     # not set up for this sender.
     Rule(R.RELAY_DENIED, "gmail: SMTP relay not set up for this sender",
-         contains=("not in whitelist for rcpt domain", "invalid credentials for relay"),
-         tier=P),
+         contains=("invalid credentials for relay",), tier=P),
+    # "421 4.7.0 IP not in whitelist for RCPT domain, closing connection": the
+    # recipient domain accepts mail only from the IPs it lists ("check if
+    # your IP address is allowed to send emails to the receiver"): its policy.
+    Rule(R.POLICY_REJECTED, "gmail: IP not in the recipient domain's allowlist",
+         contains=("not in whitelist for rcpt domain",), tier=P),
     # "550 5.7.1 The IP you're using to send mail is not authorized to send
     # email directly to our servers. Please use the SMTP relay at your
     # service provider instead."
@@ -184,8 +200,21 @@ _MICROSOFT = (
          contains=("traffic not accepted from this ip",), tier=P),
     # "550 5.7.513 Service unavailable, Client host [ip] blocked by <domain>
     # using Customer Block list".
-    Rule(R.BLOCKLISTED, "microsoft: 5.7.513 customer block list",
+    # The recipient organisation's own IP block list (its connection
+    # filter), not Microsoft's: a policy of that recipient, like Mimecast's
+    # Blocked Senders (see "the recipient's own block list" in generic.py).
+    Rule(R.POLICY_REJECTED, "microsoft: 5.7.513 customer block list",
          contains=("customer block list",), tier=P),
+    # Exchange Online NDR list (learn.microsoft.com, "Email non-delivery reports and SMTP errors in
+    # Exchange Online"): "550 5.2.1 Content Filter agent quarantined this message" is a spam
+    # verdict under a "mailbox" status; "550 5.3.2 STOREDRV.Deliver: Missing or bad StoreDriver MDB
+    # properties" a fault in the recipient's mailbox database (not RFC 3463's "not accepting
+    # messages"); "550 5.3.190 Journaling on-premises messages to Microsoft 365 ... not supported"
+    # a tenant setting.
+    Rule(R.SPAM_CONTENT, "microsoft: content filter agent quarantined the message",
+         contains=("content filter agent", "quarantined this message"), tier=P),
+    Rule(R.POLICY_REJECTED, "microsoft: 5.3.190 journaling not supported",
+         contains=("journaling",), status="5.3.190", tier=P),
     # "550 5.7.750 Service unavailable. Client blocked from sending from
     # unregistered domains.": the sender's domain is not one of the tenant's
     # accepted domains; fix the sender identity.
@@ -220,6 +249,13 @@ _MICROSOFT = (
     # deliveries at once to one mailbox; comes back by itself (same page).
     Rule(R.RATE_LIMITED, "microsoft: 4.3.2 STOREDRV recipient thread limit",
          contains=("recipient thread limit",), tier=P),
+    # Any other STOREDRV reply under a x.3 status is the mailbox database's
+    # fault ("550 5.3.2 STOREDRV.Deliver: Missing or bad StoreDriver MDB
+    # properties", NDR list); a 5xx keeps its class.
+    Rule(R.SERVER_BUSY, "microsoft: STOREDRV fault in the mailbox database (5xx)",
+         contains=("storedrv", "storedriver"), status="5.3.", transient=False, tier=P),
+    Rule(R.SERVER_BUSY, "microsoft: STOREDRV fault in the mailbox database (x.3.x)",
+         contains=("storedrv", "storedriver"), status="x.3.", tier=P),
     # "550 5.4.310 DNS domain <d> does not exist" (same page).
     Rule(R.DOMAIN_UNKNOWN, "microsoft: 5.4.310 DNS domain does not exist", status="5.4.310",
          tier=P),
@@ -380,6 +416,15 @@ _APPLE = (
     # "421 ... [HCM1] ... deferred" (KumoMTA suspends 15 minutes)
     Rule(R.REPUTATION_DEFERRAL, "icloud: [HCMx]/[HMxx] deferred",
          regex=r"\[hc?m\d+\]", tier=P),
+    # "421 4.7.1 Messages to <x> deferred due to excessive volume. Try again
+    # later" is the recipient receiving too fast (smtp.codes/icloud); "550
+    # 5.7.1 Relay not permitted for user." is a Hide My Email address its
+    # owner switched off (tamingdns.com/bounce-decoder/apple): the address
+    # no longer takes mail, whatever "relay" says.
+    Rule(R.RATE_LIMITED, "icloud: deferred due to excessive volume",
+         contains=("excessive volume",), hosts=APPLE),
+    Rule(R.MAILBOX_DISABLED, "icloud: Hide My Email address switched off",
+         contains=("relay not permitted for user",), hosts=APPLE),
     Rule(R.SERVER_BUSY, "icloud: service unavailable, try again later",
          contains=("service unavailable", "try again later"), hosts=APPLE),
 )
@@ -515,6 +560,28 @@ _QQ = (
 
 # Others from KumoMTA's community shaping rules (assets/community/shaping.toml
 # in https://github.com/KumoCorp/kumomta), Orange's OFRxxx_xxx codes among them.
+# AT&T / BellSouth (worldnet.att.net/general-info/bls_info/block_enduser.html;
+# smtp.codes/550): "421 failure in DNS look-up." and "550 [permfail] <d>
+# requires valid sender domain" / "550 5.7.1 Connections not accepted from
+# servers without a valid sender domain. ## Fix reverse DNS for <ip>" ask for
+# the sending IP's reverse DNS; "550 unauthorized interface for <ip>" is an
+# IP that is no valid source of mail (a block).
+ATT = (".att.net", ".bellsouth.net", ".prodigy.net", ".sbcglobal.net")
+_ATT = (
+    Rule(R.AUTH_POLICY, "at&t: the sending host's DNS (reverse DNS, sender domain)",
+         contains=("failure in dns look-up", "valid sender domain"), hosts=ATT),
+    Rule(R.BLOCKLISTED, "at&t: unauthorized interface", contains=("unauthorized interface",),
+         hosts=ATT),
+)
+
+# Barracuda: "550 rejecting spoofed message" is its brand-impersonation
+# (phishing) filter, not an SPF/DKIM verdict (smtp.codes/550, Barracuda).
+BARRACUDA = (".barracudanetworks.com", ".barracuda.com")
+_BARRACUDA = (
+    Rule(R.SPAM_CONTENT, "barracuda: rejecting spoofed message (brand impersonation)",
+         contains=("rejecting spoofed message",), hosts=BARRACUDA),
+)
+
 _OTHERS = (
     Rule(R.TOO_MANY_CONNECTIONS, "orange: trop de connexions / OFR004_104",
          contains=("trop de connexions", "ofr004_104"), tier=P),
@@ -563,6 +630,15 @@ _MIMECAST = (
     # Rejections"), not a DNS block list.
     Rule(R.POLICY_REJECTED, "mimecast: policy level block list",
          contains=("policy level block list",), tier=P),
+    # The same page's other texts: "451 The incorrect hostname used for
+    # inbounds" (the recipient domain's MX points at an outbound host: a
+    # routing fault, retried), "550 Journal messages past the expiration".
+    # Mimecast documents it as a 451 and as a 550; the 550 is the class's.
+    Rule(R.CONNECTION_ERROR, "mimecast: incorrect hostname used for inbounds (5xx)",
+         contains=("incorrect hostname used for inbound",), codes=_REJECT, transient=False,
+         tier=P),
+    Rule(R.CONNECTION_ERROR, "mimecast: incorrect hostname used for inbounds",
+         contains=("incorrect hostname used for inbound",), tier=P),
 )
 
 # Gateways that name their own block list in the reply.
@@ -574,6 +650,11 @@ _MIMECAST = (
 _GATEWAYS = (
     Rule(R.BLOCKLISTED, "proofpoint: blocked, see ipcheck.proofpoint.com",
          contains=("ipcheck.proofpoint.com", "proofpoint.com/dnsbl-lookup"), tier=P),
+    # Proofpoint answers a client on its real-time block list with "550 5.7.0
+    # Local Policy Violation" (a Proofpoint customer's documentation,
+    # hunter.cuny.edu, "Spam Interception").
+    Rule(R.BLOCKLISTED, "proofpoint: 5.7.0 local policy violation (its block list)",
+         contains=("local policy violation",), hosts=(".pphosted.com", ".ppe-hosted.com")),
     Rule(R.RELAY_DENIED, "trend micro: domain of forward path is not allowed",
          contains=("domain of forward path is not allowed",), tier=P),
 )
@@ -717,7 +798,7 @@ _GREETING = (
 PROVIDER_RULES: tuple[Rule, ...] = (
     *_TEMPERROR, *_GMAIL, *_MICROSOFT, *_YAHOO, *_AOL, *_APPLE, *_SES, *_SENDGRID, *_MAILGUN,
     *_ZOHO, *_GMX,
-    *_COMCAST, *_QQ, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
+    *_COMCAST, *_QQ, *_ATT, *_BARRACUDA, *_OTHERS, *_TONLINE, *_MIMECAST, *_GATEWAYS,
     *_SOPHOS, *_TRENDMICRO, *_KOREA, *_YANDEX, *_CISCO, *_FASTMAIL, *_MAILRU, *_HARVEST, *_MTA,
     *_GREETING,
 )
