@@ -494,9 +494,11 @@ async def test_two_destinations_in_one_mailer_chain_separately() -> None:
             return [(10, hosts[domain])]
 
         sends = [
-            (f"a{i}@a.example",) if i % 3 == 0 else
-            (f"b{i}@b.example",) if i % 3 == 1 else
-            (f"a{i}@a.example", f"b{i}@b.example")
+            (f"a{i}@a.example",)
+            if i % 3 == 0
+            else (f"b{i}@b.example",)
+            if i % 3 == 1
+            else (f"a{i}@a.example", f"b{i}@b.example")
             for i in range(9)
         ]
         async with mailer(sa.port, connections=1, mx=resolve) as m:
