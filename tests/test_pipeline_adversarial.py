@@ -167,7 +167,7 @@ async def test_a_dot_reply_continued_by_the_next_envelopes_reply() -> None:
     # its dot); the second's message is not sent there, and goes again.
     faults = {(1, 1, "dot"): b"250-2.0.0 queued as ABC"}
     async with RawSMTPServer(dot_waits=2.0, dot_waits_at=frozenset({(1, 1)}), faults=faults) as s:
-        async with mailer(s.port) as m:
+        async with mailer(s.port, timeout=0.3) as m:
             one, two = await asyncio.gather(m.send(message(FIRST)), m.send(message(SECOND)))
         assert states(one) == every(FIRST, State.DELIVERED)
         assert states(two) == every(SECOND, State.DELIVERED)
@@ -175,6 +175,31 @@ async def test_a_dot_reply_continued_by_the_next_envelopes_reply() -> None:
         assert s.connections == 2
         check_record(s.delivered_to, {**states(one), **states(two)})
         await closed_at_server(s)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: a 354 read where an RCPT reply was due (replies shifted by one) is "
+        "classified as an unclassified 3xx refusal of that recipient; the "
+        "transaction then waits a full timeout for a DATA reply that never comes "
+        "and records a connection_error (timeout at DATA) against the destination"
+    ),
+)
+async def test_a_354_read_as_an_rcpt_reply_is_out_of_step_at_once() -> None:
+    # The same shift as above: the last RCPT is answered, in the client's
+    # reading, by the 354.  That alone says the session is out of step.
+    faults = {(1, 1, "dot"): b"250-2.0.0 queued as ABC"}
+    async with RawSMTPServer(dot_waits=2.0, dot_waits_at=frozenset({(1, 1)}), faults=faults) as s:
+        async with mailer(s.port, attempts=1, timeout=0.3) as m:
+            one, two = await asyncio.gather(m.send(message(FIRST)), m.send(message(SECOND)))
+        assert states(one) == every(FIRST, State.DELIVERED)
+        assert states(two) == every(SECOND, State.DEFERRED)
+        check_record(s.delivered_to, {**states(one), **states(two)})
+        # Deferred as out of step, not as a server that stopped answering.
+        assert not [r for r in two if "timed out" in r.explanation.lower()], [
+            r.explanation for r in two
+        ]
 
 
 @pytest.mark.parametrize(
@@ -299,33 +324,59 @@ async def test_six_waiting_senders_and_a_drop_after_every_second_dot() -> None:
 # -- cancellation at every loop turn --------------------------------------------------
 
 
-@pytest.mark.parametrize("victim", [0, 1], ids=["first", "second"])
-async def test_cancel_either_send_at_every_loop_turn(victim: int) -> None:
-    # The same chained pair, cancelling one of the two after k loop turns
-    # for k = 0 .. 80: before it has a permit, while connecting, in its
+@pytest.mark.parametrize("victim", [0, 1, 2], ids=["first", "second", "third"])
+async def test_cancel_one_send_of_a_chain_at_every_loop_turn(victim: int) -> None:
+    # A chain of three, cancelling one of them after k loop turns for
+    # k = 0 .. 59: before it has a permit, while connecting, in its
     # envelope, waiting for the turn, reading its replies, writing its
-    # message, reading its dot reply.  Whatever k, the other send's
+    # message, reading its dot reply.  Whatever k, the other sends'
     # recipients are delivered exactly once, the cancelled one's message
     # reaches the server at most once, and nothing is left behind.
-    async with RawSMTPServer(dot_waits=0.05, dot_waits_at=frozenset({(1, 1)})) as s:
-        other_rcpts = SECOND if victim == 0 else FIRST
-        for k in range(0, 80, 2):
+    batches = (FIRST, SECOND, THIRD)
+    at = frozenset({(1, 1), (1, 2)})
+    async with RawSMTPServer(dot_waits=0.05, dot_waits_at=at) as s:
+        for k in range(60):
             s.stored.clear()
             async with mailer(s.port, attempts=3) as m:
-                tasks = [
-                    asyncio.create_task(m.send(message(FIRST))),
-                    asyncio.create_task(m.send(message(SECOND))),
-                ]
+                tasks = [asyncio.create_task(m.send(message(b))) for b in batches]
                 for _ in range(k):
                     await asyncio.sleep(0)
                 tasks[victim].cancel()
                 done = await asyncio.gather(*tasks, return_exceptions=True)
-            other = done[1 - victim]
-            assert not isinstance(other, BaseException), (k, other)
-            assert states(other) == every(other_rcpts, State.DELIVERED), k
-            got = Counter(s.delivered_to)
-            assert all(got[r] == 1 for r in other_rcpts), (k, got)
-            assert max(got.values()) == 1, (k, got)
+            for i, (rcpts, result) in enumerate(zip(batches, done, strict=True)):
+                if i == victim and isinstance(result, asyncio.CancelledError):
+                    continue
+                assert not isinstance(result, BaseException), (k, i, result)
+                assert states(result) == every(rcpts, State.DELIVERED), (k, i)
+                assert all(Counter(s.delivered_to)[r] == 1 for r in rcpts), (k, i)
+            assert max(Counter(s.delivered_to).values()) == 1, k
+            await closed_at_server(s)
+
+
+async def test_close_the_mailer_at_every_loop_turn_of_a_chain() -> None:
+    # Mailer.close() after k loop turns of a chain of three.  Every send
+    # still ends with a final state for each recipient (or raises the
+    # pool's "closed" error before anything was sent); each message
+    # reaches the server at most once, and once every send has returned
+    # no connection is left open.
+    batches = (FIRST, SECOND, THIRD)
+    async with RawSMTPServer(dot_waits=0.05, dot_waits_at=frozenset({(1, 1)})) as s:
+        for k in range(60):
+            s.stored.clear()
+            m = mailer(s.port, attempts=2)
+            tasks = [asyncio.create_task(m.send(message(b))) for b in batches]
+            for _ in range(k):
+                await asyncio.sleep(0)
+            await m.close()
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            got: dict[str, State] = {}
+            for result in done:
+                if isinstance(result, BaseException):
+                    assert isinstance(result, RuntimeError), (k, result)
+                    continue
+                got.update(states(result))
+            check_record(s.delivered_to, got)
+            await m.close()
             await closed_at_server(s)
 
 
@@ -346,10 +397,14 @@ async def test_the_next_send_cancelled_while_it_waits_for_the_turn() -> None:
                 await asyncio.sleep(0)
             assert not one.done() and not two.done()
             two.cancel()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not one.done()  # still waiting for its reply
+            # (Released before awaiting the cancelled send: its pool close
+            # waits for the first's turn, within Deadline's 1 s grace.)
+            proxy.release()
             with pytest.raises(asyncio.CancelledError):
                 await two
-            assert not one.done()  # still waiting for its reply
-            proxy.release()
             assert states(await one) == every(FIRST, State.DELIVERED)
         assert [m.recipients for m in s.stored] == [FIRST]
         assert s.chained == 1
@@ -602,3 +657,117 @@ async def test_chunking_a_fault_after_bdat_with_senders_waiting(answer: bytes) -
         assert got[1:] == [every(r, State.DELIVERED) for r in rcpts[1:]]
         check_record(s.delivered_to, {k: v for g in got for k, v in g.items()})
         await closed_at_server(s)
+
+
+# -- early replies, oversized replies ------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [1, 2], ids=["first", "chained-second"])
+async def test_354_and_a_verdict_in_one_packet_sends_no_message(t: int) -> None:
+    # "354 go ahead" and "250 ok" in one write, before any of the message
+    # (the issue's "reported delivered, never sent"): that transaction's
+    # message is not sent on this connection; it goes again on a new one,
+    # and is delivered once.  The other send is unaffected.
+    faults = {(1, t, "data"): b"354 go ahead\r\n250 2.0.0 Ok: queued"}
+    async with RawSMTPServer(faults=faults) as s:
+        async with mailer(s.port) as m:
+            one, two = await asyncio.gather(m.send(message(FIRST)), m.send(message(SECOND)))
+        assert states(one) == every(FIRST, State.DELIVERED)
+        assert states(two) == every(SECOND, State.DELIVERED)
+        check_record(s.delivered_to, {**states(one), **states(two)})
+        assert s.connections == 2
+        await closed_at_server(s)
+
+
+async def test_an_oversized_dot_reply_is_ambiguous_and_the_next_goes_again() -> None:
+    # A multi-line reply to the dot longer than the parser's bound (32 KiB):
+    # unreadable, so the first is ambiguous (stored once); the second's
+    # envelope, written behind that dot, is never read from the broken
+    # session, and the second goes again on a new connection.
+    huge = b"\r\n".join([b"250-" + b"x" * 200] * 200 + [b"250 2.0.0 ok"])
+    faults = {(1, 1, "dot"): huge}
+    async with RawSMTPServer(dot_waits=2.0, dot_waits_at=frozenset({(1, 1)}), faults=faults) as s:
+        async with mailer(s.port, attempts=1) as m:
+            one, two = await asyncio.gather(m.send(message(FIRST)), m.send(message(SECOND)))
+        assert states(one) == every(FIRST, State.AMBIGUOUS)
+        assert states(two) == every(SECOND, State.DELIVERED)
+        assert s.chained == 1
+        check_record(s.delivered_to, {**states(one), **states(two)})
+        await closed_at_server(s)
+
+
+# -- a server that answers DATA with 354 after refusing MAIL ---------------------------
+
+
+class _AlwaysData:
+    """A hostile pipelining server: MAIL refused (550), RCPT out of sequence
+    (503), and yet DATA answered 354 (RFC 2920 §3.1 wants it refused).  It
+    records every line it reads as message content."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.content: list[bytes] = []
+        self.open = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> _AlwaysData:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        answers = {
+            b"EHLO": b"250-hostile.test\r\n250-PIPELINING\r\n250 8BITMIME",
+            b"MAIL": b"550 5.7.1 Sender refused",
+            b"RCPT": b"503 5.5.1 need MAIL",
+            b"RSET": b"250 2.0.0 Ok",
+            b"QUIT": b"221 2.0.0 Bye",
+        }
+        try:
+            writer.write(b"220 hostile.test ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line.split(b" ", 1)[0].strip().upper()
+                if verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    while (part := await reader.readline()) not in (b".\r\n", b""):
+                        self.content.append(part)
+                    if not part:
+                        break
+                    writer.write(b"554 5.5.1 no valid recipients\r\n")
+                    continue
+                writer.write(answers.get(verb, b"502 5.5.2 what?") + b"\r\n")
+                if verb == b"QUIT":
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: _Run.drain() (transaction.py, the pipelined MAIL refusal path) reads a "
+        "354 to DATA as just another reply and then sends RSET, which the server "
+        "reads as message content; the client waits a full timeout for RSET's reply"
+    ),
+)
+async def test_a_354_after_a_refused_mail_gets_no_command_into_a_message() -> None:
+    async with _AlwaysData() as s:
+        async with mailer(s.port, attempts=1, timeout=0.3) as m:
+            result = await m.send(message(FIRST))
+        assert states(result) == every(FIRST, State.REJECTED)
+        for _ in range(200):
+            if s.open == 0:
+                break
+            await asyncio.sleep(0.005)
+        assert s.open == 0
+        # No command of ours was read as message text.
+        assert s.content == [], s.content
