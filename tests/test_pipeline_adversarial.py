@@ -22,7 +22,7 @@ import asyncio
 import gc
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from email.message import EmailMessage
 from typing import Any
 
@@ -30,8 +30,10 @@ import pytest
 
 from _gate_proxy import GateProxy
 from _raw_smtp import DROP, STALL, RawSMTPServer
+from conftest import Sink
 from resilient_smtp import Mailer, PoolLimits, RetryPolicy, State
-from resilient_smtp.testing import FakeClock
+from resilient_smtp.testing import DROP as AIOSMTPD_DROP
+from resilient_smtp.testing import FakeClock, ScriptedSMTPServer
 
 FIRST = ("a@example.com", "b@example.com", "c@example.com")
 SECOND = ("d@example.com", "e@example.com", "f@example.com")
@@ -771,3 +773,68 @@ async def test_a_354_after_a_refused_mail_gets_no_command_into_a_message() -> No
         assert s.open == 0
         # No command of ours was read as message text.
         assert s.content == [], s.content
+
+
+# -- smtp-sink -----------------------------------------------------------------------------
+
+
+async def test_smtp_sink_dropping_after_every_dot(smtp_sink: Callable[..., Sink]) -> None:
+    # smtp-sink -q .: it disconnects, without a reply, after every final
+    # dot.  Each message's reply is lost after it left (ambiguous, never
+    # resent); an envelope chained behind a dot is on a dead connection
+    # before its message left, so it goes again on a new one.  The dump
+    # (what smtp-sink took) has each message at most once.
+    sink = smtp_sink("-q", ".")
+    msgs = [message([f"q{i}-{j}@example.com" for j in range(2)]) for i in range(5)]
+    async with mailer(sink.port, attempts=1) as m:
+        results = await asyncio.gather(*(m.send(msg) for msg in msgs))
+        opened = m.pool.opened
+    got = {k: v for r in results for k, v in states(r).items()}
+    assert set(got.values()) == {State.AMBIGUOUS}
+    assert opened == len(msgs)  # one connection per message: none survives its dot
+    ids = Counter(sink.message_ids())
+    assert max(ids.values(), default=0) <= 1, ids
+    assert set(ids) <= {str(msg["Message-ID"]) for msg in msgs}
+
+
+async def test_smtp_sink_many_senders_capped_connections(smtp_sink: Callable[..., Sink]) -> None:
+    # 15 sends, 2 connections of at most 4 messages each, chained: every
+    # message in the dump exactly once, every recipient delivered.
+    sink = smtp_sink()
+    msgs = [message([f"c{i}-{j}@example.com" for j in range(3)]) for i in range(15)]
+    pool = PoolLimits(max_connections=2, max_messages=4)
+    async with mailer(sink.port, pool=pool) as m:
+        results = await asyncio.gather(*(m.send(msg) for msg in msgs))
+        opened = m.pool.opened
+    assert all(r.ok for r in results)
+    assert opened >= 4  # 15 messages, at most 4 per connection
+    assert Counter(sink.message_ids()) == Counter(str(msg["Message-ID"]) for msg in msgs)
+    assert Counter(sink.recipients()) == Counter(
+        r for msg in msgs for r in str(msg["To"]).split(", ")
+    )
+
+
+# -- aiosmtpd (no PIPELINING offered) -------------------------------------------------------
+
+
+async def test_aiosmtpd_without_pipelining_chains_nothing_and_loses_nothing() -> None:
+    # A real aiosmtpd server: it does not offer PIPELINING, so the option
+    # changes nothing on the wire (no envelope behind a dot); a 421 to a
+    # later message's RCPT and a drop after another's dot still leave each
+    # recipient with its own state, each message taken at most once.
+    async with ScriptedSMTPServer() as server:
+        server.on("rcpt", "421 4.7.0 Try again later", recipient="e@example.com", times=1)
+        server.on("end_of_data", AIOSMTPD_DROP, times=1)
+        async with mailer(server.port, attempts=2) as m:
+            results = await asyncio.gather(*(m.send(message(r)) for r in (FIRST, SECOND, THIRD)))
+        got = {k: v for r in results for k, v in states(r).items()}
+        # The first message's dot was dropped: ambiguous, kept at most once;
+        # the second's 421 at e went again (the whole transaction: none of
+        # it had been sent).
+        assert got == {
+            **every(FIRST, State.AMBIGUOUS),
+            **every(SECOND, State.DELIVERED),
+            **every(THIRD, State.DELIVERED),
+        }
+        delivered = [r for msg in server.messages for r in msg.recipients]
+        check_record(delivered, got)
