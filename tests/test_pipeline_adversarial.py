@@ -39,6 +39,8 @@ FIRST = ("a@example.com", "b@example.com", "c@example.com")
 SECOND = ("d@example.com", "e@example.com", "f@example.com")
 THIRD = ("g@example.com", "h@example.com")
 _ids = itertools.count(1)
+WATCHDOG = 30.0
+"""Real seconds after which a hung test is cancelled (and fails)."""
 
 
 # -- hygiene: no task, socket or unretrieved exception left behind -------------
@@ -51,8 +53,19 @@ async def hygiene() -> AsyncIterator[list[dict[str, Any]]]:
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     before = asyncio.all_tasks()
+    hung: list[bool] = []
+
+    def watchdog() -> None:  # a hang fails the test instead of the run
+        nonlocal timer
+        hung.append(True)
+        for task in asyncio.all_tasks(loop) - before:
+            task.cancel()
+        timer = loop.call_later(0.5, watchdog)  # again, for clean-ups that hang too
+
+    timer = loop.call_later(WATCHDOG, watchdog)
     try:
         yield reported
+        assert not hung, f"the test hung for {WATCHDOG} s"
         for _ in range(10):
             await asyncio.sleep(0)
         gc.collect()  # "never retrieved" is reported when the object goes
@@ -66,6 +79,7 @@ async def hygiene() -> AsyncIterator[list[dict[str, Any]]]:
         assert not left, left
         assert not reported, [c.get("message") for c in reported]
     finally:
+        timer.cancel()
         loop.set_exception_handler(previous)
 
 
