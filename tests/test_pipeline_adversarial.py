@@ -852,3 +852,46 @@ async def test_aiosmtpd_without_pipelining_chains_nothing_and_loses_nothing() ->
         }
         delivered = [r for msg in server.messages for r in msg.recipients]
         check_record(delivered, got)
+
+
+# -- a taker that writes nothing; large messages ------------------------------------------
+
+
+async def test_a_taker_that_sends_nothing_hands_the_pending_turn_on() -> None:
+    # The second send takes the connection passed on behind the first's dot
+    # but has nothing to send there (its only recipient needs SMTPUTF8,
+    # which the server does not offer): it gives the connection back with
+    # the first's turn still open, and the third, taking it, reads nothing
+    # before the first's reply.  Everyone ends as they should, once.
+    async with RawSMTPServer(dot_waits=2.0, dot_waits_at=frozenset({(1, 1)})) as s:
+        async with mailer(s.port) as m:
+            one, two, three = await asyncio.gather(
+                m.send(message(FIRST)),
+                m.send(message(["jürgen@example.com"])),
+                m.send(message(THIRD)),
+            )
+        assert states(one) == every(FIRST, State.DELIVERED)
+        assert states(two) == {"jürgen@example.com": State.REJECTED}
+        assert states(three) == every(THIRD, State.DELIVERED)
+        assert s.connections == 1
+        assert Counter(s.delivered_to) == Counter(FIRST + THIRD)
+        await closed_at_server(s)
+
+
+async def test_large_messages_chained_under_write_flow_control() -> None:
+    # 1 MB messages (the socket's write buffer fills and drains): each
+    # envelope still goes behind the previous message's complete body.
+    big = "line of text for a big message\n" * 35000
+    msgs = []
+    for rcpts in (FIRST, SECOND, THIRD):
+        msg = message(rcpts)
+        msg.set_content(big)
+        msgs.append(msg)
+    async with RawSMTPServer() as s:
+        async with mailer(s.port) as m:
+            results = await asyncio.gather(*(m.send(msg) for msg in msgs))
+        assert all(r.ok for r in results)
+        assert s.connections == 1
+        assert [len(st.data) > 1_000_000 for st in s.stored] == [True] * 3
+        assert Counter(s.delivered_to) == Counter(FIRST + SECOND + THIRD)
+        await closed_at_server(s)
