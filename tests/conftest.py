@@ -109,4 +109,7 @@ def smtp_sink() -> Iterator[Callable[..., Sink]]:
             sink.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             sink.process.kill()
+            sink.process.wait()
+        if sink.process.stderr is not None:
+            sink.process.stderr.close()
     shutil.rmtree(workdir, ignore_errors=True)

@@ -165,26 +165,14 @@ async def test_others_retry_everywhere_refusal_at_data_and_after_the_dot(
 CLOSE_ON_UNKNOWN = REACTIONS.replace(Reason.RECIPIENT_UNKNOWN, connection="close")
 CLOSE_ON_SPAM = REACTIONS.replace(Reason.SPAM_CONTENT, connection="close")
 
-CLOSED_UNDER_THE_NEXT = (
-    "BUG: the previous holder's connection='close' row closes the connection in "
-    "end_turn after the next holder's MAIL/RCPT/DATA replies (354 included) were "
-    "already buffered; the next holder reads them from the buffer, sees the closed "
-    "connection at its message step (message(): reply_waiting() is true when "
-    "closed -> out_of_turn -> lost(DATA)), and is deferred as a connection_error at "
-    "DATA: an attempt spent, a WARNING and health/limiter feedback against a "
-    "healthy destination, for a close this client made"
-)
+# Chained, a close the first send makes (its row says so) lands under the
+# envelope the next send already wrote: the next send must go again on a new
+# connection without losing its attempt or blaming the destination.
 
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        "step",
-        "pipelined",
-        pytest.param(
-            "chained", marks=pytest.mark.xfail(strict=True, reason=CLOSED_UNDER_THE_NEXT)
-        ),
-    ],
+    ["step", "pipelined", "chained"],
 )
 async def test_connection_close_on_a_refused_recipient_the_accepted_still_get_it(
     mode: str,
@@ -201,13 +189,7 @@ async def test_connection_close_on_a_refused_recipient_the_accepted_still_get_it
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        "step",
-        "pipelined",
-        pytest.param(
-            "chained", marks=pytest.mark.xfail(strict=True, reason=CLOSED_UNDER_THE_NEXT)
-        ),
-    ],
+    ["step", "pipelined", "chained"],
 )
 async def test_connection_close_on_the_dot_reply_costs_the_next_send_nothing(mode: str) -> None:
     # The same with the row of the first message's dot reply (spam, 554):
@@ -219,14 +201,6 @@ async def test_connection_close_on_the_dot_reply_costs_the_next_send_nothing(mod
     assert s.connections == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (waste): Lease.pass_on hands over a connection the transaction already "
-        "marked broken at RCPT (a reply whose row says connection='close'); the next "
-        "sender writes an envelope on a connection that will be closed under it"
-    ),
-)
 async def test_a_connection_known_to_close_is_not_passed_on() -> None:
     async with server_for("chained", {(1, 1, "rcpt2"): UNKNOWN}) as s:
         async with mailer(s.port, "chained", CLOSE_ON_UNKNOWN, attempts=3) as m:

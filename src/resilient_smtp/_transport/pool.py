@@ -62,9 +62,10 @@ class PoolLimits:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
 
 
-Turn = asyncio.Future[None]
+Turn = asyncio.Future[bool]
 """Resolved when the previous holder of a connection has read its last
-reply: the next holder reads nothing before that (replies come in order)."""
+reply: the next holder reads nothing before that (replies come in order).
+Its result is True when that holder closed the connection meanwhile."""
 
 
 class Lease:

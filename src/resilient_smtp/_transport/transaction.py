@@ -84,7 +84,7 @@ Classify = Callable[..., Classification]
 BeforeEndOfData = Callable[[list[str]], Awaitable[None]]
 """Called with the recipients the server may take the message for, just
 before the first byte of the message is written."""
-PassOn = Callable[[], Awaitable["asyncio.Future[None] | None"]]
+PassOn = Callable[[], Awaitable["asyncio.Future[bool] | None"]]
 """Hands the connection to the next sender after the final dot (see
 :meth:`.pool.Lease.pass_on`)."""
 
@@ -160,7 +160,7 @@ async def run_transaction(
     before_end_of_data: BeforeEndOfData | None = None,
     chunking: bool = False,
     reactions: Reactions = REACTIONS,
-    after: asyncio.Future[None] | None = None,
+    after: asyncio.Future[bool] | None = None,
     pass_on: PassOn | None = None,
 ) -> Outcome:
     """Send one message to ``batch`` over ``conn``; ``body`` is dot-stuffed.
@@ -237,7 +237,7 @@ class _Run:
         resend_ambiguous: bool,
         hook: BeforeEndOfData | None,
         reactions: Reactions,
-        after: asyncio.Future[None] | None,
+        after: asyncio.Future[bool] | None,
         pass_on: PassOn | None,
     ) -> None:
         self.conn = conn
@@ -276,13 +276,24 @@ class _Run:
 
     async def mail_reply(self) -> bool:
         """Read MAIL's reply; False (and everyone settled) if refused."""
-        if self.after is not None and not self.after.done():
-            # The previous holder passed the connection on before reading
-            # the reply to its final dot: that reply comes first.
-            await asyncio.wait((self.after,))
+        if self.after is not None:
+            if not self.after.done():
+                # The previous holder passed the connection on before
+                # reading the reply to its final dot: that reply comes first.
+                await asyncio.wait((self.after,))
+            if not self.after.cancelled() and self.after.result():
+                # It closed the connection (its row said so, or its read
+                # failed) under our envelope: a connection lost before any
+                # reply of ours, as an idle one the server closed.
+                raise aiosmtplib.SMTPServerDisconnected(
+                    "the connection was closed by the send before this one"
+                )
         reply = await self.conn.read_reply()
         if reply.code is not None and 200 <= reply.code < 300:
             return True
+        if _out_of_step(reply):
+            self.violation(f"the server answered MAIL with {reply.code}", list(self.batch))
+            return False
         c = self.judge(reply, Stage.MAIL)
         if self.reused and c.session_over and c.reason is Reason.CONNECTION_ERROR:
             # "421 4.4.2 ... timeout exceeded": the server had given up on
@@ -302,6 +313,10 @@ class _Run:
         if reply.code is not None and 200 <= reply.code < 300:
             self.accepted.append(rcpt)
             return True
+        if _out_of_step(reply):
+            rest = [rcpt, *self.accepted, *self.batch[self.answered :]]
+            self.violation(f"the server answered RCPT with {reply.code}", rest)
+            return False
         c = self.judge(reply, Stage.RCPT)
         if c.session_over:
             # The replies already read stand; the accepted recipients were
@@ -343,7 +358,9 @@ class _Run:
             except NO_REPLY:
                 self.out.broken = True
                 return False
-            if reply.code == 421:
+            if reply.code == 421 or _out_of_step(reply):
+                # A 354 here would have the RSET that follows land in a
+                # message: the session cannot be reused.
                 self.out.broken = True
                 return False
         return True
@@ -397,8 +414,21 @@ class _Run:
             if reply.code != 354:
                 if self.accepted:
                     c = self.judge(reply, stage)
-                    (out.defer if c.session_over else out.settle)(self.accepted, c)
-                elif reply.code == 421:
+                    if c.session_over:
+                        out.defer(self.accepted, c)
+                        return
+                    if not out.broken:
+                        # RSET first: a reply other than its 250 (the 354
+                        # itself, one reply late) shows the refusal was
+                        # another command's reply, not a verdict on these.
+                        await self.reset()
+                        if out.broken:
+                            what = f"RSET after DATA's {reply.code} was not answered 250"
+                            self.violation(what, list(self.accepted))
+                            return
+                    out.settle(self.accepted, c)
+                    return
+                if reply.code == 421:
                     out.broken = True
                 if not out.broken:
                     await self.reset()
@@ -437,7 +467,8 @@ class _Run:
         # its envelope right behind this final dot (RFC 2920 §3.1: message
         # content may be the first "command" of a group).  Its replies come
         # after this one, so it reads once this turn is over.
-        turn = await self.pass_on() if pipelined and self.pass_on is not None else None
+        chain = pipelined and self.pass_on is not None and not self.out.broken
+        turn = await self.pass_on() if chain and self.pass_on is not None else None
         settled = False
         try:
             try:
@@ -451,18 +482,19 @@ class _Run:
             if turn is not None:
                 await self.end_turn(turn, settled)
 
-    async def end_turn(self, turn: asyncio.Future[None], settled: bool) -> None:
+    async def end_turn(self, turn: asyncio.Future[bool], settled: bool) -> None:
         """The reply after the final dot is read (or never will be): the
         next holder may read now.  A connection that must not be reused, or
         whose reply is still unread (cancelled meanwhile: the replies would
         be out of step), is closed first, so the next holder's reads fail
         before any of its message left: its recipients are only deferred."""
+        closing = not settled or self.out.broken
         try:
-            if not settled or self.out.broken:
+            if closing:
                 self.out.broken = True
                 await self.conn.close()
         finally:
-            turn.set_result(None)
+            turn.set_result(closing)
 
     async def out_of_turn(self) -> None:
         """The server spoke after its 354 and before the message: it is not
@@ -587,3 +619,9 @@ class _Run:
                 self.out.broken = True
         except NO_REPLY:
             self.out.broken = True
+
+
+def _out_of_step(reply: Reply) -> bool:
+    """A 3xx (the 354 that DATA wants) answering MAIL or RCPT: the replies
+    are a step behind the commands; nothing they say can be trusted."""
+    return reply.code is not None and 300 <= reply.code < 400
