@@ -210,6 +210,41 @@ async def test_the_cut_lands_under_what_the_server_took() -> None:
         assert 80.0 <= data["target_rate"] <= 130.0
 
 
+async def test_after_a_cut_one_attempt_at_a_time_until_one_sent_after_it_arrives() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(clock=clock, initial_window=8)
+    permits = [limiter.acquire(KEY) for _ in range(8)]
+    for p in permits:
+        await p.__aenter__()
+    await permits[0].__aexit__(None, None, None)
+    limiter.feedback(KEY, PUSHBACK)  # the cut
+    assert limiter.window(KEY) == 1
+    for p in permits[1:]:  # the echoes of the same event, and old deliveries
+        await p.__aexit__(None, None, None)
+        limiter.feedback(KEY, None)
+    assert limiter.window(KEY) == 1  # nothing sent after the cut has arrived yet
+    async with limiter.acquire(KEY):
+        pass
+    limiter.feedback(KEY, None)
+    assert limiter.window(KEY) >= 8
+
+
+async def test_a_limit_found_again_and_again_is_probed_ever_more_rarely() -> None:
+    # 120 per 3 s windows, refusals a second late: the gaps between the
+    # cuts at the limit grow (the probing above it backs off), and few are
+    # refused.
+    run = await simulate(fixed_window(120, 3.0), messages=3000, pause=1.0)
+    assert run.delivered == 3000
+    measured = [
+        (c.data, t) for c, t in zip(run.cuts, run.at_cut) if not c.data.get("probing")
+    ]
+    hits = [d["same_ceiling_hits"] for d, _ in measured]
+    assert max(hits) >= 2, hits
+    assert run.per_message <= 1.05
+    # Within 10 % of the sustainable 40/s over the whole batch.
+    assert run.delivered / run.elapsed >= 0.9 * 40.0
+
+
 # -- refusing everything, then recovery -------------------------------------
 
 

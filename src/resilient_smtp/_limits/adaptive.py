@@ -132,17 +132,20 @@ class _Meter:
         """The delivery rate over the shortest recent span that says something."""
         return self._rate(now, _MIN_COUNT)
 
-    def since(self, now: float, start: float) -> float | None:
-        """The delivery rate from ``start`` (within the meter's span) to now."""
+    def between(self, now: float, start: float, end: float) -> float | None:
+        """The delivery rate from ``start`` to ``end`` (both within the
+        meter's span; whole slots)."""
         idx = self._roll(now)
         first = max(int(start // _SLOT), idx - _SLOTS + 1)
+        last = min(int(end // _SLOT), idx)
         total = 0
-        for i in range(first, idx + 1):
+        for i in range(first, last + 1):
             total += self.counts[i % _SLOTS]
         if total < _MIN_COUNT:
             return None
         begin = max(first * _SLOT, start, self.first)
-        return total / (now - begin) if now > begin else None
+        stop = min((last + 1) * _SLOT, now)
+        return total / (stop - begin) if stop > begin else None
 
     def average(self, now: float) -> float | None:
         """The delivery rate over the meter's whole span (4 s, or since the first)."""
@@ -390,11 +393,13 @@ class _KeyRate(Limiter):
     def window(self, now: float) -> int:
         """Recompute the in-flight bound from the latest measures."""
         phase = self.ctl.phase
-        if phase == PROBE or (phase != STARTUP and self.delivered_since_cut == 0):
-            # The server refuses everything for now, or nothing sent since
-            # the cut has been delivered yet: one attempt at a time until
-            # one gets through (TCP's recovery sends little until the
-            # retransmission is acknowledged).
+        if phase == PROBE or (
+            phase != STARTUP and self.delivered_since_cut == 0 and not self.ctl.confirmed
+        ):
+            # The server refuses everything for now; or the pace comes from
+            # an unpaced start (a burst says little of a rate) and nothing
+            # sent since the cut has been delivered yet: one attempt at a
+            # time until one gets through.
             self.win = 1
             return 1
         first = self.owner.initial_window
@@ -474,8 +479,9 @@ class _KeyRate(Limiter):
         # When it was sent: a probe is granted alone (the window is 1 while
         # probing), so its grant is its send; any other may have waited for
         # a connection after its grant.
+        granted_at = min(now, self.exited_start) if self.exited is not None else now
         probe = self.exited is not None and seq > self.recover_seq
-        sent = min(now, self.exited_start) if probe else now
+        sent = granted_at if probe else now
         self.exited = None
         if classification is None:
             self.meter.add(now)
@@ -526,7 +532,7 @@ class _KeyRate(Limiter):
                 owner._hooks,
             )
             return True
-        self._cut(key, now, classification.reason)
+        self._cut(key, now, granted_at, classification.reason)
         return True
 
     # -- the curve -------------------------------------------------------------
@@ -556,15 +562,21 @@ class _KeyRate(Limiter):
         else:
             self.pace = None
 
-    def _cut(self, key: str, now: float, reason: Reason) -> None:
+    def _cut(self, key: str, now: float, sent: float, reason: Reason) -> None:
         # What the server took: over the meter's span, or since deliveries
         # resumed after probing if that is later (the refusing spell before
         # says nothing of what it takes now).
-        ctl0 = self.ctl
-        if math.isnan(ctl0.cycle_start) or ctl0.cycle_start <= now - _SLOT * _SLOTS:
+        # It ends when the refused attempt was sent: a server that sits on
+        # its refusals (and on the sessions that carry them) takes less
+        # meanwhile, but that is its pause, not its rate.
+        span = _SLOT * _SLOTS
+        start = now - span
+        if not math.isnan(self.ctl.cycle_start):
+            start = max(start, self.ctl.cycle_start)
+        end = max(start, min(now, sent))
+        measured = self.meter.between(now, start, end) if end - start >= 0.5 * span else None
+        if measured is None:
             measured = self.meter.average(now)
-        else:
-            measured = self.meter.since(now, ctl0.cycle_start)
         ctl, cut = congestion(
             self.law,
             self.ctl,
