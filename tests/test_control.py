@@ -149,7 +149,7 @@ def test_resumption_after_an_unpaced_burst_measures_the_whole_cycle() -> None:
     assert s.target == 600.0 and not s.confirmed
     s = cut(s, now=0.3, measured=600.0, since_cut=0)
     assert s.phase == PROBE
-    back = resumed(LAW, s, now=3.0, growth=1.0, delivered=121)
+    back = resumed(LAW, s, now=3.0, growth=1.0, delivered=121, measured=None)
     assert back.phase == RAMP
     assert back.target == pytest.approx(120 / 3.0)
     assert back.confirmed
@@ -159,7 +159,7 @@ def test_resumption_after_an_unpaced_burst_measures_the_whole_cycle() -> None:
 def test_resumption_keeps_a_target_measured_while_paced() -> None:
     s = cut(paced(40.0), now=10.0, measured=40.0)
     s = cut(s, now=10.1, measured=40.0, since_cut=0)
-    back = resumed(LAW, s, now=60.0, growth=20.0, delivered=2000)
+    back = resumed(LAW, s, now=60.0, growth=20.0, delivered=2000, measured=35.0)
     assert back.target == 40.0
 
 

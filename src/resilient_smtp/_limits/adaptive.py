@@ -500,7 +500,14 @@ class _KeyRate(Limiter):
                 # answer may have come late (a server slowing down a client
                 # that erred), which says nothing of the rate.
                 self._set(
-                    resumed(self.law, self.ctl, now=sent, growth=self.growth, delivered=self.delivered)
+                    resumed(
+                        self.law,
+                        self.ctl,
+                        now=sent,
+                        growth=self.growth,
+                        delivered=self.delivered,
+                        measured=self.meter.average(now),
+                    )
                 )
             self.window(now)
             if self.slots:

@@ -61,8 +61,10 @@ CUBIC = 1  # after a measured cut: the curve around W
 PROBE = 2  # refusing everything: one probe at a time, ever further apart
 RAMP = 3  # deliveries again: doubling back to beta * W
 
-# Fewer deliveries than this over a cycle say nothing about its rate.
+# Fewer deliveries than this over a cycle say nothing about its rate; fewer
+# than _CYCLE_COUNT say less than a delivery meter does.
 _MIN_COUNT = 4
+_CYCLE_COUNT = 16
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,20 +258,27 @@ def congestion(
     )
 
 
-def resumed(law: Law, s: Control, *, now: float, growth: float, delivered: int) -> Control:
+def resumed(
+    law: Law, s: Control, *, now: float, growth: float, delivered: int, measured: float | None
+) -> Control:
     """The first delivery after probing a refusing server: back to the target.
 
     A target not yet confirmed by a paced spell is re-measured over the
     whole cycle (deliveries since the cycle began, over its length): a
     window's burst and its refusing spell together are what the server
-    sustains.  A new cycle begins with this delivery.
+    sustains.  A cycle of a few deliveries (a token bucket's small burst)
+    says little: the caller's ``measured`` rate then serves, if it has one.
+    A new cycle begins with this delivery.
     """
     target = s.target
     confirmed = s.confirmed
     span = now - s.cycle_start
     count = delivered - 1 - s.cycle_delivered  # this delivery opens the next cycle
     if not confirmed and span > 0.0 and count >= _MIN_COUNT:
-        target = law.clamp(min(target, count / span) if target > 0.0 else count / span)
+        rate = count / span
+        if count < _CYCLE_COUNT and measured is not None:
+            rate = measured
+        target = law.clamp(min(target, rate) if target > 0.0 else rate)
         confirmed = True
     elif target <= 0.0:
         target = law.clamp(law.initial_rate)
