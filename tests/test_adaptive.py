@@ -9,6 +9,7 @@ The benchmark against real servers is ``bench/bench_pushback.py``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -237,12 +238,12 @@ async def test_a_limit_found_again_and_again_is_probed_ever_more_rarely() -> Non
     run = await simulate(token_bucket(100.0), messages=5000)
     measured = [
         (c.data["same_ceiling_hits"], at[1])
-        for c, at in zip(run.cuts, run.at_cut)
+        for c, at in zip(run.cuts, run.at_cut, strict=True)
         if not c.data["probing"] and c.data["old_rate"] < math.inf
     ]
     hits = [h for h, _ in measured]
     assert hits[-1] >= 3, hits
-    gaps = [b - a for (_, a), (_, b) in zip(measured, measured[1:])]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(measured)]
     assert gaps == sorted(gaps), gaps  # deliveries between probes only grow
     assert run.per_message <= 1.01
     assert run.delivered / run.elapsed >= 0.95 * 100.0
@@ -455,17 +456,18 @@ async def test_a_session_refused_for_rate_is_not_used_again() -> None:
     # errors (a refused pipelined MAIL is three: MAIL, RCPT, DATA), so the
     # retry after "too much mail" goes on a new connection.
     from _raw_smtp import RawSMTPServer
-
     from resilient_smtp import Mailer, RetryPolicy, State
 
     refusal = b"450 4.7.1 Error: too much mail from 127.0.0.1"
-    async with RawSMTPServer(faults={(1, "mail"): refusal}) as server:
-        async with Mailer(
+    async with (
+        RawSMTPServer(faults={(1, "mail"): refusal}) as server,
+        Mailer(
             server.host, server.port, tls="none", retry=RetryPolicy(max_attempts=3, base=0.01)
-        ) as mailer:
-            result = await mailer.send(
-                b"Subject: t\r\n\r\nhi\r\n", sender="s@example.org", recipients=["a@example.com"]
-            )
+        ) as mailer,
+    ):
+        result = await mailer.send(
+            b"Subject: t\r\n\r\nhi\r\n", sender="s@example.org", recipients=["a@example.com"]
+        )
     assert result.recipients[0].state is State.DELIVERED
     assert server.connections == 2
     assert len(server.stored) == 1

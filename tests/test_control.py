@@ -8,6 +8,8 @@ servers) is in ``test_adaptive.py``; against real servers in
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import pytest
@@ -41,11 +43,17 @@ def cut(s: Control, *, now: float, measured: float | None, since_cut: int = 10) 
     return new
 
 
-def paced(target: float, **kw: object) -> Control:
+def paced(target: float, hits: int = 0) -> Control:
     """A destination in its CUBIC phase around ``target``, pacing at it."""
     return Control(
-        phase=CUBIC, pace=target, target=target, confirmed=True, k=2.0, left_startup=0.0, **kw
-    )  # type: ignore[arg-type]
+        phase=CUBIC,
+        pace=target,
+        target=target,
+        confirmed=True,
+        k=2.0,
+        hits=hits,
+        left_startup=0.0,
+    )
 
 
 def test_startup_is_not_paced() -> None:
@@ -87,7 +95,7 @@ def test_nothing_through_since_the_cut_probes_with_a_doubling_gap() -> None:
         assert s.target == 40.0  # the target is kept while probing
         gaps.append(s.probe_gap)
     assert gaps[0] >= LAW.min_probe_gap
-    for a, b in zip(gaps, gaps[1:]):
+    for a, b in itertools.pairwise(gaps):
         assert b == pytest.approx(min(2 * a, LAW.max_probe_gap))
     assert gaps[-1] == LAW.max_probe_gap
     assert s.pace == pytest.approx(1.0 / LAW.max_probe_gap)
@@ -102,7 +110,7 @@ def test_the_same_ceiling_again_backs_off_probing() -> None:
         s = dataclass_replace(s, pace=1.05 * s.target)  # probing above the plateau
         s = cut(s, now=10.0 * (i + 1), measured=40.0 - 0.2 * i)
         ks.append(s.k)
-    assert [round(b / a, 6) for a, b in zip(ks, ks[1:])] == [2.0, 2.0, 2.0]
+    assert [round(b / a, 6) for a, b in itertools.pairwise(ks)] == [2.0, 2.0, 2.0]
     assert s.hits == 4
 
 
@@ -164,9 +172,7 @@ def test_resumption_keeps_a_target_measured_while_paced() -> None:
 
 
 def test_the_ramp_doubles_back_then_the_curve_flattens_at_the_target() -> None:
-    s = dataclass_replace(
-        paced(40.0), phase=RAMP, pace=5.0, ramp_from=5.0, epoch=0.0, k=2.0
-    )
+    s = dataclass_replace(paced(40.0), phase=RAMP, pace=5.0, ramp_from=5.0, epoch=0.0, k=2.0)
     s1 = advance(LAW, s, growth=LAW.doubling_time, took=None)
     assert s1.pace == pytest.approx(10.0)
     s2 = advance(LAW, s1, growth=1.0, took=None)
@@ -200,6 +206,4 @@ def test_the_floor_and_the_ceiling_hold() -> None:
 
 
 def dataclass_replace(s: Control, **kw: object) -> Control:
-    import dataclasses
-
     return dataclasses.replace(s, **kw)  # type: ignore[arg-type]

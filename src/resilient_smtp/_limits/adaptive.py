@@ -21,26 +21,23 @@ borrows what TCP learned, adapted to a server that counts messages:
   that starts refusing refuses everything already on its way, and a server
   that pauses after each error delivers those refusals late and together)
   and do not cut again.
-* **Cut to what the server took.**  The new target ``W`` is the delivery rate
-  measured over the last few seconds (never more than the pace we were
-  granting), not a fraction of a rate that may have overshot; the pace drops
-  to ``beta * W``.
 * **Too many connections** halves how many permits may be out at once and
   leaves the pace alone (concurrency, not rate; one back per
   ``recovery_messages`` deliveries, Postfix's feedback with hysteresis).
-* **A refusing server is probed, not forgotten.**  A new event with nothing
-  delivered since the last cut (a fixed window whose count is spent: it
-  refuses everything until the window ends) halves the probing pace and lets
-  one probe out at a time, but keeps ``W``.  The first delivery after that
-  re-measures ``W`` and the pace doubles every ``doubling_time`` back to
-  ``beta * W``: recovery in well under a second, not a climb from the bottom.
-* **Grow back along the CUBIC curve**, ``W * (1 - (1 - beta) * (1 - t / K) ** 3)``:
-  fast at first, flat near ``W``, then past ``K`` probing above it to learn
-  whether the limit rose, but never beyond 1.1x the measured delivery rate.
-  ``K`` is ``recovery_time`` or the time to send ``recovery_messages`` at
-  ``W``, whichever is longer.  Time counts only while
-  callers wait on the limiter (an application-limited sender does not grow
-  its rate, as RFC 9438 asks).
+* **The rest is the control law** of ``control.py`` (pure functions, shared
+  with the Redis limiter): cut to what the server took, remember the
+  ceiling and probe above it ever more rarely when it is hit again, probe a
+  refusing server one attempt at a time with a doubling gap, re-measure an
+  unpaced start over its whole cycle, grow back along CUBIC.  This module
+  measures for it: the delivery rate over the last 4 s up to when the
+  refused attempt was sent (a server that sits on its refusals takes less
+  meanwhile, but that is its pause, not its rate), the deliveries of
+  attempts sent after the last cut, and the growth time, which counts only
+  while callers wait on the limiter (an application-limited sender does not
+  grow its rate, as RFC 9438 asks).
+* **After a cut that came from an unpaced start,** one attempt at a time
+  until one sent after the cut is delivered: the pace set from a burst says
+  little, and each attempt on it may be refused.
 
 :meth:`AdaptiveLimiter.feedback` returns ``True`` for a pushback it took:
 the limiter paces the retry itself, so the caller need not add a fixed
@@ -62,8 +59,8 @@ from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
-from .gcra import RateLimiter
 from .control import CUBIC, PROBE, STARTUP, Control, Law, advance, congestion, resumed
+from .gcra import RateLimiter
 from .limiter import KeyedLimiter, Limiter
 
 if TYPE_CHECKING:
@@ -92,6 +89,7 @@ _MIN_RTT_LIFE = 10.0
 _SLOT = 0.0625
 _SLOTS = 64
 _MIN_COUNT = 4
+
 
 class _Meter:
     """Recent deliveries per second, in constant memory."""
@@ -413,13 +411,10 @@ class _KeyRate(Limiter):
                 self.bdp = None
             else:
                 self.bdp = math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
-        if self.bdp is None:
-            win = first
-        else:
-            # TCP's slow start bounds it too: at most one more per delivery
-            # (doubling per round trip), so a server's initial burst, which
-            # makes the delivery rate look high, cannot open it wide at once.
-            win = max(first, min(self.bdp, first + self.delivered))
+        # TCP's slow start bounds it too: at most one more per delivery
+        # (doubling per round trip), so a server's initial burst, which makes
+        # the delivery rate look high, cannot open it wide at once.
+        win = first if self.bdp is None else max(first, min(self.bdp, first + self.delivered))
         if self.conn_cap is not None:
             win = min(win, int(self.conn_cap))
         self.win = win
@@ -605,7 +600,8 @@ class _KeyRate(Limiter):
         emit(
             Event(
                 "rate_changed",
-                f"{key}: rate cut from {cut.old_rate:.3g}/s to {cut.new_rate:.3g}/s after {reason}",
+                f"{key}: rate cut from {cut.old_rate:.3g}/s to {cut.new_rate:.3g}/s"
+                f" after {reason}",
                 {
                     "destination": key,
                     "reason": str(reason),

@@ -174,8 +174,9 @@ def congestion(
     left_startup = now if s.phase == STARTUP else s.left_startup
     if s.phase != STARTUP and since_cut == 0:
         # Nothing sent since the last cut got through: the server refuses
-        # everything for now (late answers to earlier sends say nothing).  One probe at a time, each further apart; the
-        # target stays (the best guess for when it takes mail again).
+        # everything for now (late answers to earlier sends say nothing).
+        # One probe at a time, each further apart; the target stays (the
+        # best guess for when it takes mail again).
         base = old if old < math.inf else law.initial_rate
         gap = 2.0 * s.probe_gap if s.phase == PROBE else max(2.0 / base, law.min_probe_gap)
         gap = min(gap, law.max_probe_gap, 1.0 / law.min_rate)
