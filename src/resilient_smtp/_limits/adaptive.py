@@ -86,6 +86,7 @@ _MIN_RTT_LIFE = 10.0
 # per-second window's bunching and a token bucket's initial burst.  ``recent``
 # uses the newest slots holding _MIN_COUNT deliveries (a short window at high
 # rates, for the in-flight bound).  Fewer than _MIN_COUNT say too little.
+_TOOK_SPAN = 1.0
 _SLOT = 0.0625
 _SLOTS = 64
 _MIN_COUNT = 4
@@ -141,7 +142,7 @@ class _Meter:
             total += self.counts[i % _SLOTS]
         if total < _MIN_COUNT:
             return None
-        begin = max(first * _SLOT, start, self.first)
+        begin = max(first * _SLOT, self.first)  # whole slots: all they hold counts
         stop = min((last + 1) * _SLOT, now)
         return total / (stop - begin) if stop > begin else None
 
@@ -551,7 +552,10 @@ class _KeyRate(Limiter):
             return
         # Cap the credit so a long quiet spell before one wait is not counted.
         self.growth += min(dt, 2.0 / ctl.pace + 0.5)
-        took = self.meter.recent(now) if ctl.phase == CUBIC else None
+        # What the server took over the last second: long enough that a
+        # bunch of answers arriving together does not read as a higher rate
+        # (the curve's cap would ratchet up on every such spike).
+        took = self.meter.between(now, now - _TOOK_SPAN, now) if ctl.phase == CUBIC else None
         new = advance(self.law, ctl, growth=self.growth, took=took)
         if new is not ctl:
             self._set(new)
