@@ -86,7 +86,7 @@ _MIN_RTT_LIFE = 10.0
 # per-second window's bunching and a token bucket's initial burst.  ``recent``
 # uses the newest slots holding _MIN_COUNT deliveries (a short window at high
 # rates, for the in-flight bound).  Fewer than _MIN_COUNT say too little.
-_TOOK_SPAN = 1.0
+_TOOK_SPAN = 0.5
 _SLOT = 0.0625
 _SLOTS = 64
 _MIN_COUNT = 4
@@ -552,7 +552,7 @@ class _KeyRate(Limiter):
             return
         # Cap the credit so a long quiet spell before one wait is not counted.
         self.growth += min(dt, 2.0 / ctl.pace + 0.5)
-        # What the server took over the last second: long enough that a
+        # What the server took over the last half second: long enough that a
         # bunch of answers arriving together does not read as a higher rate
         # (the curve's cap would ratchet up on every such spike).
         took = self.meter.between(now, now - _TOOK_SPAN, now) if ctl.phase == CUBIC else None

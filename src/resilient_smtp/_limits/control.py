@@ -78,7 +78,7 @@ class Law:
     doubling_time: float = 0.125
     recovery_time: float = 2.0
     recovery_messages: int = 50
-    probe_gain: float = 1.05
+    probe_gain: float = 1.1
     """How far above the delivery rate of the last second the curve may go
     (BBR probes at 1.25x; far lower here: a probe past a fixed window costs
     a refusing spell, and the cost grows with the overshoot)."""
