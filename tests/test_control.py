@@ -207,3 +207,22 @@ def test_the_floor_and_the_ceiling_hold() -> None:
 
 def dataclass_replace(s: Control, **kw: object) -> Control:
     return dataclasses.replace(s, **kw)  # type: ignore[arg-type]
+
+
+def test_a_guessed_target_is_replaced_by_what_was_measured_since() -> None:
+    # Pushed back before anything was measured: the target is a guess (the
+    # initial rate).  At resumption the delivery meter says 95/s: the guess
+    # is no ceiling, the measure replaces it.
+    s, info = congestion(
+        LAW,
+        Control(),
+        now=0.1,
+        growth=0.0,
+        delivered=3,
+        since_cut=0,
+        measured=None,
+        first_delivery=0.05,
+    )
+    assert s.phase == PROBE and s.target == LAW.initial_rate and info.probing
+    back = resumed(LAW, s, now=0.3, growth=0.1, delivered=5, measured=95.0)
+    assert back.target == 95.0 and back.confirmed

@@ -275,13 +275,21 @@ def resumed(
     confirmed = s.confirmed
     span = now - s.cycle_start
     count = delivered - 1 - s.cycle_delivered  # this delivery opens the next cycle
-    if not confirmed and span > 0.0 and count >= _MIN_COUNT:
-        rate = count / span
-        if count < _CYCLE_COUNT and measured is not None:
+    if not confirmed:
+        # The target came from a burst or from a guess: what was measured
+        # since replaces it (a burst's target is higher anyway, and a guess
+        # is no ceiling).
+        rate: float | None = None
+        if span > 0.0 and count >= _CYCLE_COUNT:
+            rate = count / span
+        elif measured is not None:
             rate = measured
-        target = law.clamp(min(target, rate) if target > 0.0 else rate)
-        confirmed = True
-    elif target <= 0.0:
+        elif span > 0.0 and count >= _MIN_COUNT:
+            rate = count / span
+        if rate is not None:
+            target = law.clamp(rate)
+            confirmed = True
+    if target <= 0.0:
         target = law.clamp(law.initial_rate)
     # Double back from the probing pace, but not from far below: a quarter
     # of the way costs two doublings.
