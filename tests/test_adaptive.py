@@ -475,3 +475,14 @@ async def test_a_session_refused_for_rate_is_not_used_again() -> None:
     assert result.recipients[0].state is State.DELIVERED
     assert server.connections == 2
     assert len(server.stored) == 1
+
+
+async def test_refused_before_anything_is_measured_the_guess_does_not_hold_it_back() -> None:
+    # A token bucket with a burst of 2: the first refusals come before four
+    # deliveries, so the first cut has only a guess (the initial rate, 10/s).
+    # The guess is no ceiling: once mail goes again the pace keeps doubling
+    # until the server pushes back (it stayed near 10/s for seconds before).
+    run = await simulate(token_bucket(100.0, burst=2), messages=1000)
+    assert run.cuts[0].data["target_rate"] == 10.0
+    assert run.delivered / run.elapsed >= 0.6 * 100.0
+    assert run.per_message <= 1.05

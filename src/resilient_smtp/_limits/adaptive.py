@@ -555,7 +555,8 @@ class _KeyRate(Limiter):
         # What the server took over the last half second: long enough that a
         # bunch of answers arriving together does not read as a higher rate
         # (the curve's cap would ratchet up on every such spike).
-        took = self.meter.between(now, now - _TOOK_SPAN, now) if ctl.phase == CUBIC else None
+        measure = ctl.phase == CUBIC or not ctl.confirmed
+        took = self.meter.between(now, now - _TOOK_SPAN, now) if measure else None
         new = advance(self.law, ctl, growth=self.growth, took=took)
         if new is not ctl:
             self._set(new)

@@ -315,6 +315,13 @@ def advance(law: Law, s: Control, *, growth: float, took: float | None) -> Contr
     t = growth - s.epoch
     if s.phase == RAMP:
         rate = s.ramp_from * math.pow(2.0, min(t / law.doubling_time, 64.0))
+        if not s.confirmed:
+            # The target is only a guess (nothing could be measured): no
+            # ceiling to stop at; keep doubling, a little ahead of what the
+            # server takes, until it pushes back (TCP's slow start again).
+            if took is not None:
+                rate = min(rate, max(s.pace, law.probe_gain * took))
+            return _with_pace(law, s, rate)
         if rate < law.beta * s.target:
             return _with_pace(law, s, rate)
         s = dataclasses.replace(s, phase=CUBIC, epoch=growth)
