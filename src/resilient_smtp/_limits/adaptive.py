@@ -21,26 +21,23 @@ borrows what TCP learned, adapted to a server that counts messages:
   that starts refusing refuses everything already on its way, and a server
   that pauses after each error delivers those refusals late and together)
   and do not cut again.
-* **Cut to what the server took.**  The new target ``W`` is the delivery rate
-  measured over the last few seconds (never more than the pace we were
-  granting), not a fraction of a rate that may have overshot; the pace drops
-  to ``beta * W``.
 * **Too many connections** halves how many permits may be out at once and
   leaves the pace alone (concurrency, not rate; one back per
   ``recovery_messages`` deliveries, Postfix's feedback with hysteresis).
-* **A refusing server is probed, not forgotten.**  A new event with nothing
-  delivered since the last cut (a fixed window whose count is spent: it
-  refuses everything until the window ends) halves the probing pace and lets
-  one probe out at a time, but keeps ``W``.  The first delivery after that
-  re-measures ``W`` and the pace doubles every ``doubling_time`` back to
-  ``beta * W``: recovery in well under a second, not a climb from the bottom.
-* **Grow back along the CUBIC curve**, ``W * (1 - (1 - beta) * (1 - t / K) ** 3)``:
-  fast at first, flat near ``W``, then past ``K`` probing above it to learn
-  whether the limit rose, but never beyond 1.1x the measured delivery rate.
-  ``K`` is ``recovery_time`` or the time to send ``recovery_messages`` at
-  ``W``, whichever is longer.  Time counts only while
-  callers wait on the limiter (an application-limited sender does not grow
-  its rate, as RFC 9438 asks).
+* **The rest is the control law** of ``control.py`` (pure functions, shared
+  with the Redis limiter): cut to what the server took, remember the
+  ceiling and probe above it ever more rarely when it is hit again, probe a
+  refusing server one attempt at a time with a doubling gap, re-measure an
+  unpaced start over its whole cycle, grow back along CUBIC.  This module
+  measures for it: the delivery rate over the last 4 s up to when the
+  refused attempt was sent (a server that sits on its refusals takes less
+  meanwhile, but that is its pause, not its rate), the deliveries of
+  attempts sent after the last cut, and the growth time, which counts only
+  while callers wait on the limiter (an application-limited sender does not
+  grow its rate, as RFC 9438 asks).
+* **After a cut that came from an unpaced start,** one attempt at a time
+  until one sent after the cut is delivered: the pace set from a burst says
+  little, and each attempt on it may be refused.
 
 :meth:`AdaptiveLimiter.feedback` returns ``True`` for a pushback it took:
 the limiter paces the retry itself, so the caller need not add a fixed
@@ -62,6 +59,7 @@ from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
+from .control import CUBIC, PROBE, STARTUP, Control, Law, advance, congestion, resumed
 from .gcra import RateLimiter
 from .limiter import KeyedLimiter, Limiter
 
@@ -69,14 +67,6 @@ if TYPE_CHECKING:
     from .._classify.classifier import Classification
 
 __all__ = ["AdaptiveLimiter"]
-
-# A fresh pushback with nothing delivered since the last cut: halve the
-# probing pace (the multiplicative decrease of TCP Reno); the target stays.
-_HALVE = 0.5
-
-# How far above the measured delivery rate the pace may grow (BBR probes at
-# 1.25x; lower here, since a probe past a fixed window costs a refusing spell).
-_PROBE_GAIN = 1.1
 
 # How often a window waiter looks at a clock that is not the loop's (see
 # take_slot).
@@ -96,15 +86,10 @@ _MIN_RTT_LIFE = 10.0
 # per-second window's bunching and a token bucket's initial burst.  ``recent``
 # uses the newest slots holding _MIN_COUNT deliveries (a short window at high
 # rates, for the in-flight bound).  Fewer than _MIN_COUNT say too little.
+_TOOK_SPAN = 0.5
 _SLOT = 0.0625
 _SLOTS = 64
 _MIN_COUNT = 4
-
-# Phases of a destination's pace.
-_STARTUP = 0  # no pushback yet: the window only (or max_rate)
-_CUBIC = 1  # after a measured cut: the CUBIC curve around W
-_PROBE = 2  # refusing everything: a low, constant pace until a delivery
-_RAMP = 3  # deliveries again: doubling back to beta * W
 
 
 class _Meter:
@@ -146,6 +131,21 @@ class _Meter:
         """The delivery rate over the shortest recent span that says something."""
         return self._rate(now, _MIN_COUNT)
 
+    def between(self, now: float, start: float, end: float) -> float | None:
+        """The delivery rate from ``start`` to ``end`` (both within the
+        meter's span; whole slots)."""
+        idx = self._roll(now)
+        first = max(int(start // _SLOT), idx - _SLOTS + 1)
+        last = min(int(end // _SLOT), idx)
+        total = 0
+        for i in range(first, last + 1):
+            total += self.counts[i % _SLOTS]
+        if total < _MIN_COUNT:
+            return None
+        begin = max(first * _SLOT, self.first)  # whole slots: all they hold counts
+        stop = min((last + 1) * _SLOT, now)
+        return total / (stop - begin) if stop > begin else None
+
     def average(self, now: float) -> float | None:
         """The delivery rate over the meter's whole span (4 s, or since the first)."""
         idx = self._roll(now)
@@ -175,6 +175,7 @@ class AdaptiveLimiter(Limiter):
         "_clock",
         "_hooks",
         "_keys",
+        "_law",
         "beta",
         "burst",
         "doubling_time",
@@ -197,7 +198,7 @@ class AdaptiveLimiter(Limiter):
         beta: float = 0.9,
         doubling_time: float = 0.125,
         recovery_time: float = 2.0,
-        recovery_messages: int = 200,
+        recovery_messages: int = 50,
         initial_window: int = 8,
         pushback: Collection[Reason] = DEFAULT_PUSHBACK,
         idle_timeout: float = 300.0,
@@ -232,6 +233,16 @@ class AdaptiveLimiter(Limiter):
         self.recovery_messages = recovery_messages
         self.initial_window = initial_window
         self.pushback = frozenset(Reason(r) for r in pushback)
+        self._law = Law(
+            initial_rate=self.initial_rate,
+            min_rate=self.min_rate,
+            max_rate=self.max_rate,
+            beta=self.beta,
+            doubling_time=self.doubling_time,
+            recovery_time=self.recovery_time,
+            recovery_messages=self.recovery_messages,
+            span=_SLOT * _SLOTS,
+        )
         self._clock = clock
         self._hooks = tuple(hooks)
         self._keys = KeyedLimiter(self._new_key, idle_timeout=idle_timeout, clock=clock)
@@ -250,8 +261,12 @@ class AdaptiveLimiter(Limiter):
         :attr:`pushback`): the limiter has taken it and paces the retry, so
         no fixed per-message wait is needed on top.
         """
-        state = self._keys.limiter_for(key)
-        assert isinstance(state, _KeyRate)
+        # The key was used by the permit this answers: a plain look-up
+        # (marking it used again would cost more than the rest).
+        state = self._keys.get(key)
+        if not isinstance(state, _KeyRate):
+            state = self._keys.limiter_for(key)
+            assert isinstance(state, _KeyRate)
         return state.hear(key, classification)
 
     @property
@@ -295,33 +310,33 @@ class AdaptiveLimiter(Limiter):
 
 
 class _KeyRate(Limiter):
-    """One destination: its window, its pace, and where it stands on the curve."""
+    """One destination: its window, its pace, and its :class:`Control`."""
 
     __slots__ = (
         "answered",
+        "bdp",
+        "bdp_slot",
         "bucket",
         "conn_cap",
-        "cut_at",
+        "ctl",
         "delivered",
         "delivered_since_cut",
         "exited",
+        "exited_start",
+        "first_delivery",
         "granted",
         "growth",
         "inflight",
-        "k",
         "last_update",
+        "law",
         "meter",
         "min_rtt",
         "min_rtt_at",
         "owner",
         "pace",
-        "phase",
-        "phase_start",
-        "ramp_from",
         "recover_seq",
         "slots",
         "ticker",
-        "w_max",
         "waited",
         "waiting",
         "win",
@@ -329,34 +344,34 @@ class _KeyRate(Limiter):
 
     def __init__(self, owner: AdaptiveLimiter) -> None:
         self.owner = owner
+        self.law = owner._law
         now = owner._clock.monotonic()
+        self.ctl = Control(pace=math.inf if owner.max_rate is None else owner.max_rate)
         self.pace: float | None = owner.max_rate  # None: not paced
         self.bucket = RateLimiter(
             rate=owner.max_rate or owner.initial_rate, burst=owner.burst, clock=owner._clock
         )
-        self.phase = _STARTUP
         self.last_update = now
         self.growth = 0.0  # seconds spent with callers waiting on this limiter
-        self.phase_start = 0.0  # ``growth`` when the current phase began
         self.waiting = 0  # callers inside acquire, not yet granted
         self.waited = False  # someone waited since the last update
-        self.w_max = owner.initial_rate
-        self.k = owner.recovery_time
-        self.ramp_from = owner.min_rate
         self.granted = 0  # permits granted: the stamp of the last one
         self.answered = 0
         self.inflight = 0  # window slots taken (granted or being paced), not yet left
         self.slots: collections.deque[asyncio.Future[None]] = collections.deque()
         self.ticker: asyncio.Future[None] | None = None
         self.exited: int | None = None  # stamp of the permit that left last
+        self.exited_start = now  # when that permit was granted
         self.recover_seq = -1  # pushbacks on permits up to this one are old news
-        self.cut_at: float | None = None
-        self.delivered_since_cut = 0
         self.delivered = 0  # deliveries heard in all
+        self.delivered_since_cut = 0  # of permits granted after the last cut
+        self.first_delivery = math.nan
         self.min_rtt = math.inf
         self.min_rtt_at = now
         self.meter = _Meter()
         self.win = owner.initial_window  # the window, recomputed as measures come
+        self.bdp: int | None = None  # the in-flight bound's measured term
+        self.bdp_slot = -1  # the meter slot it was measured in
         # After "too many connections": at most this many permits out at once
         # (None: no such cap).  Concurrency, not the pace, is what it limits.
         self.conn_cap: float | None = None
@@ -376,23 +391,35 @@ class _KeyRate(Limiter):
 
     def window(self, now: float) -> int:
         """Recompute the in-flight bound from the latest measures."""
-        if self.phase == _PROBE:
-            # The server refuses everything for now: one probe at a time.
+        phase = self.ctl.phase
+        if phase == PROBE or (
+            phase != STARTUP and self.delivered_since_cut == 0 and not self.ctl.confirmed
+        ):
+            # The server refuses everything for now; or the pace comes from
+            # an unpaced start (a burst says little of a rate) and nothing
+            # sent since the cut has been delivered yet: one attempt at a
+            # time until one gets through.
             self.win = 1
             return 1
         first = self.owner.initial_window
-        bw = self.meter.recent(now)
-        if bw is None or self.min_rtt == math.inf:
-            self.win = first
-        else:
-            # TCP's slow start bounds it too: at most one more per delivery
-            # (doubling per round trip), so a server's initial burst, which
-            # makes the delivery rate look high, cannot open it wide at once.
-            bdp = math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
-            self.win = max(first, min(bdp, first + self.delivered))
+        slot = int(now // _SLOT)
+        if self.bdp is None or slot != self.bdp_slot:
+            # Measured at most once per meter slot once known (a delivery
+            # costs a few hundred nanoseconds here, not a meter scan).
+            bw = self.meter.recent(now)
+            self.bdp_slot = slot
+            if bw is None or self.min_rtt == math.inf:
+                self.bdp = None
+            else:
+                self.bdp = math.ceil(_WINDOW_GAIN * bw * self.min_rtt)
+        # TCP's slow start bounds it too: at most one more per delivery
+        # (doubling per round trip), so a server's initial burst, which makes
+        # the delivery rate look high, cannot open it wide at once.
+        win = first if self.bdp is None else max(first, min(self.bdp, first + self.delivered))
         if self.conn_cap is not None:
-            self.win = min(self.win, int(self.conn_cap))
-        return self.win
+            win = min(win, int(self.conn_cap))
+        self.win = win
+        return win
 
     async def take_slot(self) -> None:
         """Wait for a window slot; return holding it."""
@@ -423,12 +450,11 @@ class _KeyRate(Limiter):
 
     def give_slot(self) -> None:
         self.inflight -= 1
-        self.wake()
+        if self.slots:
+            self.wake()
 
     def wake(self) -> None:
         slots = self.slots
-        if not slots:
-            return
         limit = self.win
         while slots and self.inflight < limit:
             fut = slots.popleft()
@@ -446,18 +472,40 @@ class _KeyRate(Limiter):
         # The permit this answers: the one that left last (the Mailer reports
         # right after leaving); else assume answers come in order.
         seq = self.exited if self.exited is not None else self.answered
+        # When it was sent: a probe is granted alone (the window is 1 while
+        # probing), so its grant is its send; any other may have waited for
+        # a connection after its grant.
+        granted_at = min(now, self.exited_start) if self.exited is not None else now
+        probe = self.exited is not None and seq > self.recover_seq
+        sent = granted_at if probe else now
         self.exited = None
         if classification is None:
             self.meter.add(now)
-            self.delivered_since_cut += 1
             self.delivered += 1
+            if seq > self.recover_seq:
+                self.delivered_since_cut += 1
+            if self.delivered == 1:
+                self.first_delivery = now
             if self.conn_cap is not None:
                 # Postfix's concurrency feedback with hysteresis: one more
                 # connection per `recovery_messages` deliveries.
                 self.conn_cap += 1.0 / max(1, self.owner.recovery_messages)
+            if self.ctl.phase == PROBE:
+                # Deliveries again after probing: back to the target.
+                # The refusing spell ended before this probe was sent; its
+                # answer may have come late (a server slowing down a client
+                # that erred), which says nothing of the rate.
+                self._set(
+                    resumed(
+                        self.law,
+                        self.ctl,
+                        now=sent,
+                        growth=self.growth,
+                        delivered=self.delivered,
+                        measured=self.meter.average(now),
+                    )
+                )
             self.window(now)
-            if self.phase == _PROBE:
-                self._ramp(now)
             if self.slots:
                 self.wake()  # the window may have grown
             return False
@@ -487,114 +535,91 @@ class _KeyRate(Limiter):
                 owner._hooks,
             )
             return True
-        self._cut(key, now, classification.reason)
+        self._cut(key, now, granted_at, classification.reason)
         return True
 
     # -- the curve -------------------------------------------------------------
 
     def update(self, now: float) -> None:
-        """Credit the time callers spent waiting, and set the pace."""
+        """Credit the time callers spent waiting, and move along the curve."""
         dt = now - self.last_update
         self.last_update = now
         if dt <= 0 or not (self.waited or self.waiting):
             return  # nobody waited: no growth, the curve has not moved
         self.waited = bool(self.waiting)
-        if self.phase == _STARTUP or self.phase == _PROBE:
+        ctl = self.ctl
+        if ctl.phase == STARTUP or ctl.phase == PROBE:
             return
         # Cap the credit so a long quiet spell before one wait is not counted.
-        pace = self.pace if self.pace is not None else self.owner.initial_rate
-        self.growth += min(dt, 2.0 / pace + 0.5)
-        rate = self._curve()
-        took = self.meter.recent(now) if self.phase == _CUBIC else None
-        if took is not None and self.pace is not None:
-            # Grow no further than a little ahead of what the server is
-            # taking (BBR probes at 1.25x the measured bandwidth): when its
-            # refusals come late, the curve must not run away before they
-            # arrive.  (The ramp back to a known rate is not held back.)
-            rate = min(rate, max(self.pace, _PROBE_GAIN * took))
-        self._set_pace(rate)
+        self.growth += min(dt, 2.0 / ctl.pace + 0.5)
+        # What the server took over the last half second: long enough that a
+        # bunch of answers arriving together does not read as a higher rate
+        # (the curve's cap would ratchet up on every such spike).
+        measure = ctl.phase == CUBIC or not ctl.confirmed
+        took = self.meter.between(now, now - _TOOK_SPAN, now) if measure else None
+        new = advance(self.law, ctl, growth=self.growth, took=took)
+        if new is not ctl:
+            self._set(new)
 
-    def _curve(self) -> float:
-        owner = self.owner
-        t = self.growth - self.phase_start
-        target = owner.beta * self.w_max
-        if self.phase == _RAMP:
-            rate = self.ramp_from * math.pow(2.0, min(t / owner.doubling_time, 64.0))
-            if rate < target:
-                return rate
-            self.phase = _CUBIC
-            self.phase_start = self.growth
-            t = 0.0
-        x = min(t / self.k - 1.0, 1e3)
-        return self.w_max * (1.0 + (1.0 - owner.beta) * x * x * x)
-
-    def _set_pace(self, rate: float) -> None:
-        owner = self.owner
-        if owner.max_rate is not None:
-            rate = min(rate, owner.max_rate)
-        rate = max(owner.min_rate, rate)
-        self.pace = rate
-        self.bucket.rate = rate
-
-    def _ramp(self, now: float) -> None:
-        """Deliveries again after a probe: re-measure W, double back to it."""
-        measured = self.meter.average(now)
-        if measured is not None:
-            self.w_max = max(self.owner.min_rate, min(self.w_max, measured))
-            self.k = max(self.owner.recovery_time, self.owner.recovery_messages / self.w_max)
-        self.ramp_from = self.pace if self.pace is not None else self.owner.min_rate
-        self.phase = _RAMP
-        self.phase_start = self.growth
-        self.window(now)
-
-    def _cut(self, key: str, now: float, reason: Reason) -> None:
-        owner = self.owner
-        old = self.pace if self.pace is not None else math.inf
-        measured = self.meter.average(now)
-        if self.cut_at is not None and self.delivered_since_cut == 0:
-            # Nothing got through since the last cut: the server refuses
-            # everything for now (a spent window).  Probe more slowly, and
-            # keep the target: the rate it took before is still the best
-            # guess for when it takes mail again.
-            new = (old if old < math.inf else owner.initial_rate) * _HALVE
-            self.phase = _PROBE
-        elif measured is None:
-            # Pushed back before anything was measured: halve a guess.
-            self.w_max = max(owner.min_rate, min(old, owner.initial_rate))
-            new = self.w_max * _HALVE
-            self.phase = _PROBE
+    def _set(self, ctl: Control) -> None:
+        self.ctl = ctl
+        if ctl.pace < math.inf:
+            self.pace = ctl.pace
+            self.bucket.rate = ctl.pace
         else:
-            # What the server took is the target: one cut lands under it,
-            # however far over it we were.
-            # The pace we were granting bounds what got through, except on
-            # the way back from a probe, where it is still low by choice.
-            ceiling = old if self.phase in (_STARTUP, _CUBIC) else max(old, self.w_max)
-            self.w_max = max(owner.min_rate, min(ceiling, measured))
-            new = owner.beta * self.w_max
-            self.phase = _CUBIC
-        self.k = max(owner.recovery_time, owner.recovery_messages / self.w_max)
-        self.phase_start = self.growth
+            self.pace = None
+
+    def _cut(self, key: str, now: float, sent: float, reason: Reason) -> None:
+        # What the server took: over the meter's span, or since deliveries
+        # resumed after probing if that is later (the refusing spell before
+        # says nothing of what it takes now).
+        # It ends when the refused attempt was sent: a server that sits on
+        # its refusals (and on the sessions that carry them) takes less
+        # meanwhile, but that is its pause, not its rate.
+        span = _SLOT * _SLOTS
+        start = now - span
+        if not math.isnan(self.ctl.cycle_start):
+            start = max(start, self.ctl.cycle_start)
+        end = max(start, min(now, sent))
+        measured = self.meter.between(now, start, end) if end - start >= 0.5 * span else None
+        if measured is None:
+            measured = self.meter.average(now)
+        ctl, cut = congestion(
+            self.law,
+            self.ctl,
+            now=now,
+            growth=self.growth,
+            delivered=self.delivered,
+            since_cut=self.delivered_since_cut,
+            measured=measured,
+            first_delivery=self.first_delivery,
+        )
         self.recover_seq = self.granted
-        self.cut_at = now
         self.delivered_since_cut = 0
-        self._set_pace(new)
+        self._set(ctl)
+        if ctl.phase == PROBE:
+            # The next probe one gap from now, not at once from the bucket's
+            # allowance.
+            self.bucket.drain()
         self.window(now)
-        assert self.pace is not None
         emit(
             Event(
                 "rate_changed",
-                f"{key}: rate cut from {old:.3g}/s to {self.pace:.3g}/s after {reason}",
+                f"{key}: rate cut from {cut.old_rate:.3g}/s to {cut.new_rate:.3g}/s"
+                f" after {reason}",
                 {
                     "destination": key,
                     "reason": str(reason),
-                    "old_rate": old,
-                    "new_rate": self.pace,
-                    "measured_rate": measured,
-                    "target_rate": self.w_max,
-                    "recovery_seconds": self.k,
+                    "old_rate": cut.old_rate,
+                    "new_rate": cut.new_rate,
+                    "measured_rate": cut.measured_rate,
+                    "target_rate": cut.target_rate,
+                    "recovery_seconds": cut.recovery_seconds,
+                    "probing": cut.probing,
+                    "same_ceiling_hits": cut.same_ceiling_hits,
                 },
             ),
-            owner._hooks,
+            self.owner._hooks,
         )
 
 
@@ -644,6 +669,7 @@ class _AdaptivePermit(AbstractAsyncContextManager[None]):
         state = self._state
         now = state.owner._clock.monotonic()
         state.exited = self._seq
+        state.exited_start = self._start
         rtt = now - self._start
         if rtt < state.min_rtt or now - state.min_rtt_at > _MIN_RTT_LIFE:
             state.min_rtt = rtt

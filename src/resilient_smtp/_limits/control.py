@@ -1,0 +1,346 @@
+"""The control law of the adaptive limiters, as pure functions over a state.
+
+:class:`~resilient_smtp.AdaptiveLimiter` (one process) and
+:class:`~resilient_smtp.redis.RedisAdaptiveLimiter` (state in Redis) decide
+the same way: both keep a :class:`Control` per destination and change it only
+through the functions here, which do no I/O and read no clock (the time,
+the delivery counts and the measured delivery rate come in as arguments).
+What the limiter does with the result (a window of permits, a GCRA bucket
+at :attr:`Control.pace`) is its own business.
+
+The law, for a server that counts messages (not bytes) and answers over its
+limit with a refusal, often late (``docs/limits.md`` has the reasoning):
+
+* **Startup** (:data:`STARTUP`): no pace at all until the first pushback.
+* **One cut per congestion event** (the caller filters the echoes).  The cut
+  goes to what the server took, ``W = min(pace, measured delivery rate)``,
+  and the pace to ``beta * W`` (:func:`congestion`).
+* **The ceiling is remembered.**  A cut whose ``W`` lies within
+  ``same_ceiling`` of the previous one hit the same ceiling again: the time
+  to the plateau ``K`` doubles (up to ``2 ** max_backoff`` times), so the
+  curve stays just under a limit it keeps finding and probes above it ever
+  more rarely (exponential back-off of probing; CUBIC keeps ``W_max`` for
+  the same reason).  A cut at a clearly different level starts over.
+* **Refusing everything** (a new event with nothing delivered since the
+  last cut: a spent fixed window): one probe at a time, the gap between
+  probes doubling per refused probe (:data:`PROBE`), the target kept.
+* **Resumption** (:func:`resumed`): the first delivery after probing.  A
+  target measured on an unpaced burst (a fixed window lets its whole count
+  through at once) is not a rate; the whole cycle, burst plus refusing
+  spell, is: the target becomes ``deliveries / cycle length``.  The pace
+  then doubles every ``doubling_time`` back to ``beta * W`` (:data:`RAMP`).
+* **Growth** (:func:`advance`): CUBIC (RFC 9438), ``W * (1 + (1 - beta) *
+  ((t - K) / K) ** 3)``, fast at first, flat near ``W``, past ``K``
+  probing above it, never beyond ``probe_gain`` times the delivery rate
+  measured just now.  ``t`` is whatever time the caller counts as growth
+  (the in-process limiter counts only time with callers waiting, as RFC 9438
+  asks of an application-limited sender).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = [
+    "CUBIC",
+    "PROBE",
+    "RAMP",
+    "STARTUP",
+    "Control",
+    "Cut",
+    "Law",
+    "advance",
+    "congestion",
+    "resumed",
+]
+
+# Phases.
+STARTUP = 0  # no pushback yet: not paced
+CUBIC = 1  # after a measured cut: the curve around W
+PROBE = 2  # refusing everything: one probe at a time, ever further apart
+RAMP = 3  # deliveries again: doubling back to beta * W
+
+# Fewer deliveries than this over a cycle say nothing about its rate; fewer
+# than _CYCLE_COUNT say less than a delivery meter does.
+_MIN_COUNT = 4
+_CYCLE_COUNT = 16
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Law:
+    """The parameters of the law (the limiter's constructor checks them)."""
+
+    initial_rate: float = 10.0
+    min_rate: float = 0.1
+    max_rate: float | None = None
+    beta: float = 0.9
+    doubling_time: float = 0.125
+    recovery_time: float = 2.0
+    recovery_messages: int = 50
+    probe_gain: float = 1.1
+    """How far above the delivery rate of the last second the curve may go
+    (BBR probes at 1.25x; far lower here: a probe past a fixed window costs
+    a refusing spell, and the cost grows with the overshoot)."""
+    same_ceiling: float = 0.15
+    more_room: float = 0.03
+    """A cut whose target is at most ``same_ceiling`` below the last one's,
+    or at most ``more_room`` above it, hit the same ceiling."""
+    max_backoff: int = 5
+    """``K`` grows at most ``2 ** max_backoff`` times by repeated hits."""
+    min_probe_gap: float = 0.05
+    """The first gap between probes of a refusing server (seconds): probing
+    faster only adds refusals."""
+    max_probe_gap: float = 4.0
+    """The longest gap between two probes of a refusing server (seconds)."""
+    span: float = 4.0
+    """How far back the caller's delivery-rate measure looks (seconds)."""
+
+    def clamp(self, rate: float) -> float:
+        if self.max_rate is not None:
+            rate = min(rate, self.max_rate)
+        return max(self.min_rate, rate)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Control:
+    """Where one destination stands.  Plain numbers, so a store can keep it."""
+
+    phase: int = STARTUP
+    pace: float = math.inf
+    """Permits per second (``math.inf``: not paced)."""
+    target: float = 0.0
+    """``W``: what the server took when it last pushed back (0: unknown)."""
+    confirmed: bool = False
+    """``target`` was measured while paced (not on an unpaced burst)."""
+    k: float = 0.0
+    """Growth seconds from the cut to the plateau at ``target``."""
+    epoch: float = 0.0
+    """Growth time when the current phase began."""
+    ramp_from: float = 0.0
+    hits: int = 0
+    """Cuts in a row at the same ceiling."""
+    probe_gap: float = 0.0
+    cut_at: float = -math.inf
+    """When the last cut was made (caller's clock)."""
+    cut_delivered: int = 0
+    """Deliveries counted when the last cut was made."""
+    cycle_start: float = math.nan
+    """When the current cycle of deliveries began (the first delivery, or
+    the last resumption)."""
+    cycle_delivered: int = 0
+    """Deliveries counted when the current cycle began."""
+    left_startup: float = math.nan
+    """When the first pushback ended the startup."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cut:
+    """What a congestion event did, for the ``rate_changed`` event."""
+
+    old_rate: float
+    new_rate: float
+    measured_rate: float | None
+    target_rate: float
+    recovery_seconds: float
+    probing: bool
+    same_ceiling_hits: int
+
+
+def congestion(
+    law: Law,
+    s: Control,
+    *,
+    now: float,
+    growth: float,
+    delivered: int,
+    since_cut: int,
+    measured: float | None,
+    first_delivery: float,
+) -> tuple[Control, Cut]:
+    """A new congestion event: the cut.
+
+    ``delivered`` counts deliveries so far, ``since_cut`` those of attempts
+    started after the last cut (a store that cannot tell passes
+    ``delivered - s.cut_delivered``), ``measured`` is the delivery rate over
+    the last few seconds (``None``: too few to say), ``first_delivery`` when
+    the first one was heard (``math.nan``: none yet).
+    """
+    old = s.pace
+    cycle_start = s.cycle_start
+    cycle_delivered = s.cycle_delivered
+    if math.isnan(cycle_start) and not math.isnan(first_delivery):
+        cycle_start, cycle_delivered = first_delivery, 0
+    left_startup = now if s.phase == STARTUP else s.left_startup
+    if s.phase != STARTUP and since_cut == 0:
+        # Nothing sent since the last cut got through: the server refuses
+        # everything for now (late answers to earlier sends say nothing).
+        # One probe at a time, each further apart; the target stays (the
+        # best guess for when it takes mail again).
+        base = old if old < math.inf else law.initial_rate
+        gap = 2.0 * s.probe_gap if s.phase == PROBE else max(2.0 / base, law.min_probe_gap)
+        gap = min(gap, law.max_probe_gap, 1.0 / law.min_rate)
+        new = dataclasses.replace(
+            s,
+            phase=PROBE,
+            pace=law.clamp(1.0 / gap),
+            probe_gap=gap,
+            epoch=growth,
+            cut_at=now,
+            cycle_start=cycle_start,
+            cycle_delivered=cycle_delivered,
+            left_startup=left_startup,
+        )
+        probing = True
+        hits = s.hits
+    elif measured is None:
+        # Pushed back before anything was measured: probe from half a guess.
+        target = law.clamp(min(old, law.initial_rate))
+        gap = min(max(2.0 / target, law.min_probe_gap), law.max_probe_gap, 1.0 / law.min_rate)
+        new = dataclasses.replace(
+            s,
+            phase=PROBE,
+            pace=law.clamp(1.0 / gap),
+            target=target,
+            confirmed=False,
+            k=_k(law, target, 0),
+            probe_gap=gap,
+            epoch=growth,
+            cut_at=now,
+            cut_delivered=delivered,
+            cycle_start=cycle_start,
+            cycle_delivered=cycle_delivered,
+            left_startup=left_startup,
+        )
+        probing, hits = True, 0
+    else:
+        # What the server took is the target: one cut lands under it however
+        # far over it we were.  The pace we granted bounds what got through,
+        # except on the way back from probing, where it is low by choice.
+        ceiling = old if s.phase in (STARTUP, CUBIC) else max(old, s.target)
+        target = law.clamp(min(ceiling, measured))
+        # The same ceiling again: refused at (or above) the plateau of the
+        # last target, and what the server took is about the same.  A cut on
+        # the way up, below the plateau, found a lower limit instead.
+        # A cut that found clearly more room than last time is no repeat
+        # either: the limit may be higher still.
+        same = (
+            s.target > 0.0
+            and old >= (1.0 - (1.0 - law.beta) / 2.0) * s.target
+            and (1.0 - law.same_ceiling) * s.target <= target <= (1.0 + law.more_room) * s.target
+        )
+        hits = s.hits + 1 if same else 0
+        new = dataclasses.replace(
+            s,
+            phase=CUBIC,
+            pace=law.clamp(law.beta * target),
+            target=target,
+            # Measured while paced only once the meter no longer holds the
+            # unpaced start (a fixed window's whole count at once).
+            confirmed=s.confirmed or (s.phase == CUBIC and now - s.left_startup >= law.span),
+            k=_k(law, target, hits),
+            hits=hits,
+            epoch=growth,
+            cut_at=now,
+            cut_delivered=delivered,
+            cycle_start=cycle_start,
+            cycle_delivered=cycle_delivered,
+            left_startup=left_startup,
+        )
+        probing = False
+    return new, Cut(
+        old_rate=old,
+        new_rate=new.pace,
+        measured_rate=measured,
+        target_rate=new.target,
+        recovery_seconds=new.k,
+        probing=probing,
+        same_ceiling_hits=hits,
+    )
+
+
+def resumed(
+    law: Law, s: Control, *, now: float, growth: float, delivered: int, measured: float | None
+) -> Control:
+    """The first delivery after probing a refusing server: back to the target.
+
+    A target not yet confirmed by a paced spell is re-measured over the
+    whole cycle (deliveries since the cycle began, over its length): a
+    window's burst and its refusing spell together are what the server
+    sustains.  A cycle of a few deliveries (a token bucket's small burst)
+    says little: the caller's ``measured`` rate then serves, if it has one.
+    A new cycle begins with this delivery.
+    """
+    target = s.target
+    confirmed = s.confirmed
+    span = now - s.cycle_start
+    count = delivered - 1 - s.cycle_delivered  # this delivery opens the next cycle
+    if not confirmed:
+        # The target came from a burst or from a guess: what was measured
+        # since replaces it (a burst's target is higher anyway, and a guess
+        # is no ceiling).
+        rate: float | None = None
+        if span > 0.0 and count >= _CYCLE_COUNT:
+            rate = count / span
+        elif measured is not None:
+            rate = measured
+        elif span > 0.0 and count >= _MIN_COUNT:
+            rate = count / span
+        if rate is not None:
+            target = law.clamp(rate)
+            confirmed = True
+    if target <= 0.0:
+        target = law.clamp(law.initial_rate)
+    # Double back from the probing pace, but not from far below: a quarter
+    # of the way costs two doublings.
+    start = max(s.pace, law.beta * target / 4.0)
+    return dataclasses.replace(
+        s,
+        phase=RAMP,
+        pace=law.clamp(min(start, law.beta * target)),
+        target=target,
+        confirmed=confirmed,
+        k=_k(law, target, s.hits),
+        ramp_from=start,
+        epoch=growth,
+        cycle_start=now,
+        cycle_delivered=delivered - 1,
+    )
+
+
+def advance(law: Law, s: Control, *, growth: float, took: float | None) -> Control:
+    """The pace at growth time ``growth`` (``took``: the delivery rate just now)."""
+    if s.phase == STARTUP or s.phase == PROBE:
+        return s
+    t = growth - s.epoch
+    if s.phase == RAMP:
+        rate = s.ramp_from * math.pow(2.0, min(t / law.doubling_time, 64.0))
+        if not s.confirmed:
+            # The target is only a guess (nothing could be measured): no
+            # ceiling to stop at; keep doubling, a little ahead of what the
+            # server takes, until it pushes back (TCP's slow start again).
+            if took is not None:
+                rate = min(rate, max(s.pace, law.probe_gain * took))
+            return _with_pace(law, s, rate)
+        if rate < law.beta * s.target:
+            return _with_pace(law, s, rate)
+        s = dataclasses.replace(s, phase=CUBIC, epoch=growth)
+        t = 0.0
+    x = min(t / s.k - 1.0, 1e3)
+    rate = s.target * (1.0 + (1.0 - law.beta) * x * x * x)
+    if took is not None:
+        # No further than a little ahead of what the server is taking: when
+        # its refusals come late, the curve must not run away before they
+        # arrive.
+        rate = min(rate, max(s.pace, law.probe_gain * took))
+    return _with_pace(law, s, rate)
+
+
+def _with_pace(law: Law, s: Control, rate: float) -> Control:
+    pace = law.clamp(rate)
+    return s if pace == s.pace else dataclasses.replace(s, pace=pace)
+
+
+def _k(law: Law, target: float, hits: int) -> float:
+    base = max(law.recovery_time, law.recovery_messages / target)
+    return base * math.pow(2.0, min(hits, law.max_backoff))

@@ -1,0 +1,228 @@
+"""The adaptive control law, as pure functions (``_limits/control.py``).
+
+No clock, no I/O: each property of the law is checked on the numbers it
+produces.  The end-to-end behaviour (a limiter in front of simulated
+servers) is in ``test_adaptive.py``; against real servers in
+``bench/bench_pushback.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+
+from resilient_smtp._limits.control import (
+    CUBIC,
+    PROBE,
+    RAMP,
+    STARTUP,
+    Control,
+    Law,
+    advance,
+    congestion,
+    resumed,
+)
+
+LAW = Law()
+
+
+def cut(s: Control, *, now: float, measured: float | None, since_cut: int = 10) -> Control:
+    new, _ = congestion(
+        LAW,
+        s,
+        now=now,
+        growth=now,
+        delivered=1000,
+        since_cut=since_cut,
+        measured=measured,
+        first_delivery=0.0,
+    )
+    return new
+
+
+def paced(target: float, hits: int = 0) -> Control:
+    """A destination in its CUBIC phase around ``target``, pacing at it."""
+    return Control(
+        phase=CUBIC,
+        pace=target,
+        target=target,
+        confirmed=True,
+        k=2.0,
+        hits=hits,
+        left_startup=0.0,
+    )
+
+
+def test_startup_is_not_paced() -> None:
+    s = Control()
+    assert s.phase == STARTUP and s.pace == math.inf
+    assert advance(LAW, s, growth=100.0, took=50.0) is s  # no curve before a pushback
+
+
+def test_the_cut_goes_to_what_the_server_took() -> None:
+    # Pacing at 200/s while the server took 40/s: one cut lands under 40,
+    # not at 0.9 x 200.
+    new, info = congestion(
+        LAW,
+        paced(200.0),
+        now=10.0,
+        growth=10.0,
+        delivered=500,
+        since_cut=20,
+        measured=40.0,
+        first_delivery=0.0,
+    )
+    assert new.phase == CUBIC
+    assert new.target == 40.0
+    assert new.pace == pytest.approx(LAW.beta * 40.0)
+    assert info.old_rate == 200.0 and info.measured_rate == 40.0
+
+
+def test_the_cut_never_goes_above_the_pace_granted() -> None:
+    new = cut(paced(30.0), now=10.0, measured=80.0)  # a burst of old answers
+    assert new.target == 30.0
+
+
+def test_nothing_through_since_the_cut_probes_with_a_doubling_gap() -> None:
+    s = cut(paced(40.0), now=10.0, measured=40.0)
+    gaps = []
+    for i in range(8):
+        s = cut(s, now=11.0 + i, measured=40.0, since_cut=0)
+        assert s.phase == PROBE
+        assert s.target == 40.0  # the target is kept while probing
+        gaps.append(s.probe_gap)
+    assert gaps[0] >= LAW.min_probe_gap
+    for a, b in itertools.pairwise(gaps):
+        assert b == pytest.approx(min(2 * a, LAW.max_probe_gap))
+    assert gaps[-1] == LAW.max_probe_gap
+    assert s.pace == pytest.approx(1.0 / LAW.max_probe_gap)
+
+
+def test_the_same_ceiling_again_backs_off_probing() -> None:
+    # Cut at the plateau, again and again, at about the same rate: the time
+    # to the plateau (and so to the next probe above it) doubles each time.
+    s = paced(40.0)
+    ks = []
+    for i in range(4):
+        s = dataclass_replace(s, pace=1.05 * s.target)  # probing above the plateau
+        s = cut(s, now=10.0 * (i + 1), measured=40.0 - 0.2 * i)
+        ks.append(s.k)
+    assert [round(b / a, 6) for a, b in itertools.pairwise(ks)] == [2.0, 2.0, 2.0]
+    assert s.hits == 4
+
+
+def test_a_different_ceiling_starts_the_back_off_over() -> None:
+    s = paced(40.0, hits=3)
+    s = dataclass_replace(s, pace=42.0)
+    lower = cut(s, now=10.0, measured=25.0)  # the limit dropped
+    assert lower.hits == 0
+    higher = cut(s, now=10.0, measured=41.9)  # more room than last time
+    assert higher.hits == 0
+    again = cut(s, now=10.0, measured=39.0)
+    assert again.hits == 4
+
+
+def test_a_cut_on_the_way_up_is_not_the_same_ceiling() -> None:
+    # Refused below the plateau (pace 0.9 x target): a lower limit, not a
+    # repeat, even if what it took is close.
+    s = dataclass_replace(paced(40.0, hits=2), pace=36.0)
+    assert cut(s, now=10.0, measured=36.0).hits == 0
+
+
+def test_back_off_is_bounded() -> None:
+    s = paced(40.0, hits=100)
+    s = dataclass_replace(s, pace=41.0)
+    s = cut(s, now=10.0, measured=40.0)
+    base = max(LAW.recovery_time, LAW.recovery_messages / 40.0)
+    assert s.k == pytest.approx(base * 2**LAW.max_backoff)
+
+
+def test_resumption_after_an_unpaced_burst_measures_the_whole_cycle() -> None:
+    # A fixed window let 120 through at once (measured: 600/s), then refused
+    # everything; the first delivery after probing comes 3 s after the first
+    # one: the server sustains 120 per 3 s.
+    s, _ = congestion(
+        LAW,
+        Control(),
+        now=0.2,
+        growth=0.0,
+        delivered=120,
+        since_cut=0,
+        measured=600.0,
+        first_delivery=0.0,
+    )
+    assert s.target == 600.0 and not s.confirmed
+    s = cut(s, now=0.3, measured=600.0, since_cut=0)
+    assert s.phase == PROBE
+    back = resumed(LAW, s, now=3.0, growth=1.0, delivered=121, measured=None)
+    assert back.phase == RAMP
+    assert back.target == pytest.approx(120 / 3.0)
+    assert back.confirmed
+    assert back.pace <= LAW.beta * back.target
+
+
+def test_resumption_keeps_a_target_measured_while_paced() -> None:
+    s = cut(paced(40.0), now=10.0, measured=40.0)
+    s = cut(s, now=10.1, measured=40.0, since_cut=0)
+    back = resumed(LAW, s, now=60.0, growth=20.0, delivered=2000, measured=35.0)
+    assert back.target == 40.0
+
+
+def test_the_ramp_doubles_back_then_the_curve_flattens_at_the_target() -> None:
+    s = dataclass_replace(paced(40.0), phase=RAMP, pace=5.0, ramp_from=5.0, epoch=0.0, k=2.0)
+    s1 = advance(LAW, s, growth=LAW.doubling_time, took=None)
+    assert s1.pace == pytest.approx(10.0)
+    s2 = advance(LAW, s1, growth=1.0, took=None)
+    assert s2.phase == CUBIC
+    assert s2.pace == pytest.approx(LAW.beta * 40.0)
+    plateau = advance(LAW, s2, growth=1.0 + s2.k, took=40.0)
+    assert plateau.pace == pytest.approx(40.0)
+
+
+def test_growth_is_held_to_a_little_above_what_the_server_takes() -> None:
+    s = dataclass_replace(paced(40.0), k=1.0, epoch=0.0, pace=40.0)
+    far = advance(LAW, s, growth=10.0, took=40.0)  # the curve would be far above
+    assert far.pace == pytest.approx(LAW.probe_gain * 40.0)
+
+
+def test_the_floor_and_the_ceiling_hold() -> None:
+    law = Law(min_rate=2.0, max_rate=50.0)
+    s, _ = congestion(
+        law,
+        Control(pace=50.0),
+        now=1.0,
+        growth=0.0,
+        delivered=10,
+        since_cut=10,
+        measured=0.5,
+        first_delivery=0.0,
+    )
+    assert s.pace == 2.0
+    up = advance(law, dataclass_replace(s, phase=CUBIC, k=1.0), growth=100.0, took=None)
+    assert up.pace == 50.0
+
+
+def dataclass_replace(s: Control, **kw: object) -> Control:
+    return dataclasses.replace(s, **kw)  # type: ignore[arg-type]
+
+
+def test_a_guessed_target_is_replaced_by_what_was_measured_since() -> None:
+    # Pushed back before anything was measured: the target is a guess (the
+    # initial rate).  At resumption the delivery meter says 95/s: the guess
+    # is no ceiling, the measure replaces it.
+    s, info = congestion(
+        LAW,
+        Control(),
+        now=0.1,
+        growth=0.0,
+        delivered=3,
+        since_cut=0,
+        measured=None,
+        first_delivery=0.05,
+    )
+    assert s.phase == PROBE and s.target == LAW.initial_rate and info.probing
+    back = resumed(LAW, s, now=0.3, growth=0.1, delivered=5, measured=95.0)
+    assert back.target == 95.0 and back.confirmed
