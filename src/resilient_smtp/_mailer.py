@@ -197,11 +197,6 @@ class Mailer:
         )
         self.classifier = classifier or default_classifier
         self.pool = Pool(transport, pool, clock=self.clock, reactions=reactions)
-        # After pushback on the rate, the next attempt gets a fresh session:
-        # a server may slow every reply of a session that keeps erring
-        # (Postfix: smtpd_soft_error_limit, smtpd_error_sleep_time), and a
-        # refused pipelined MAIL is three errors there.
-        self._fresh = reactions.reasons(rate="cut")
         self.resend_ambiguous = resend_ambiguous
         # Opt-in: BDAT LAST pipelined behind the envelope where the server
         # offers PIPELINING and CHUNKING (one round trip per message; a
@@ -643,7 +638,7 @@ class Mailer:
                 out = await self._transact(
                     lease, message, envelope, dest.host, batch, bodies, hook
                 )
-                if out.broken or (out.failure is not None and out.failure.reason in self._fresh):
+                if out.broken:
                     lease.discard()
                 return out
         except NO_REPLY as exc:

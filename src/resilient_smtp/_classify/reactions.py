@@ -215,8 +215,14 @@ REACTIONS = Reactions(
             retry_floor=300.0,
             why="postgrey's --delay and Postfix's minimal_backoff_time are 300 s",
         ),
+        # The retry after pushback on the rate goes on a fresh session: a
+        # server may slow every reply of a session that keeps erring
+        # (Postfix's smtpd_soft_error_limit 10 and smtpd_error_sleep_time
+        # 1 s, postfix.org/postconf.5.html; a refused pipelined MAIL is
+        # three errors there).
         R.RATE_LIMITED: _row(
             recipient="retry",
+            connection="close",
             rate="cut",
             retry_floor=10.0,
             paced=True,
@@ -254,6 +260,7 @@ REACTIONS = Reactions(
         # is cut so the destination resumes slower.
         R.REPUTATION_DEFERRAL: _row(
             recipient="retry",
+            connection="close",
             rate="cut",
             health="suspend",
             retry_floor=900.0,
