@@ -40,7 +40,7 @@ async def test_demo_gives_every_message_a_final_state() -> None:
     assert re.search(r"busy 421 at greeting\s+[1-9]", text)
     assert "server_busy" in text  # the busy greeting was retried
     assert re.search(r"s  sending: \d+ messages delivered at their first try", text)
-    assert "waiting out back-offs the server asked for" in text
+    assert "retries after the last first-try delivery" in text
 
 
 def _free_port() -> int:

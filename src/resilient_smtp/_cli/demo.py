@@ -341,9 +341,9 @@ def _report(
     out.write(
         f"  {sending:5.1f} s  sending: {len(first)} messages delivered at their first try, "
         f"{pace:.1f}/s, {pace / rules.rate:.0%} of the server's limit\n"
-        f"  {elapsed - sending:5.1f} s  waiting out back-offs the server asked for: after a "
-        "rate-limit 421 a message waits at least 10 s (RetryPolicy.min_waits) before its "
-        "retry\n"
+        f"  {elapsed - sending:5.1f} s  retries after the last first-try delivery: a "
+        "rate-limit 421 is retried at the pace the adaptive limiter found, no fixed wait; "
+        "a greylisted recipient would wait 300 s, so it is deferred with retry_in\n"
         f"  {elapsed:5.1f} s  in all; {attempts / max(1, len(results)):.2f} transactions "
         "per message\n"
     )
