@@ -422,6 +422,7 @@ class Mailer:
         )
         deadline = Deadline(d.retry, self.clock, self._orphans)
         chosen: tuple[Destination, Admission] | None = None
+        recheck = True
         while d.pending:
             pick = chosen or self._choose(d)
             assert pick is not None  # there is always a destination to name
@@ -438,7 +439,13 @@ class Mailer:
                 break
 
             batch = d.pending
-            out = await self._attempt(message, envelope, dest, batch, deadline, bodies, hook)
+            out = await self._attempt(
+                message, envelope, dest, batch, deadline, bodies, hook, recheck
+            )
+            if out is None:
+                recheck = False  # once: a Health whose status and admit disagree cannot loop
+                continue  # suspended meanwhile: health decides what next
+            recheck = True
             took = self._feedback(dest, out)
             left = d.apply(out, dest, batch)
             if out.delivered:
@@ -580,9 +587,12 @@ class Mailer:
         deadline: Deadline,
         bodies: dict[bool, bytes],
         hook: BeforeEndOfData | None = None,
-    ) -> Outcome:
+        recheck: bool = True,
+    ) -> Outcome | None:
         """One transaction to ``dest`` for ``batch``, under a limiter permit,
-        within the send's deadline."""
+        within the send's deadline; ``None`` when, by the time the permit
+        came, health had suspended ``dest`` (or paused the relay): nothing
+        was sent, ask health again."""
         dot_sent: list[str] = []
 
         async def before_dot(accepted: list[str]) -> None:
@@ -590,9 +600,14 @@ class Mailer:
                 await hook(accepted)
             dot_sent[:] = accepted  # from here on, a stop leaves them ambiguous
 
-        async def attempt(permitted: Callable[[], None]) -> Outcome:
+        async def attempt(permitted: Callable[[], None]) -> Outcome | None:
             async with self.limiter.acquire(dest.key):
                 permitted()
+                if recheck and self.health.status(dest.key).state in _HELD:
+                    # Decided while this send waited for its permit (a quota
+                    # refusal to another send pauses the relay): the sends
+                    # queued behind the limiter do not go out regardless.
+                    return None
                 return await self._session(
                     message, envelope, dest, batch, bodies, before_dot, entered
                 )
@@ -707,6 +722,10 @@ class Mailer:
             pass_on=lease.pass_on if self.pipeline_messages else None,
         )
         return wire.restore(out)
+
+
+# Health states in which nothing is sent to a destination.
+_HELD = frozenset({"suspended", "paused"})
 
 
 def _deadline_classification(dest: Destination, in_session: bool) -> Classification:
