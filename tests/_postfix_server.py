@@ -29,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 POSTFIX = shutil.which("postfix") or (
@@ -61,8 +62,11 @@ class PrivatePostfix:
         rate_time_unit: str = "60s",
         connection_count_limit: int = 50,
         extra: dict[str, str] | None = None,
+        services: Sequence[str] = (),
     ) -> None:
         self.port = _free_port()
+        self.services = tuple(services)
+        """master.cf rows beyond the ones every instance needs."""
         self.settings = {
             "compatibility_level": "3.6",
             "mail_owner": "postfix",
@@ -98,15 +102,10 @@ class PrivatePostfix:
         shutil.chown(data, "postfix")
         settings = {**self.settings, "queue_directory": str(spool), "data_directory": str(data)}
         (conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        (conf / "master.cf").write_text(_master_cf(self.port))
-        env = {**os.environ, "MAIL_CONFIG": str(conf)}
+        (conf / "master.cf").write_text(_master_cf(self.port, self.services))
         # set-permissions makes the queue directories with the right owners.
-        subprocess.run(
-            [POSTFIX, "-c", str(conf), "set-permissions"], check=True, env=env, capture_output=True
-        )
-        subprocess.run(
-            [POSTFIX, "-c", str(conf), "start"], check=True, env=env, capture_output=True
-        )
+        self.run(POSTFIX, "-c", str(conf), "set-permissions")
+        self.run(POSTFIX, "-c", str(conf), "start")
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:
             try:
@@ -118,6 +117,18 @@ class PrivatePostfix:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"private postfix did not answer on 127.0.0.1:{self.port}")
+
+    @property
+    def conf(self) -> Path:
+        """The instance's config_directory."""
+        assert self.dir is not None, "not started"
+        return self.dir / "etc"
+
+    def run(self, *cmd: str) -> str:
+        """Run a Postfix command on this instance; its standard output."""
+        env = {**os.environ, "MAIL_CONFIG": str(self.conf)}
+        done = subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=60)
+        return done.stdout.decode(errors="replace")
 
     def stop(self) -> None:
         if self.dir is None:
@@ -146,7 +157,7 @@ class PrivatePostfix:
         self.stop()
 
 
-def _master_cf(port: int) -> str:
+def _master_cf(port: int, services: Sequence[str] = ()) -> str:
     """The services a relay-and-discard instance needs; smtpd on our port only."""
     # service type private unpriv chroot wakeup maxproc command
     rows = [
@@ -168,5 +179,6 @@ def _master_cf(port: int) -> str:
         "error unix - - n - - error",
         "retry unix - - n - - error",
         "showq unix n - n - - showq",
+        *services,
     ]
     return "\n".join(rows) + "\n"
