@@ -89,7 +89,7 @@ PUSHBACK_POLICY = RetryPolicy(
 )
 
 
-class Counting:
+class Counting(Limiter):
     """A limiter wrapper that counts permits and refusals (client-side)."""
 
     def __init__(self, inner: Limiter) -> None:
@@ -110,10 +110,11 @@ class Counting:
             self.refused += 1
         return self.inner.feedback(key, classification)
 
+    def is_idle(self) -> bool:
+        return self.inner.is_idle()
+
     async def aclose(self) -> None:
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
+        await self.inner.aclose()
 
 
 @dataclasses.dataclass
