@@ -118,10 +118,13 @@ async def test_the_ceiling_memory_is_shared(redis_url: str, prefix: str) -> None
         # time to the plateau doubles, for both.
         await _deliver(a, b, clock, 40.0, 5.0)
         await _send(b, _REFUSED)
-        first, second = _cuts(events)
-        assert first["same_ceiling_hits"] == 0
-        assert second["same_ceiling_hits"] == 1
+        # And once more, past the doubled time to the plateau: it doubles again.
+        await _deliver(a, b, clock, 40.0, 9.0)
+        await _send(a, _REFUSED)
+        first, second, third = _cuts(events)
+        assert [c["same_ceiling_hits"] for c in (first, second, third)] == [0, 1, 2]
         assert second["recovery_seconds"] == pytest.approx(2 * first["recovery_seconds"], rel=0.1)
+        assert third["recovery_seconds"] == pytest.approx(4 * first["recovery_seconds"], rel=0.1)
     finally:
         await a.aclose()
         await b.aclose()
