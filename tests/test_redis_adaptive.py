@@ -9,6 +9,7 @@ system clock, where the law reads Redis's ``TIME``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -227,3 +228,29 @@ async def test_redis_down_falls_back_to_local_and_recovers(
     finally:
         await client.aclose()
         await lim.aclose()
+
+
+async def test_concurrent_workers_lose_no_update(redis_url: str, prefix: str) -> None:
+    clock = FakeClock(100.0)
+    events: list[Event] = []
+    a, b = _pair(redis_url, prefix, clock, events)
+    client = Redis.from_url(redis_url)
+
+    async def attempt(lim: RedisAdaptiveLimiter) -> None:
+        async with lim.acquire(_KEY):
+            await asyncio.sleep(0)
+        lim.feedback(_KEY, None)
+
+    try:
+        # Both workers read and write the hash at once: every permit and
+        # every delivery is counted once (the compare-and-set retries).
+        await asyncio.gather(*(attempt(lim) for lim in (a, b) * 40))
+        await _send(a)
+        await _send(b)
+        state = await client.hgetall(f"{prefix}:adaptive:{_KEY}")
+        assert int(state[b"granted"]) == 82
+        assert int(state[b"delivered"]) == 80  # the last two wait for a next permit
+    finally:
+        await client.aclose()
+        await a.aclose()
+        await b.aclose()
