@@ -150,6 +150,19 @@ class _State:
             meter=meter if len(meter) == _SLOTS else (0,) * _SLOTS,
         )
 
+    def changes(self, base: _State, everything: bool) -> list[str]:
+        """Field, value pairs of this state that differ from ``base`` (all
+        of them when ``everything``: a new hash)."""
+        new = self.dump()
+        if everything:
+            return new
+        old = base.dump()
+        out: list[str] = []
+        for i in range(0, len(new), 2):
+            if new[i + 1] != old[i + 1]:
+                out += (new[i], new[i + 1])
+        return out
+
     def dump(self) -> list[str]:
         out: list[str] = []
         for name in _CONTROL_FIELDS:
@@ -363,6 +376,7 @@ class RedisAdaptiveLimiter(_Shared):
             for _ in range(_TRIES):
                 now, state = await self._read(name)
                 base = state
+                raw_empty = state.ver == "0"
                 state = self._count(now, state, pending)
                 new, result = change(now, state)
                 if new is None:
@@ -370,7 +384,9 @@ class RedisAdaptiveLimiter(_Shared):
                         self._note_phase(key, state)
                         return result
                     new = state
-                done = await self._cas(keys=[name], args=[base.ver, self._idle_ms, *new.dump()])
+                done = await self._cas(
+                    keys=[name], args=[base.ver, self._idle_ms, *new.changes(base, raw_empty)]
+                )
                 if int(done):
                     pending = []
                     self._note_phase(key, new)
