@@ -186,7 +186,7 @@ async def test_on_the_system_clock_the_law_runs_on_redis_time(redis_url: str, pr
         (cut,) = _cuts(events)
         assert await b.rate(_KEY) == pytest.approx(cut["new_rate"])
         secs, _micros = await client.time()
-        cut_at = float(await client.hget(f"{prefix}:adaptive:{_KEY}", "cut_at") or "nan")
+        cut_at = float(await client.hget(f"{prefix}:control:{_KEY}", "cut_at") or "nan")
         assert abs(cut_at - secs) < 60  # Redis time, not this process's monotonic clock
     finally:
         await client.aclose()
@@ -222,7 +222,7 @@ async def test_redis_down_falls_back_to_local_and_recovers(
             await _send(lim)
         await _send(lim)
         # Shared again: permits are numbered in Redis once more.
-        granted = await client.hget(f"{prefix}:adaptive:{_KEY}", "granted")
+        granted = await client.hget(f"{prefix}:control:{_KEY}", "granted")
         assert granted is not None and int(granted) >= 1
         assert [e.kind for e in events if e.kind.startswith("redis_")][-1] == "redis_recovered"
     finally:
@@ -247,7 +247,7 @@ async def test_concurrent_workers_lose_no_update(redis_url: str, prefix: str) ->
         await asyncio.gather(*(attempt(lim) for lim in (a, b) * 40))
         await _send(a)
         await _send(b)
-        state = await client.hgetall(f"{prefix}:adaptive:{_KEY}")
+        state = await client.hgetall(f"{prefix}:control:{_KEY}")
         assert int(state[b"granted"]) == 82
         assert int(state[b"delivered"]) == 80  # the last two wait for a next permit
     finally:

@@ -230,7 +230,7 @@ async def test_deliveries_reach_redis_with_the_next_acquire(redis_url: str, pref
         for _ in range(3):
             lim.feedback("mx", None)
         await _take(lim, "mx", 1)
-        assert int(await client.hget(f"{prefix}:adaptive:mx", "delivered") or 0) == 3
+        assert int(await client.hget(f"{prefix}:control:mx", "delivered") or 0) == 3
     finally:
         await client.aclose()
         await lim.aclose()

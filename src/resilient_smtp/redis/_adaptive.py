@@ -6,7 +6,8 @@ Every worker sharing a destination decides with the same control law as
 run here in Python on a state read from Redis and written back only if
 nobody wrote in between.  No second copy of the law lives in Lua.
 
-One hash per destination (``{prefix}:adaptive:{key}``) holds:
+One hash per destination (``{prefix}:control:{key}``; the hashes of the
+earlier Lua curve, ``{prefix}:adaptive:{key}``, are left to expire) holds:
 
 * the :class:`~resilient_smtp._limits.control.Control` fields (phase, pace,
   target, ceiling hits, probe gap, cut time, cycle, ...);
@@ -232,6 +233,11 @@ class RedisAdaptiveLimiter(_Shared):
     (default: an :class:`~resilient_smtp.AdaptiveLimiter` at ``1 / workers``
     of each rate).  Emits ``"rate_changed"`` on every cut, with the fields
     of the in-process limiter's event and ``shared: True``.
+
+    ``clock`` paces the waits; the law's time is Redis's ``TIME`` when it is
+    the system clock (shared by workers on different machines), else
+    ``clock`` itself, which the workers sharing the Redis must then share
+    (a test's ``FakeClock``).
     """
 
     DEFAULT_PUSHBACK: frozenset[Reason] = AdaptiveLimiter.DEFAULT_PUSHBACK
@@ -341,7 +347,7 @@ class RedisAdaptiveLimiter(_Shared):
                     logger.exception("event hook %r raised", hook)
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}:adaptive:{key}"
+        return f"{self.prefix}:control:{key}"
 
     # -- the shared state ----------------------------------------------------------
 
