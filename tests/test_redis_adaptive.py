@@ -32,9 +32,12 @@ def _pair(
     url: str, prefix: str, clock: FakeClock, events: list[Event], **kw: Any
 ) -> tuple[RedisAdaptiveLimiter, RedisAdaptiveLimiter]:
     """Two workers on one Redis and one clock."""
-    make = lambda: RedisAdaptiveLimiter(  # noqa: E731
-        url, prefix=prefix, clock=clock, hooks=[events.append], timeout=TIMEOUT, **kw
-    )
+
+    def make() -> RedisAdaptiveLimiter:
+        return RedisAdaptiveLimiter(
+            url, prefix=prefix, clock=clock, hooks=[events.append], timeout=TIMEOUT, **kw
+        )
+
     return make(), make()
 
 
