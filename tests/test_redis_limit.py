@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from _redis_server import prefix_fixture, redis_url_fixture  # noqa: F401  (fixtures)
-from resilient_smtp import Event, Limiter, Mailer, classify
+from resilient_smtp import Limiter, Mailer, classify
 from resilient_smtp._clock import SystemClock
 from resilient_smtp.redis import RedisAdaptiveLimiter, RedisHealth, RedisRateLimiter
 from resilient_smtp.testing import ScriptedTransport
@@ -216,75 +216,8 @@ def test_pushback_reply_is_a_pushback() -> None:
     assert _PUSHBACK.reason in RedisAdaptiveLimiter.DEFAULT_PUSHBACK
 
 
-async def test_a_pushback_on_one_worker_slows_them_all(redis_url: str, prefix: str) -> None:
-    events: list[Event] = []
-    # recovery_time: the rate stays at the cut for seconds, however slowly
-    # this machine gets from the cut to the reading of it.
-    kw = {"initial_rate": 50.0, "prefix": prefix, "recovery_time": 60.0, "timeout": TIMEOUT}
-    a = RedisAdaptiveLimiter(redis_url, hooks=[events.append], **kw)  # type: ignore[arg-type]
-    b = RedisAdaptiveLimiter(redis_url, **kw)  # type: ignore[arg-type]
-    try:
-        await _take(a, "mx", 1)
-        before = await b.rate("mx")
-        a.feedback("mx", _PUSHBACK)
-        await a.drain()
-        after = await b.rate("mx")
-    finally:
-        await a.aclose()
-        await b.aclose()
-    assert before >= 50
-    # Cut to beta (0.9) of the rate granted at the cut (slow start grows it
-    # between the two reads, so compare with what the event reports).
-    cuts = [e for e in events if e.kind == "rate_changed"]
-    assert len(cuts) == 1
-    assert cuts[0].data["shared"] is True
-    assert cuts[0].data["new_rate"] == pytest.approx(0.9 * cuts[0].data["old_rate"])
-    assert after < before or after < cuts[0].data["old_rate"]
-    assert after == pytest.approx(cuts[0].data["new_rate"], rel=0.05)
-
-
-async def test_pushbacks_of_one_congestion_event_cut_once(redis_url: str, prefix: str) -> None:
-    events: list[Event] = []
-    a = RedisAdaptiveLimiter(redis_url, prefix=prefix, hooks=[events.append], timeout=TIMEOUT)
-    b = RedisAdaptiveLimiter(redis_url, prefix=prefix, hooks=[events.append], timeout=TIMEOUT)
-    try:
-        await _take(a, "mx", 1)
-        for lim in (a, b, a, b):
-            lim.feedback("mx", _PUSHBACK)
-        await a.drain()
-        await b.drain()
-    finally:
-        await a.aclose()
-        await b.aclose()
-    assert [e.kind for e in events] == ["rate_changed"]
-
-
-async def test_nothing_delivered_since_the_cut_halves(redis_url: str, prefix: str) -> None:
-    events: list[Event] = []
-    # k = recovery_time = 20 ms: a pushback 15 ms after a cut is a new event.
-    lim = RedisAdaptiveLimiter(
-        redis_url,
-        prefix=prefix,
-        initial_rate=100,
-        recovery_time=0.02,
-        recovery_messages=0,
-        hooks=[events.append],
-        timeout=TIMEOUT,
-    )
-    try:
-        await _take(lim, "mx", 1)
-        lim.feedback("mx", _PUSHBACK)
-        await lim.drain()
-        await asyncio.sleep(0.015)
-        lim.feedback("mx", _PUSHBACK)
-        await lim.drain()
-    finally:
-        await lim.aclose()
-    first, second = (e.data for e in events if e.kind == "rate_changed")
-    # The second cut starts from what the server took since the first (one
-    # delivery credited in 15 ms: ~67/s), and nothing got through: at most half.
-    assert second["new_rate"] <= 0.5 * second["old_rate"] + 1e-9
-    assert second["new_rate"] < first["new_rate"]
+# The shared control law (one cut per event across workers, the cut to the
+# measured rate, ceiling memory, probing, fallback) is in test_redis_adaptive.py.
 
 
 async def test_deliveries_reach_redis_with_the_next_acquire(redis_url: str, prefix: str) -> None:
@@ -297,7 +230,7 @@ async def test_deliveries_reach_redis_with_the_next_acquire(redis_url: str, pref
         for _ in range(3):
             lim.feedback("mx", None)
         await _take(lim, "mx", 1)
-        assert int(await client.hget(f"{prefix}:adaptive:mx", "delivered") or 0) == 3
+        assert int(await client.hget(f"{prefix}:control:mx", "delivered") or 0) == 3
     finally:
         await client.aclose()
         await lim.aclose()

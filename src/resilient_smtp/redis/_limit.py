@@ -33,7 +33,7 @@ from .._events import Hook
 from .._limits.gcra import RateLimiter
 from .._limits.limiter import KeyedLimiter, Limiter
 from .._limits.waiters import Waiters
-from ._fallback import check_fallback, local_fallback
+from ._fallback import local_fallback
 from ._link import RedisUnavailable, _Link, _OnLink
 from ._lua import GCRA
 
@@ -44,9 +44,6 @@ __all__ = ["RedisRateLimiter"]
 
 # A wait Redis rounds to 0 would make the head ask again at once.
 _MIN_SLEEP = 0.0005
-
-# redis/_adaptive.py imports this name from here until it uses local_fallback.
-_check_fallback = check_fallback
 
 
 class _Shared(_OnLink, Limiter):
