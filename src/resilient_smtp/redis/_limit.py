@@ -4,7 +4,7 @@
 bucket in Redis (one per destination key), so four processes on four
 machines together send at ``rate``.  :class:`RedisAdaptiveLimiter` is the
 adaptive limiter with each destination's rate in Redis: a pushback seen by
-one worker slows them all.  The scripts are in ``_redis_lua.py``.
+one worker slows them all.  The scripts are in ``_lua.py``.
 
 Within a process, callers for one key queue first come, first served and
 only the head talks to Redis (one round trip when the permit is free; else
