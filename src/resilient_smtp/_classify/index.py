@@ -114,7 +114,7 @@ def _automaton_scan(masks: dict[str, int]) -> Scan:
 
     def scan(lowered: str) -> int:
         try:
-            matches = find(lowered, overlapping=True)
+            matches = find(lowered, True)  # overlapping (positional: cheaper to pass)
         except UnicodeEncodeError:
             # A lone surrogate ("\ud800") cannot cross into Rust as UTF-8;
             # the pure scan reads such a text as it is.
@@ -228,14 +228,18 @@ class RuleIndex:
         "_code_ok",
         "_codeless",
         "_cs_memo",
-        "_host_memo",
+        "_host_classes",
         "_hostless",
         "_odd_hosts",
+        "_odd_names",
+        "_odd_suffixes",
         "_stage_ok",
         "_statusless",
         "_suffix_masks",
+        "_suffixes",
         "everyone",
         "free",
+        "host_masks",
         "marker_shift",
         "regex_any",
         "rules",
@@ -348,7 +352,17 @@ class RuleIndex:
         self._suffix_masks = dict(suffix_masks)
         self._odd_hosts = tuple(odd_hosts)
         self._hostless = everyone & ~host_rules
-        self._host_memo: dict[str, int] = {}
+        # What a host must end with, or be, for a host rule to allow it: one
+        # call tells most hosts that none does.
+        self._suffixes = tuple(h[1:] for h in suffix_masks)
+        self._odd_suffixes = tuple(h for _, odd in odd_hosts for h in odd)
+        self._odd_names = frozenset(h[1:] for h in self._odd_suffixes)
+        # Hosts fall into a few classes, one per distinct set of host rules
+        # that allow them: host name -> class, class -> mask of the rules.
+        self.host_masks: list[int] = [self._hostless]
+        """The rules each host class allows: every rule without hosts, and
+        the host rules that allow the class's hosts."""
+        self._host_classes: dict[int, int] = {self._hostless: 0}
         self._cs_memo: dict[tuple[int | None, str | None, Stage | None], tuple[int, int]] = {}
         # What is left to check once a rule's gate held and its codes,
         # stages, hosts and status passed: its regex, if it has one.  (A
@@ -364,26 +378,39 @@ class RuleIndex:
     def _host_mask(self, host: str) -> int:
         """The rules whose hosts allow ``host`` (and every rule without hosts)."""
         mask = self._hostless
-        get = self._suffix_masks.get
-        # ".example.net" matches "example.net" and every name ending in it.
-        dot = -1
-        while True:
-            mask |= get(host[dot:] if dot >= 0 else "." + host, 0)
-            dot = host.find(".", dot + 1)
-            if dot < 0:
-                break
-        for bit, suffixes in self._odd_hosts:
-            if host_matches(suffixes, host):
-                mask |= bit
+        if host.endswith(self._suffixes):
+            get = self._suffix_masks.get
+            # ".example.net" matches "example.net" and every name ending in it.
+            dot = -1
+            while True:
+                mask |= get(host[dot:] if dot >= 0 else "." + host, 0)
+                dot = host.find(".", dot + 1)
+                if dot < 0:
+                    break
+        if host.endswith(self._odd_suffixes) or host in self._odd_names:
+            for bit, suffixes in self._odd_hosts:
+                if host_matches(suffixes, host):
+                    mask |= bit
         return mask
 
+    def host_class(self, host: str) -> int:
+        """The class of a (lower-case) host: hosts of one class are allowed
+        by the same rules, ``host_masks[class]``; class 0 by no host rule.
+        There are a few classes, however many hosts."""
+        mask = self._host_mask(host)
+        hc = self._host_classes.get(mask)
+        if hc is None:
+            hc = self._host_classes[mask] = len(self.host_masks)
+            self.host_masks.append(mask)
+        return hc
+
     def masks(
-        self, code: int | None, enhanced: str | None, stage: Stage | None, host: str
+        self, code: int | None, enhanced: str | None, stage: Stage | None, host_class: int
     ) -> tuple[int, int]:
-        """For a reply with this code and status, at this stage, from this
-        (lower-case) host: the rules whose status or code gate holds, and
-        the rules whose codes, stages and hosts allow it.  Servers, codes
-        and statuses repeat, so the parts are remembered."""
+        """For a reply with this code and status, at this stage, from a host
+        of this class (:meth:`host_class`): the rules whose status or code
+        gate holds, and the rules whose codes, stages and hosts allow it.
+        Codes, statuses and stages repeat, so that part is remembered."""
         key = (code, enhanced, stage)
         cs = self._cs_memo.get(key)
         if cs is None:
@@ -400,12 +427,7 @@ class RuleIndex:
             if len(self._cs_memo) >= _MEMO_SIZE:
                 self._cs_memo.clear()
             cs = self._cs_memo[key] = (gates, allowed)
-        hosts = self._host_memo.get(host)
-        if hosts is None:
-            if len(self._host_memo) >= _MEMO_SIZE:
-                self._host_memo.clear()
-            hosts = self._host_memo[host] = self._host_mask(host)
-        return cs[0], cs[1] & hosts
+        return cs[0], cs[1] & self.host_masks[host_class]
 
     def first_checked(self, found: int, lowered: str) -> int:
         """The lowest candidate in ``found`` whose remaining conditions hold
@@ -426,7 +448,7 @@ class RuleIndex:
         """The position in :attr:`rules` of the first matching rule (or -1),
         and whether any of the markers occurs in ``lowered``.  (The
         classifier does the same steps inline.)"""
-        gates, allowed = self.masks(reply.code, reply.enhanced, stage, host)
+        gates, allowed = self.masks(reply.code, reply.enhanced, stage, self.host_class(host))
         found = self.scan(lowered) | gates
         if self.regex_any is not None:
             search, mask = self.regex_any
