@@ -116,16 +116,18 @@ _RETRY_AFTER = re.compile(
 # replies out before the keyword-first regex runs (tests/test_classify.py
 # checks the two give the same waits).
 _RETRY_HINT = re.compile(r"\d(?:\s*[smh]|:\d)")
-# What every match of _RETRY_AFTER in an ASCII text contains: a keyword, a
-# blank (a character for which str.isspace() holds, as \s matches) and what
-# the regex allows next, another blank or a digit ("again in 5 minutes" has
-# "in 5": "in" and "after" are keywords too).  The rule index looks for these
-# markers in the same scan as the rules' literals, so most replies are ruled
-# out before any regex runs.  A text with other characters (rare) may use
-# other blanks or digits: its wait is always looked for.
+# What every match of _RETRY_AFTER contains: a keyword followed by a blank
+# (a character for which str.isspace() holds, as \s matches; all are below
+# U+3001) and, in an ASCII text, by what the regex allows next: another
+# blank or a digit ("again in 5 minutes" has "in 5": "in" and "after" are
+# keywords too).  The rule index looks for both kinds in the same scan as
+# the rules' literals, so most replies are ruled out before any regex runs:
+# an ASCII text needs a marker of the first kind, any other text one of the
+# second.
 _KEYWORDS = ("again", "retry", "wait", "waiting", "after", "greylisted for", "deferred for",
              "delayed for", "back", "in")  # fmt: skip
-_ASCII_BLANKS = tuple(c for c in map(chr, range(0x80)) if c.isspace())
+_BLANKS = tuple(c for c in map(chr, range(0x3001)) if c.isspace())
+_ASCII_BLANKS = tuple(c for c in _BLANKS if c.isascii())
 _WAIT_MARKERS = (
     tuple(
         word + blank + after
@@ -133,6 +135,7 @@ _WAIT_MARKERS = (
         for blank in _ASCII_BLANKS
         for after in (*_ASCII_BLANKS, *"0123456789")
     ),
+    tuple(word + blank for word in _KEYWORDS for blank in _BLANKS),
 )
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # A stated wait longer than this is not believed (a week; the policy caps
@@ -351,9 +354,9 @@ class Classifier:
         fields, transient = outcome
         fields = fields.copy()
         fields["reply"] = reply
-        if transient and (found > index.everyone or not lowered.isascii()):
-            # A stated wait means something only for a reply worth retrying;
-            # a marker's bit is above every rule's.
+        marks = found >> index.marker_shift  # which kinds of wait markers occur
+        if transient and marks and (marks & 1 or not lowered.isascii()):
+            # A stated wait means something only for a reply worth retrying.
             fields["retry_after"] = parse_retry_after(lowered)
         c: Classification = _new(Classification)
         _set_fields(c, fields)

@@ -39,6 +39,12 @@ from .taxonomy import Stage
 
 __all__ = ["RuleIndex", "accelerator_available", "scanner"]
 
+# The characters that stay themselves in str.lower() but that a regex
+# compiled with re.IGNORECASE matches with an ASCII letter (dotless i and
+# long s; the Kelvin sign lower-cases to "k"): tests/test_classify_accelerator.py
+# checks there are no others.
+ASCII_CASE_TWINS = ("\u0131", "\u017f")
+
 Scan = Callable[[str], int]
 """A literal scan: the OR of the masks of every literal found in a text."""
 
@@ -149,22 +155,47 @@ def regex_literals(pattern: str) -> tuple[str, ...]:
     matches, or ``()`` when none can be found (then the regex is run on
     every reply).  ``\\brl\\d{4,6}`` gives ``("rl",)`` and
     ``4\\.7\\.5\\d\\d|s77714`` gives ``("4.7.5", "s77714")``."""
+    groups = regex_requirements(pattern)
+    return groups[0] if groups else ()
+
+
+def regex_requirements(pattern: str) -> tuple[tuple[str, ...], ...]:
+    """Groups of lower-case literals such that one literal of each group
+    occurs wherever ``pattern`` matches (read case-insensitively), the most
+    selective group first, without groups another implies:
+    ``\\brecipient\\b.{0,80}\\b(?:black|block) ?listed`` gives
+    ``(("recipient",), ("listed",), ("black", "block"))``."""
     try:
         parsed = _sre_parser.parse(pattern, re.IGNORECASE)
     except Exception:  # a private API: any surprise means "no gate"
         return ()
-    return tuple(sorted(_required(list(parsed)) or ()))
+    groups = _required_all(list(parsed))
+    best = _best(groups)
+    if best is None:
+        return ()
+    kept = [best]
+    # A group another one implies (each literal of that one contains one of
+    # this one's) says nothing more: "bl" after "black" or "block".
+    for g in sorted(groups, key=lambda g: -min(map(len, g))):
+        if not any(all(any(x in y for x in g) for y in h) for h in kept):
+            kept.append(g)
+    return tuple(tuple(sorted(g)) for g in kept)
 
 
-def _required(items: list[Any]) -> set[str] | None:
-    """Literals, one of which is required by the sequence ``items``."""
-    best: set[str] | None = None
+def _best(groups: list[set[str]]) -> set[str] | None:
+    """The first group whose shortest literal is the longest."""
+    return max(groups, key=lambda g: min(map(len, g)), default=None)
+
+
+def _required_all(items: list[Any]) -> list[set[str]]:
+    """Sets of literals, one of each of which is required by the sequence
+    ``items``."""
+    found: list[set[str]] = []
     run = ""
 
     def consider(cands: set[str] | None) -> None:
-        nonlocal best
-        if cands and (best is None or min(map(len, cands)) > min(map(len, best))):
-            best = cands
+        if cands:
+            found.append(cands)
 
     for op, av in items:
         name = str(op)
@@ -181,14 +212,14 @@ def _required(items: list[Any]) -> set[str] | None:
         run = ""
         if name == "AT":  # \\b, ^, $: zero width, keep looking
             continue
-        if name == "SUBPATTERN":
-            consider(_required(list(av[-1])))
+        if name == "SUBPATTERN":  # a group, required as a whole
+            found.extend(_required_all(list(av[-1])))
         elif name == "BRANCH":
-            branches = [_required(list(b)) for b in av[1]]
+            branches = [_best(_required_all(list(b))) for b in av[1]]
             if all(branches):
                 consider(set().union(*branches))  # type: ignore[arg-type]
     consider({run} if run else None)
-    return best
+    return found
 
 
 def _lead(items: list[Any]) -> str:
@@ -199,6 +230,32 @@ def _lead(items: list[Any]) -> str:
             break
         run += chr(av).lower()
     return run
+
+
+def _regex_check(rule: Rule, gated_on_regex: bool) -> Callable[[str], Any]:
+    """The search for a rule's regex, run only when one literal of each
+    group the regex requires occurs (:func:`regex_requirements`; the group
+    the rule is gated on is known to), or when the text has a character the
+    regex may read as an ASCII letter (ASCII_CASE_TWINS).  A substring test
+    is a small fraction of a regex search."""
+    assert rule.regex is not None
+    search = re.compile(rule.regex, re.IGNORECASE).search
+    groups = regex_requirements(rule.regex)[1 if gated_on_regex else 0 :]
+    if not groups:
+        return search
+
+    def check(lowered: str) -> Any:
+        for group in groups:
+            for literal in group:
+                if literal in lowered:
+                    break
+            else:
+                if any(twin in lowered for twin in ASCII_CASE_TWINS):
+                    break
+                return None
+        return search(lowered)
+
+    return check
 
 
 # A memo that reaches this many entries is emptied and filled again: bounded
@@ -262,6 +319,7 @@ class RuleIndex:
         always = 0
         regexes: list[str] = []
         regex_mask = 0
+        regex_gated = 0
         for i, r in enumerate(self.rules):
             bit = 1 << i
             # The most selective gate first: literals (the rule's own, else
@@ -275,6 +333,7 @@ class RuleIndex:
             elif r.contains:  # "" occurs in every text
                 always |= bit
             elif regex_gates and "" not in regex_gates:
+                regex_gated |= bit
                 for lit in regex_gates:
                     by_literal[lit] |= bit
             elif r.status is not None:
@@ -287,6 +346,13 @@ class RuleIndex:
                 regex_mask |= bit
             else:
                 always |= bit
+        # A regex matches case-insensitively: "ı" matches "i" and "ſ" "s"
+        # even in a lower-case text, so a literal a regex requires may be
+        # spelt with them.  A text that has either makes every rule gated on
+        # its regex's literals a candidate (the regex decides).
+        if regex_gated:
+            for twin in ASCII_CASE_TWINS:
+                by_literal[twin] |= regex_gated
         # Markers ride along in the same scan, above the rules' bits: bit
         # ``marker_shift + k`` of a found mask says a marker of the group k
         # occurs.
@@ -369,8 +435,8 @@ class RuleIndex:
         # rule with literals is gated on them, unless one is "", which
         # every text contains.)
         self._checks: tuple[Callable[[str], Any] | None, ...] = tuple(
-            None if r.regex is None else re.compile(r.regex, re.IGNORECASE).search
-            for r in self.rules
+            None if r.regex is None else _regex_check(r, (1 << i) & regex_gated != 0)
+            for i, r in enumerate(self.rules)
         )
         self.free = sum(1 << i for i, check in enumerate(self._checks) if check is None)
         """The rules that need no check beyond their gate and masks."""
