@@ -318,7 +318,9 @@ class Classifier:
         text = reply.text
         lowered = text.lower()
         index = self._index
-        found = index.scan(lowered) | gates
+        found = index.scan(lowered)
+        if gates:  # most codes and statuses gate no rule: spare an operation
+            found |= gates
         if index.regex_any is not None:
             search, mask = index.regex_any
             if search(lowered) is not None:
@@ -354,9 +356,14 @@ class Classifier:
         fields, transient = outcome
         fields = fields.copy()
         fields["reply"] = reply
-        marks = found >> index.marker_shift  # which kinds of wait markers occur
-        if transient and marks and (marks & 1 or not lowered.isascii()):
-            # A stated wait means something only for a reply worth retrying.
+        # A stated wait means something only for a reply worth retrying, and
+        # only where a marker occurs (their bits are above every rule's):
+        # one of the first kind, or any in a text that is not ASCII.
+        if (
+            transient
+            and found > index.everyone
+            and (found >> index.marker_shift & 1 or not lowered.isascii())
+        ):
             fields["retry_after"] = parse_retry_after(lowered)
         c: Classification = _new(Classification)
         _set_fields(c, fields)
