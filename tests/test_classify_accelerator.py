@@ -230,3 +230,79 @@ def test_a_regex_rule_before_the_first_plain_candidate_is_tried_first(
     assert classifier("550 foo1 x").rule == "regex before"
     assert classifier("550 foo x").rule == "plain"
     assert classifier("550 fo x").rule is None
+
+
+def test_the_case_twins_are_all_there() -> None:
+    # A regex compiled with re.IGNORECASE matches these with an ASCII letter
+    # though str.lower() keeps them: the index makes regex-gated rules
+    # candidates when a text has one.  No other character does so.
+    import re
+
+    from resilient_smtp._classify.index import ASCII_CASE_TWINS
+
+    letters = re.compile("[a-z]", re.IGNORECASE)
+    twins = {
+        c
+        for c in map(chr, range(0x80, 0x30000))
+        if not c.lower().isascii() and letters.fullmatch(c.lower())
+    }
+    assert twins == set(ASCII_CASE_TWINS)
+
+
+@pytest.mark.parametrize("classifier", [PURE, FAST], ids=["pure", "fast"])
+def test_a_literal_spelt_with_a_case_twin_finds_the_linear_walks_rule(
+    classifier: Classifier,
+) -> None:
+    # "Server buſy. Pleaſe try again" matches a regex that asks for "busy"
+    # (re.IGNORECASE reads "ſ" as "s") but contains no "busy".
+    count = 0
+    for text, host, stage in corpus_calls():
+        for letter, twin in (("i", "\u0131"), ("s", "\u017f")):
+            spelt = text.replace(letter, twin)
+            if spelt == text:
+                continue
+            got = classifier(spelt, host=host, stage=stage)
+            name = "accepted" if got.reason is Reason.ACCEPTED else got.rule or "none"
+            assert name == linear_rule(classifier, spelt, host, stage), spelt
+            count += 1
+    assert count > 300
+
+
+def test_every_group_a_regex_requires_occurs_where_it_matches() -> None:
+    # The index runs a rule's regex only when one literal of each group
+    # regex_requirements() gives occurs: check each group is required.
+    import re
+
+    from resilient_smtp._classify.index import regex_requirements
+
+    texts = [text.lower() for text, _, _ in corpus_calls()]
+    checked = 0
+    for rule in Classifier().rules:
+        if rule.regex is None:
+            continue
+        search = re.compile(rule.regex, re.IGNORECASE).search
+        groups = regex_requirements(rule.regex)
+        for lowered in texts:
+            if search(lowered):
+                for group in groups:
+                    assert any(lit in lowered for lit in group), (rule.name, group, lowered)
+                checked += 1
+    assert checked > 50
+
+
+@pytest.mark.parametrize(
+    ("pattern", "groups"),
+    [
+        (r"\brl\d{4,6}", (("rl",),)),
+        (r"4\.7\.5\d\d|s77714", (("4.7.5", "s77714"),)),
+        (r"\brecipient\b.{0,80}\b(?:black|block) ?listed",
+         (("recipient",), ("listed",), ("black", "block"))),
+        (r"(?:foo)?bar", (("bar",),)),
+        (r"foo|\d+", ()),
+        (r"a(?=bc)d", (("a",), ("d",))),
+    ],
+)  # fmt: skip
+def test_regex_requirements(pattern: str, groups: tuple[tuple[str, ...], ...]) -> None:
+    from resilient_smtp._classify.index import regex_requirements
+
+    assert regex_requirements(pattern) == groups

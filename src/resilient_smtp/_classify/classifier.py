@@ -195,6 +195,7 @@ class Classifier:
         "_cached",
         "_contexts",
         "_fallbacks",
+        "_host_classes",
         "_index",
         "_outcomes",
         "_verdicts",
@@ -222,9 +223,11 @@ class Classifier:
         self._index = RuleIndex(self.rules, accelerator=accelerator, markers=_WAIT_MARKERS)
         # What each rule, in the index's order, says: worked out once.
         self._verdicts = tuple(_Verdict(r) for r in self._index.rules)
-        # (code, status, stage, host) -> _Context, and (code, stage) -> the
-        # outcomes of each rule for such replies: servers, codes and hosts
-        # repeat even where the texts do not.
+        # host -> its class, (code, status, stage, host class) -> _Context,
+        # and (code, stage) -> the outcomes of each rule for such replies:
+        # codes repeat even where the texts do not, and however many hosts
+        # there are, they fall into a few classes.
+        self._host_classes: dict[str | None, int] = {}
         self._contexts: dict[_Key, _Context] = {}
         self._outcomes: dict[tuple[int | None, Stage | None], dict[int, _Outcome]] = {}
         self._fallbacks: dict[tuple[int | None, str | None, Stage | None], _Outcome] = {}
@@ -299,10 +302,13 @@ class Classifier:
 
         Everything but the text's literals, its stated wait and the reply
         itself is the same for every reply with this code, status, stage
-        and host, so it is worked out once per such combination (the
-        context) and per rule that fires there (the outcome)."""
+        and class of host, so it is worked out once per such combination
+        (the context) and per rule that fires there (the outcome)."""
         code = reply.code
-        key = (code, reply.enhanced, stage, host)
+        host_class = self._host_classes.get(host)
+        if host_class is None:
+            host_class = self._host_class(host)
+        key = (code, reply.enhanced, stage, host_class)
         context = self._contexts.get(key)
         if context is None:
             context = self._context(key)
@@ -312,7 +318,9 @@ class Classifier:
         text = reply.text
         lowered = text.lower()
         index = self._index
-        found = index.scan(lowered) | gates
+        found = index.scan(lowered)
+        if gates:  # most codes and statuses gate no rule: spare an operation
+            found |= gates
         if index.regex_any is not None:
             search, mask = index.regex_any
             if search(lowered) is not None:
@@ -348,24 +356,39 @@ class Classifier:
         fields, transient = outcome
         fields = fields.copy()
         fields["reply"] = reply
-        marks = found >> index.marker_shift  # which kinds of wait markers occur
-        if transient and marks and (marks & 1 or not lowered.isascii()):
-            # A stated wait means something only for a reply worth retrying.
+        # A stated wait means something only for a reply worth retrying, and
+        # only where a marker occurs (their bits are above every rule's):
+        # one of the first kind, or any in a text that is not ASCII.
+        if (
+            transient
+            and found > index.everyone
+            and (found >> index.marker_shift & 1 or not lowered.isascii())
+        ):
             fields["retry_after"] = parse_retry_after(lowered)
         c: Classification = _new(Classification)
         _set_fields(c, fields)
         return c
 
+    def _host_class(self, host: str | None) -> int:
+        """The class of a host seen for the first time (RuleIndex.host_class):
+        hosts that the same host rules allow (most hosts: none does) share
+        their contexts."""
+        hc = self._index.host_class(_lower(host))
+        if len(self._host_classes) >= _MEMO_SIZE:
+            self._host_classes.clear()
+        self._host_classes[host] = hc
+        return hc
+
     def _context(self, key: _Key) -> _Context:
-        """What replies with this code, status, stage and host share: the
-        rules their code and status gate, the rules their code, stage and
-        host allow, the outcomes of rules for their code and stage, and the
-        outcome when no rule matches."""
-        code, enhanced, stage, host = key
+        """What replies with this code, status and stage from hosts of this
+        class share: the rules their code and status gate, the rules their
+        code, stage and host allow, the outcomes of rules for their code and
+        stage, and the outcome when no rule matches."""
+        code, enhanced, stage, host_class = key
         if code is not None and 200 <= code < 300:
             context: _Context = (0, 0, 0, None, None)
         else:
-            gates, allowed = self._index.masks(code, enhanced, stage, _lower(host))
+            gates, allowed = self._index.masks(code, enhanced, stage, host_class)
             free = allowed & self._index.free
             outcomes = self._outcomes.get((code, stage))
             if outcomes is None:
@@ -415,9 +438,8 @@ _Outcome = tuple[dict[str, Any], bool]
 # with a regex to run, outcomes per rule, outcome with no rule); a 2xx has
 # no outcomes.
 _Context = tuple[int, int, int, "dict[int, _Outcome] | None", "_Outcome | None"]
-# (code, status, stage, host as given): the host is lowered only when a new
-# context is made.
-_Key = tuple["int | None", "str | None", "Stage | None", "str | None"]
+# (code, status, stage, host class).
+_Key = tuple["int | None", "str | None", "Stage | None", int]
 # A memo that reaches this many entries is emptied and filled again.
 _MEMO_SIZE = 4096
 

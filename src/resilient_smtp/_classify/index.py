@@ -39,6 +39,12 @@ from .taxonomy import Stage
 
 __all__ = ["RuleIndex", "accelerator_available", "scanner"]
 
+# The characters that stay themselves in str.lower() but that a regex
+# compiled with re.IGNORECASE matches with an ASCII letter (dotless i and
+# long s; the Kelvin sign lower-cases to "k"): tests/test_classify_accelerator.py
+# checks there are no others.
+ASCII_CASE_TWINS = ("\u0131", "\u017f")
+
 Scan = Callable[[str], int]
 """A literal scan: the OR of the masks of every literal found in a text."""
 
@@ -114,7 +120,7 @@ def _automaton_scan(masks: dict[str, int]) -> Scan:
 
     def scan(lowered: str) -> int:
         try:
-            matches = find(lowered, overlapping=True)
+            matches = find(lowered, True)  # overlapping (positional: cheaper to pass)
         except UnicodeEncodeError:
             # A lone surrogate ("\ud800") cannot cross into Rust as UTF-8;
             # the pure scan reads such a text as it is.
@@ -149,22 +155,47 @@ def regex_literals(pattern: str) -> tuple[str, ...]:
     matches, or ``()`` when none can be found (then the regex is run on
     every reply).  ``\\brl\\d{4,6}`` gives ``("rl",)`` and
     ``4\\.7\\.5\\d\\d|s77714`` gives ``("4.7.5", "s77714")``."""
+    groups = regex_requirements(pattern)
+    return groups[0] if groups else ()
+
+
+def regex_requirements(pattern: str) -> tuple[tuple[str, ...], ...]:
+    """Groups of lower-case literals such that one literal of each group
+    occurs wherever ``pattern`` matches (read case-insensitively), the most
+    selective group first, without groups another implies:
+    ``\\brecipient\\b.{0,80}\\b(?:black|block) ?listed`` gives
+    ``(("recipient",), ("listed",), ("black", "block"))``."""
     try:
         parsed = _sre_parser.parse(pattern, re.IGNORECASE)
     except Exception:  # a private API: any surprise means "no gate"
         return ()
-    return tuple(sorted(_required(list(parsed)) or ()))
+    groups = _required_all(list(parsed))
+    best = _best(groups)
+    if best is None:
+        return ()
+    kept = [best]
+    # A group another one implies (each literal of that one contains one of
+    # this one's) says nothing more: "bl" after "black" or "block".
+    for g in sorted(groups, key=lambda g: -min(map(len, g))):
+        if not any(all(any(x in y for x in g) for y in h) for h in kept):
+            kept.append(g)
+    return tuple(tuple(sorted(g)) for g in kept)
 
 
-def _required(items: list[Any]) -> set[str] | None:
-    """Literals, one of which is required by the sequence ``items``."""
-    best: set[str] | None = None
+def _best(groups: list[set[str]]) -> set[str] | None:
+    """The first group whose shortest literal is the longest."""
+    return max(groups, key=lambda g: min(map(len, g)), default=None)
+
+
+def _required_all(items: list[Any]) -> list[set[str]]:
+    """Sets of literals, one of each of which is required by the sequence
+    ``items``."""
+    found: list[set[str]] = []
     run = ""
 
     def consider(cands: set[str] | None) -> None:
-        nonlocal best
-        if cands and (best is None or min(map(len, cands)) > min(map(len, best))):
-            best = cands
+        if cands:
+            found.append(cands)
 
     for op, av in items:
         name = str(op)
@@ -181,14 +212,14 @@ def _required(items: list[Any]) -> set[str] | None:
         run = ""
         if name == "AT":  # \\b, ^, $: zero width, keep looking
             continue
-        if name == "SUBPATTERN":
-            consider(_required(list(av[-1])))
+        if name == "SUBPATTERN":  # a group, required as a whole
+            found.extend(_required_all(list(av[-1])))
         elif name == "BRANCH":
-            branches = [_required(list(b)) for b in av[1]]
+            branches = [_best(_required_all(list(b))) for b in av[1]]
             if all(branches):
                 consider(set().union(*branches))  # type: ignore[arg-type]
     consider({run} if run else None)
-    return best
+    return found
 
 
 def _lead(items: list[Any]) -> str:
@@ -199,6 +230,32 @@ def _lead(items: list[Any]) -> str:
             break
         run += chr(av).lower()
     return run
+
+
+def _regex_check(rule: Rule, gated_on_regex: bool) -> Callable[[str], Any]:
+    """The search for a rule's regex, run only when one literal of each
+    group the regex requires occurs (:func:`regex_requirements`; the group
+    the rule is gated on is known to), or when the text has a character the
+    regex may read as an ASCII letter (ASCII_CASE_TWINS).  A substring test
+    is a small fraction of a regex search."""
+    assert rule.regex is not None
+    search = re.compile(rule.regex, re.IGNORECASE).search
+    groups = regex_requirements(rule.regex)[1 if gated_on_regex else 0 :]
+    if not groups:
+        return search
+
+    def check(lowered: str) -> Any:
+        for group in groups:
+            for literal in group:
+                if literal in lowered:
+                    break
+            else:
+                if any(twin in lowered for twin in ASCII_CASE_TWINS):
+                    break
+                return None
+        return search(lowered)
+
+    return check
 
 
 # A memo that reaches this many entries is emptied and filled again: bounded
@@ -228,14 +285,18 @@ class RuleIndex:
         "_code_ok",
         "_codeless",
         "_cs_memo",
-        "_host_memo",
+        "_host_classes",
         "_hostless",
         "_odd_hosts",
+        "_odd_names",
+        "_odd_suffixes",
         "_stage_ok",
         "_statusless",
         "_suffix_masks",
+        "_suffixes",
         "everyone",
         "free",
+        "host_masks",
         "marker_shift",
         "regex_any",
         "rules",
@@ -258,6 +319,7 @@ class RuleIndex:
         always = 0
         regexes: list[str] = []
         regex_mask = 0
+        regex_gated = 0
         for i, r in enumerate(self.rules):
             bit = 1 << i
             # The most selective gate first: literals (the rule's own, else
@@ -271,6 +333,7 @@ class RuleIndex:
             elif r.contains:  # "" occurs in every text
                 always |= bit
             elif regex_gates and "" not in regex_gates:
+                regex_gated |= bit
                 for lit in regex_gates:
                     by_literal[lit] |= bit
             elif r.status is not None:
@@ -283,6 +346,13 @@ class RuleIndex:
                 regex_mask |= bit
             else:
                 always |= bit
+        # A regex matches case-insensitively: "ı" matches "i" and "ſ" "s"
+        # even in a lower-case text, so a literal a regex requires may be
+        # spelt with them.  A text that has either makes every rule gated on
+        # its regex's literals a candidate (the regex decides).
+        if regex_gated:
+            for twin in ASCII_CASE_TWINS:
+                by_literal[twin] |= regex_gated
         # Markers ride along in the same scan, above the rules' bits: bit
         # ``marker_shift + k`` of a found mask says a marker of the group k
         # occurs.
@@ -348,15 +418,25 @@ class RuleIndex:
         self._suffix_masks = dict(suffix_masks)
         self._odd_hosts = tuple(odd_hosts)
         self._hostless = everyone & ~host_rules
-        self._host_memo: dict[str, int] = {}
+        # What a host must end with, or be, for a host rule to allow it: one
+        # call tells most hosts that none does.
+        self._suffixes = tuple(h[1:] for h in suffix_masks)
+        self._odd_suffixes = tuple(h for _, odd in odd_hosts for h in odd)
+        self._odd_names = frozenset(h[1:] for h in self._odd_suffixes)
+        # Hosts fall into a few classes, one per distinct set of host rules
+        # that allow them: host name -> class, class -> mask of the rules.
+        self.host_masks: list[int] = [self._hostless]
+        """The rules each host class allows: every rule without hosts, and
+        the host rules that allow the class's hosts."""
+        self._host_classes: dict[int, int] = {self._hostless: 0}
         self._cs_memo: dict[tuple[int | None, str | None, Stage | None], tuple[int, int]] = {}
         # What is left to check once a rule's gate held and its codes,
         # stages, hosts and status passed: its regex, if it has one.  (A
         # rule with literals is gated on them, unless one is "", which
         # every text contains.)
         self._checks: tuple[Callable[[str], Any] | None, ...] = tuple(
-            None if r.regex is None else re.compile(r.regex, re.IGNORECASE).search
-            for r in self.rules
+            None if r.regex is None else _regex_check(r, (1 << i) & regex_gated != 0)
+            for i, r in enumerate(self.rules)
         )
         self.free = sum(1 << i for i, check in enumerate(self._checks) if check is None)
         """The rules that need no check beyond their gate and masks."""
@@ -364,26 +444,39 @@ class RuleIndex:
     def _host_mask(self, host: str) -> int:
         """The rules whose hosts allow ``host`` (and every rule without hosts)."""
         mask = self._hostless
-        get = self._suffix_masks.get
-        # ".example.net" matches "example.net" and every name ending in it.
-        dot = -1
-        while True:
-            mask |= get(host[dot:] if dot >= 0 else "." + host, 0)
-            dot = host.find(".", dot + 1)
-            if dot < 0:
-                break
-        for bit, suffixes in self._odd_hosts:
-            if host_matches(suffixes, host):
-                mask |= bit
+        if host.endswith(self._suffixes):
+            get = self._suffix_masks.get
+            # ".example.net" matches "example.net" and every name ending in it.
+            dot = -1
+            while True:
+                mask |= get(host[dot:] if dot >= 0 else "." + host, 0)
+                dot = host.find(".", dot + 1)
+                if dot < 0:
+                    break
+        if host.endswith(self._odd_suffixes) or host in self._odd_names:
+            for bit, suffixes in self._odd_hosts:
+                if host_matches(suffixes, host):
+                    mask |= bit
         return mask
 
+    def host_class(self, host: str) -> int:
+        """The class of a (lower-case) host: hosts of one class are allowed
+        by the same rules, ``host_masks[class]``; class 0 by no host rule.
+        There are a few classes, however many hosts."""
+        mask = self._host_mask(host)
+        hc = self._host_classes.get(mask)
+        if hc is None:
+            hc = self._host_classes[mask] = len(self.host_masks)
+            self.host_masks.append(mask)
+        return hc
+
     def masks(
-        self, code: int | None, enhanced: str | None, stage: Stage | None, host: str
+        self, code: int | None, enhanced: str | None, stage: Stage | None, host_class: int
     ) -> tuple[int, int]:
-        """For a reply with this code and status, at this stage, from this
-        (lower-case) host: the rules whose status or code gate holds, and
-        the rules whose codes, stages and hosts allow it.  Servers, codes
-        and statuses repeat, so the parts are remembered."""
+        """For a reply with this code and status, at this stage, from a host
+        of this class (:meth:`host_class`): the rules whose status or code
+        gate holds, and the rules whose codes, stages and hosts allow it.
+        Codes, statuses and stages repeat, so that part is remembered."""
         key = (code, enhanced, stage)
         cs = self._cs_memo.get(key)
         if cs is None:
@@ -400,12 +493,7 @@ class RuleIndex:
             if len(self._cs_memo) >= _MEMO_SIZE:
                 self._cs_memo.clear()
             cs = self._cs_memo[key] = (gates, allowed)
-        hosts = self._host_memo.get(host)
-        if hosts is None:
-            if len(self._host_memo) >= _MEMO_SIZE:
-                self._host_memo.clear()
-            hosts = self._host_memo[host] = self._host_mask(host)
-        return cs[0], cs[1] & hosts
+        return cs[0], cs[1] & self.host_masks[host_class]
 
     def first_checked(self, found: int, lowered: str) -> int:
         """The lowest candidate in ``found`` whose remaining conditions hold
@@ -426,7 +514,7 @@ class RuleIndex:
         """The position in :attr:`rules` of the first matching rule (or -1),
         and whether any of the markers occurs in ``lowered``.  (The
         classifier does the same steps inline.)"""
-        gates, allowed = self.masks(reply.code, reply.enhanced, stage, host)
+        gates, allowed = self.masks(reply.code, reply.enhanced, stage, self.host_class(host))
         found = self.scan(lowered) | gates
         if self.regex_any is not None:
             search, mask = self.regex_any
