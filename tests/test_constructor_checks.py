@@ -34,6 +34,11 @@ from resilient_smtp.testing import FakeClock
         ({"reactions": {}}, TypeError, "reactions must be a Reactions table, not dict"),
         ({"resend_ambiguous": "no"}, TypeError, "resend_ambiguous must be True or False"),
         ({"chunking": 1}, TypeError, "chunking must be True or False, not 1"),
+        (
+            {"pipeline_messages": "yes"},
+            TypeError,
+            "pipeline_messages must be True or False, not 'yes'",
+        ),
         ({"hooks": print.__name__}, TypeError, "hooks must be a sequence of callables"),
         ({"hooks": 5}, TypeError, "hooks must be a sequence of callables, not int"),
         ({"hooks": [5]}, TypeError, "hooks must be callables, not int"),

@@ -72,6 +72,7 @@ def mailer_arguments(
     reactions: object,
     resend_ambiguous: object,
     chunking: object,
+    pipeline_messages: object,
     hooks: object,
 ) -> None:
     """The :class:`~resilient_smtp.Mailer` arguments that would otherwise
@@ -101,6 +102,7 @@ def mailer_arguments(
         raise TypeError(f"reactions must be a Reactions table, not {type(reactions).__name__}")
     flag("resend_ambiguous", resend_ambiguous)
     flag("chunking", chunking)
+    flag("pipeline_messages", pipeline_messages)
     if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
         # (Not iterated here: the Mailer reads it once; each hook is checked
         # with the retry policy's.)

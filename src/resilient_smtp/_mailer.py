@@ -140,6 +140,7 @@ class Mailer:
             reactions=reactions,
             resend_ambiguous=resend_ambiguous,
             chunking=chunking,
+            pipeline_messages=pipeline_messages,
             hooks=hooks,
         )
         self.mx: MXResolver | None = None
