@@ -47,7 +47,6 @@ per-message wait on top.  ``docs/limits.md`` has the figures.
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 from collections.abc import Collection, Iterable
 from contextlib import AbstractAsyncContextManager
@@ -62,6 +61,7 @@ from .._events import Event, Hook, emit
 from .control import CUBIC, PROBE, STARTUP, Control, Law, advance, congestion, resumed
 from .gcra import RateLimiter
 from .limiter import KeyedLimiter, Limiter
+from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .._classify.classifier import Classification
@@ -326,20 +326,18 @@ class _KeyRate(Limiter):
         "first_delivery",
         "granted",
         "growth",
-        "inflight",
         "last_update",
         "law",
+        "line",
         "meter",
         "min_rtt",
         "min_rtt_at",
         "owner",
         "pace",
         "recover_seq",
-        "slots",
         "ticker",
         "waited",
         "waiting",
-        "win",
     )
 
     def __init__(self, owner: AdaptiveLimiter) -> None:
@@ -357,8 +355,9 @@ class _KeyRate(Limiter):
         self.waited = False  # someone waited since the last update
         self.granted = 0  # permits granted: the stamp of the last one
         self.answered = 0
-        self.inflight = 0  # window slots taken (granted or being paced), not yet left
-        self.slots: collections.deque[asyncio.Future[None]] = collections.deque()
+        # The window: permits out at once (granted or being paced, not yet
+        # left); its limit is recomputed as measures come.
+        self.line = Waiters(owner.initial_window)
         self.ticker: asyncio.Future[None] | None = None
         self.exited: int | None = None  # stamp of the permit that left last
         self.exited_start = now  # when that permit was granted
@@ -369,7 +368,6 @@ class _KeyRate(Limiter):
         self.min_rtt = math.inf
         self.min_rtt_at = now
         self.meter = _Meter()
-        self.win = owner.initial_window  # the window, recomputed as measures come
         self.bdp: int | None = None  # the in-flight bound's measured term
         self.bdp_slot = -1  # the meter slot it was measured in
         # After "too many connections": at most this many permits out at once
@@ -385,7 +383,7 @@ class _KeyRate(Limiter):
         return self.hear(key, classification)
 
     def is_idle(self) -> bool:
-        return self.inflight == 0 and self.waiting == 0 and self.bucket.is_idle()
+        return self.line.is_idle() and self.waiting == 0 and self.bucket.is_idle()
 
     # -- the window ------------------------------------------------------------
 
@@ -399,8 +397,7 @@ class _KeyRate(Limiter):
             # an unpaced start (a burst says little of a rate) and nothing
             # sent since the cut has been delivered yet: one attempt at a
             # time until one gets through.
-            self.win = 1
-            return 1
+            return self._limit(1)
         first = self.owner.initial_window
         slot = int(now // _SLOT)
         if self.bdp is None or slot != self.bdp_slot:
@@ -418,16 +415,18 @@ class _KeyRate(Limiter):
         win = first if self.bdp is None else max(first, min(self.bdp, first + self.delivered))
         if self.conn_cap is not None:
             win = min(win, int(self.conn_cap))
-        self.win = win
+        return self._limit(win)
+
+    def _limit(self, win: int) -> int:
+        """Set the window (a wider one admits waiters at once)."""
+        if win != self.line.limit:
+            self.line.limit = win
         return win
 
     async def take_slot(self) -> None:
         """Wait for a window slot; return holding it."""
-        if not self.slots and self.inflight < self.win:
-            self.inflight += 1
+        if self.line.try_acquire():
             return
-        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.slots.append(me)
         if self.owner._clock is not system_clock and (self.ticker is None or self.ticker.done()):
             # A slot frees when a send ends: real I/O, not the clock.  A test
             # clock that jumps to the next sleeper when the loop is idle
@@ -435,32 +434,11 @@ class _KeyRate(Limiter):
             # real socket is busy; a short sleep of our own on that clock,
             # while anyone waits for a slot, keeps its jumps small.
             self.ticker = asyncio.ensure_future(self._tick())
-        try:
-            await me  # the slot is counted for us when we are woken
-        except asyncio.CancelledError:
-            if me.done() and not me.cancelled():
-                self.give_slot()  # handed a slot, cancelled before using it
-            else:
-                me.cancel()  # skipped by wake()
-            raise
+        await self.line.acquire()
 
     async def _tick(self) -> None:
-        while any(not f.done() for f in self.slots):
+        while self.line.waiting:
             await self.owner._clock.sleep(_TEST_CLOCK_TICK)
-
-    def give_slot(self) -> None:
-        self.inflight -= 1
-        if self.slots:
-            self.wake()
-
-    def wake(self) -> None:
-        slots = self.slots
-        limit = self.win
-        while slots and self.inflight < limit:
-            fut = slots.popleft()
-            if not fut.done():
-                self.inflight += 1
-                fut.set_result(None)
 
     # -- feedback --------------------------------------------------------------
 
@@ -505,9 +483,7 @@ class _KeyRate(Limiter):
                         measured=self.meter.average(now),
                     )
                 )
-            self.window(now)
-            if self.slots:
-                self.wake()  # the window may have grown
+            self.window(now)  # it may have grown: waiters are let in
             return False
         if classification.reason not in owner.pushback:
             return False
@@ -519,7 +495,7 @@ class _KeyRate(Limiter):
             # Too many at once, not too fast: halve how many permits may be
             # out at once (many of them may only be queued for a connection);
             # the pace stays.
-            self.conn_cap = float(max(1, min(self.win, self.inflight + 1) // 2))
+            self.conn_cap = float(max(1, min(self.line.limit, self.line.held + 1) // 2))
             self.recover_seq = self.granted
             self.window(now)
             emit(
@@ -638,9 +614,8 @@ class _AdaptivePermit(AbstractAsyncContextManager[None]):
         clock = state.owner._clock
         now = clock.monotonic()
         state.update(now)
-        fast = not state.slots and state.inflight < state.win
-        if fast and state.pace is None:
-            state.inflight += 1  # the uncontended path: nothing to wait for
+        if state.pace is None and state.line.try_acquire():
+            pass  # the uncontended path: nothing to wait for
         else:
             state.waiting += 1
             state.waited = True
@@ -651,7 +626,7 @@ class _AdaptivePermit(AbstractAsyncContextManager[None]):
                         async with state.bucket.acquire(""):
                             pass  # a rate permit holds nothing once granted
                 except BaseException:
-                    state.give_slot()
+                    state.line.release()
                     raise
             finally:
                 state.waiting -= 1
@@ -674,4 +649,4 @@ class _AdaptivePermit(AbstractAsyncContextManager[None]):
         if rtt < state.min_rtt or now - state.min_rtt_at > _MIN_RTT_LIFE:
             state.min_rtt = rtt
             state.min_rtt_at = now
-        state.give_slot()
+        state.line.release()
