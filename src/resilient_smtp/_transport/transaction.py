@@ -76,7 +76,7 @@ from .._classify.classifier import Classification
 from .._classify.reactions import REACTIONS, Reaction, Reactions
 from .._classify.reply import Reply
 from .._classify.taxonomy import Reason, Scope, Stage, action_for
-from .connection import BodyNotSent, Connection, UnreadableReply, dot_unstuff
+from .connection import BodyNotSent, Connection, dot_unstuff
 
 __all__ = ["NO_REPLY", "BeforeEndOfData", "Outcome", "ProtocolViolation", "run_transaction"]
 
@@ -90,7 +90,7 @@ PassOn = Callable[[], Awaitable["asyncio.Future[bool] | None"]]
 
 # Exceptions that mean "no reply": the connection dropped, timed out or sent
 # something that is not SMTP.
-NO_REPLY = (aiosmtplib.SMTPException, OSError, TimeoutError, UnreadableReply)
+NO_REPLY = (aiosmtplib.SMTPException, OSError, TimeoutError)  # UnreadableReply is an SMTPException
 
 
 class ProtocolViolation(aiosmtplib.SMTPException):
@@ -128,6 +128,14 @@ class Outcome:
     def settle(self, addresses: list[str], c: Classification) -> None:
         for a in addresses:
             (self.pending if c.transient else self.rejected)[a] = c
+
+    def conclude(self, addresses: list[str], c: Classification) -> None:
+        """A refusal of ``addresses``: deferred if it ended the session (it
+        is then no verdict on them), else settled by what it says."""
+        if c.session_over:
+            self.defer(addresses, c)
+        else:
+            self.settle(addresses, c)
 
     def defer(
         self, addresses: list[str], c: Classification, why: str = "the session ended"
@@ -299,10 +307,7 @@ class _Run:
             # "421 4.4.2 ... timeout exceeded": the server had given up on
             # the idle connection; any other 421 is real pushback.
             self.out.stale = True
-        if c.session_over:
-            self.out.defer(self.batch, c)
-        else:
-            self.out.settle(self.batch, c)
+        self.out.conclude(self.batch, c)
         return False
 
     async def rcpt_reply(self, rcpt: str) -> bool:
@@ -467,8 +472,8 @@ class _Run:
         # its envelope right behind this final dot (RFC 2920 §3.1: message
         # content may be the first "command" of a group).  Its replies come
         # after this one, so it reads once this turn is over.
-        chain = pipelined and self.pass_on is not None and not self.out.broken
-        turn = await self.pass_on() if chain and self.pass_on is not None else None
+        pass_on = self.pass_on if pipelined and not self.out.broken else None
+        turn = await pass_on() if pass_on is not None else None
         settled = False
         try:
             try:
@@ -510,7 +515,7 @@ class _Run:
         if reply.code is not None and reply.code >= 400:
             # smtp-sink -A: "354" and "550 ..." in one write, then a close.
             c = self.judge(reply, Stage.DATA)
-            (self.out.defer if c.session_over else self.out.settle)(self.accepted, c)
+            self.out.conclude(self.accepted, c)
             return
         self.violation(
             f"the server answered {reply.code} after its 354, before the message was sent "
@@ -533,7 +538,7 @@ class _Run:
             self.out.delivered = list(accepted)
             return
         c = self.judge(reply, Stage.END_OF_DATA)
-        (self.out.defer if c.session_over else self.out.settle)(accepted, c)
+        self.out.conclude(accepted, c)
 
     # -- opt-in: BDAT LAST behind the envelope ------------------------------
 

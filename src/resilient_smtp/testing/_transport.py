@@ -14,21 +14,11 @@ import aiosmtplib
 
 from .._classify.reply import Reply
 from .._errors import BodyNotSent
-from .._transport.connection import Connection, Transport
+from .._transport.connection import Connection, Transport, dot_unstuff
 from .._transport.replies import ReplyParser, UnreadableReply
 from ._script import DROP, ReceivedMessage, Script
 
 __all__ = ["ScriptedTransport"]
-
-_ENDING = b"\r\n.\r\n"
-
-
-def _unstuff(body: bytes) -> bytes:
-    body = body[: -len(b".\r\n")] if body.endswith(_ENDING) else body
-    return b"\r\n".join(
-        line[1:] if line.startswith(b".") else line for line in body.split(b"\r\n")
-    )
-
 
 _NO_RCPT = "554 5.5.1 Error: no valid recipients"
 _BAD_SEQUENCE = "503 5.5.1 Error: need MAIL command"
@@ -46,7 +36,6 @@ class _ScriptedConnection:
         self.messages = 0
         self._gone = False  # the server closed (DROP, or after a 421)
         self._replies: deque[Reply | UnreadableReply] = deque()
-        self._owed = 0
         self._sender: str | None = None
         self._rcpts: list[str] = []
         self._rcpt_n = 0
@@ -119,7 +108,7 @@ class _ScriptedConnection:
             command, data = "BDAT", payload[: self._bdat]
             self._bdat = None
         elif self._data:
-            command, data = ".", _unstuff(payload)
+            command, data = ".", dot_unstuff(payload)
             self._data = False
         else:
             raise RuntimeError("a message was sent with no DATA or BDAT before it")
@@ -141,14 +130,12 @@ class _ScriptedConnection:
         if self._gone:
             raise BodyNotSent("Server not connected")
         for command in commands:
-            self._owed += 1
             if not self._gone:
                 self._command(command.decode())
         if payload and not self._gone:
             self._message(payload)
 
     async def read_reply(self) -> Reply:
-        self._owed -= 1
         if not self._replies:
             if self._gone:
                 raise aiosmtplib.SMTPServerDisconnected("Unexpected EOF received")
@@ -159,8 +146,6 @@ class _ScriptedConnection:
             raise UnreadableReply(*reply.args)
         if reply.code == 421:
             self._gone = True
-        if reply.code == 354:
-            self._owed += 1
         return reply
 
     def reply_waiting(self) -> bool:
