@@ -47,6 +47,7 @@ per-message wait on top.  ``docs/limits.md`` has the figures.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Collection, Iterable
 from contextlib import AbstractAsyncContextManager
@@ -586,13 +587,7 @@ class _KeyRate(Limiter):
                 {
                     "destination": key,
                     "reason": str(reason),
-                    "old_rate": cut.old_rate,
-                    "new_rate": cut.new_rate,
-                    "measured_rate": cut.measured_rate,
-                    "target_rate": cut.target_rate,
-                    "recovery_seconds": cut.recovery_seconds,
-                    "probing": cut.probing,
-                    "same_ceiling_hits": cut.same_ceiling_hits,
+                    **dataclasses.asdict(cut),  # the Cut: rates, recovery, probing
                 },
             ),
             self.owner._hooks,

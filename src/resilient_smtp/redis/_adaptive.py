@@ -587,13 +587,7 @@ class RedisAdaptiveLimiter(_Shared):
                 {
                     "destination": key,
                     "reason": str(reason),
-                    "old_rate": c.old_rate,
-                    "new_rate": c.new_rate,
-                    "measured_rate": c.measured_rate,
-                    "target_rate": c.target_rate,
-                    "recovery_seconds": c.recovery_seconds,
-                    "probing": c.probing,
-                    "same_ceiling_hits": c.same_ceiling_hits,
+                    **dataclasses.asdict(c),  # the Cut: rates, recovery, probing
                     "shared": True,
                 },
             ),
