@@ -257,13 +257,15 @@ class SQLiteStore(Store):
         self, message: str, updates: Sequence[RecipientUpdate], *, token: str, now: float
     ) -> int:
         def go(db: sqlite3.Connection) -> int:
-            written = 0
-            for u in updates:
-                written += db.execute(
-                    "UPDATE outbox_recipients SET state = ?, due = ?, attempts = ?, reason = ?, "
-                    "detail = ?, destination = ?, suspended = ?, suspended_until = ?, "
-                    "updated = ?, claimed_by = NULL, claim_until = NULL, claim_token = NULL "
-                    "WHERE message = ? AND address = ? AND claim_token = ?",
+            if not updates:
+                return 0
+            # executemany sums the rows each statement changed into rowcount.
+            return db.executemany(
+                "UPDATE outbox_recipients SET state = ?, due = ?, attempts = ?, reason = ?, "
+                "detail = ?, destination = ?, suspended = ?, suspended_until = ?, "
+                "updated = ?, claimed_by = NULL, claim_until = NULL, claim_token = NULL "
+                "WHERE message = ? AND address = ? AND claim_token = ?",
+                [
                     (
                         u.state.value,
                         u.due,
@@ -277,9 +279,10 @@ class SQLiteStore(Store):
                         message,
                         u.address,
                         token,
-                    ),
-                ).rowcount
-            return written
+                    )
+                    for u in updates
+                ],
+            ).rowcount
 
         return await self._run(go)
 
