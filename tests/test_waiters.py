@@ -226,3 +226,17 @@ async def test_cancelled_during_noop_check_closes_the_connection() -> None:
     assert not conn.is_open()
     assert pool.idle_count() == 0
     await pool.close()
+
+
+async def test_queued_says_whether_a_live_waiter_is_in_line() -> None:
+    line = Waiters(1)
+    assert not line.queued()
+    await line.acquire()
+    waiter = asyncio.ensure_future(line.acquire())
+    await asyncio.sleep(0)
+    assert line.queued()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not line.queued()  # a cancelled waiter is no longer in line
+    line.release()

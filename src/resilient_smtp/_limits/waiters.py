@@ -2,7 +2,7 @@
 
 Every place in the library where a task waits its turn uses :class:`Waiters`:
 the :class:`~resilient_smtp.ConcurrencyLimiter` (``limit`` permits), the
-pool's window per destination (through a ``ConcurrencyLimiter``), and the
+pool's window per destination, the adaptive limiter's window, and the
 head-of-line queues of the token buckets, local and Redis (one permit: "the
 head", the only waiter that sleeps or talks to Redis).
 
@@ -65,6 +65,10 @@ class Waiters(AbstractAsyncContextManager[None]):
     def waiting(self) -> int:
         """Callers queued for a permit right now."""
         return sum(1 for f in self._queue if not f.done())
+
+    def queued(self) -> bool:
+        """Whether anyone is queued for a permit (stops at the first)."""
+        return any(not f.done() for f in self._queue)
 
     def is_idle(self) -> bool:
         """No permit held and nobody waiting."""

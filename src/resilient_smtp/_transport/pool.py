@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from .._classify.classifier import Classification
 from .._classify.reactions import REACTIONS, Reactions
 from .._clock import Clock, system_clock
-from .._limits.limiter import ConcurrencyLimiter
+from .._limits.waiters import Waiters
 from .connection import Connection, Transport
 
 __all__ = ["Lease", "Pool", "PoolLimits"]
@@ -116,22 +116,21 @@ class _Destination:
     maximum: the negative and positive feedback of Postfix's destination
     concurrency scheduler (https://www.postfix.org/SCHEDULER_README.html:
     ``..._negative_feedback = 1``, ``..._positive_feedback = 1/concurrency``).
-    The window is enforced by a :class:`ConcurrencyLimiter` whose limit
-    follows it.
+    The window is enforced by :class:`Waiters` whose limit follows it.
     """
 
-    __slots__ = ("idle", "limiter", "window")
+    __slots__ = ("idle", "permits", "window")
 
     def __init__(self, limit: int) -> None:
         self.idle: deque[tuple[Connection, float, Turn | None]] = deque()
         """Idle connections: when each was last used, and the turn of a
         previous holder still reading its last reply (or ``None``)."""
         self.window = float(limit)
-        self.limiter = ConcurrencyLimiter(limit)
+        self.permits = Waiters(limit)
 
     def set_window(self, window: float) -> None:
         self.window = window
-        self.limiter.limit = int(window)
+        self.permits.limit = int(window)
 
 
 class Pool:
@@ -241,26 +240,25 @@ class Pool:
         dest = self._destinations.get((host, port))
         if dest is None:
             dest = self._destinations[(host, port)] = _Destination(self.limits.max_connections)
-        # The window's permit is held by hand (the limiter's context
-        # manager, entered and left explicitly) because a lease passed on
-        # gives it back before the holder is done (see Lease.pass_on).
-        permit = dest.limiter.acquire()
-        await permit.__aenter__()
+        # The window's permit is taken and given back by hand, not with
+        # ``async with``, because a lease passed on gives it back before the
+        # holder is done (see Lease.pass_on).
+        await dest.permits.acquire()
         held = True
         if granted is not None:
             granted()
 
-        async def give_back() -> None:
+        def give_back() -> None:
             nonlocal held
             if held:
                 held = False
-                await permit.__aexit__(None, None, None)
+                dest.permits.release()
 
         async def hand_over(lease: Lease) -> Turn | None:
             conn = lease.connection
             lim, now = self.limits, self._clock.monotonic()
             if (
-                dest.limiter.waiting == 0
+                not dest.permits.queued()
                 or self._closed
                 or not conn.is_open()
                 # one that will not be reused after this message (counted
@@ -272,7 +270,7 @@ class Pool:
             turn: Turn = asyncio.get_running_loop().create_future()
             lease.passed = True
             dest.idle.append((conn, now, turn))
-            await give_back()  # the first waiter takes the permit, and this connection
+            give_back()  # the first waiter takes the permit, and this connection
             return turn
 
         try:
@@ -298,7 +296,7 @@ class Pool:
                 else:
                     dest.idle.append((conn, self._clock.monotonic(), lease.after))
         finally:
-            await give_back()
+            give_back()
 
     def feedback(self, host: str, port: int, classification: Classification | None) -> None:
         """Adjust the destination's concurrency window after a transaction:
