@@ -262,7 +262,7 @@ class Classifier:
         if type(reply) is Reply:
             return self._classify_reply(reply, host, stage)
         if isinstance(reply, aiosmtplib.SMTPResponseException):
-            # What the Mailer catches, first (as _normalise would read it).
+            # What the Mailer catches, first: its reply, the stage from its type.
             if stage is None:
                 stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
             return self._classify_reply(parse_reply(reply.message, reply.code), host, stage)
@@ -635,10 +635,8 @@ def _normalise(reply: Any, stage: Stage | None) -> tuple[Reply, Stage | None, _F
         # With no recipient in it (the non-empty case is classified per
         # recipient by the Classifier), all it has is its text.
         return Reply(None, None, str(reply)), stage or Stage.RCPT, None
-    if isinstance(reply, aiosmtplib.SMTPResponseException):
-        if stage is None:
-            stage = next((s for t, s in _STAGE_OF if isinstance(reply, t)), None)
-        return Reply.parse(reply.message, code=reply.code), stage, None
+    # (aiosmtplib's SMTPResponseException is read by Classifier.classify
+    # itself, before this: the Mailer's common case.)
     if isinstance(reply, smtplib.SMTPResponseException):
         # The standard library's errors subclass OSError, but those with a
         # reply carry it (smtp_code, smtp_error as bytes or str): they are
