@@ -23,6 +23,7 @@ same scan reports (the classifier's wait keywords).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -159,6 +160,7 @@ def regex_literals(pattern: str) -> tuple[str, ...]:
     return groups[0] if groups else ()
 
 
+@functools.lru_cache(maxsize=1024)  # read twice per rule when an index is built
 def regex_requirements(pattern: str) -> tuple[tuple[str, ...], ...]:
     """Groups of lower-case literals such that one literal of each group
     occurs wherever ``pattern`` matches (read case-insensitively), the most
@@ -508,19 +510,15 @@ class RuleIndex:
             found ^= low
         return -1
 
-    def first_index(
-        self, reply: Reply, lowered: str, host: str, stage: Stage | None
-    ) -> tuple[int, bool]:
-        """The position in :attr:`rules` of the first matching rule (or -1),
-        and whether any of the markers occurs in ``lowered``.  (The
-        classifier does the same steps inline.)"""
+    def first_index(self, reply: Reply, lowered: str, host: str, stage: Stage | None) -> int:
+        """The position in :attr:`rules` of the first matching rule (or -1).
+        (The classifier does the same steps inline.)"""
         gates, allowed = self.masks(reply.code, reply.enhanced, stage, self.host_class(host))
         found = self.scan(lowered) | gates
         if self.regex_any is not None:
             search, mask = self.regex_any
             if search(lowered) is not None:
                 found |= mask
-        marked = found > self.everyone  # a marker's bit is above every rule's
         found &= allowed
         # The earliest candidate that needs no further check wins unless a
         # candidate before it passes its checks; usually there is none.
@@ -528,12 +526,12 @@ class RuleIndex:
         if free:
             first_free = free & -free
             i = self.first_checked(found & (first_free - 1), lowered)
-            return (first_free.bit_length() - 1 if i < 0 else i), marked
-        return self.first_checked(found, lowered), marked
+            return first_free.bit_length() - 1 if i < 0 else i
+        return self.first_checked(found, lowered)
 
     def first_match(
         self, reply: Reply, lowered: str, host: str, stage: Stage | None
     ) -> Rule | None:
         """The first matching rule, or None."""
-        i, _ = self.first_index(reply, lowered, host, stage)
+        i = self.first_index(reply, lowered, host, stage)
         return None if i < 0 else self.rules[i]
