@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .._checks import positive_number as _check_rate
+from .._checks import whole_number
 from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
@@ -219,20 +220,12 @@ class AdaptiveLimiter(Limiter):
             raise ValueError(f"burst must be an int >= 1, got {burst!r}")
         if not 0.0 < beta < 1.0:
             raise ValueError(f"beta must be between 0 and 1 (exclusive), got {beta!r}")
-        if isinstance(initial_window, bool) or not isinstance(initial_window, int):
-            raise TypeError("initial_window must be an int")
-        if initial_window < 1:
-            raise ValueError(f"initial_window must be >= 1, got {initial_window}")
         self.burst = burst
         self.beta = float(beta)
         self.doubling_time = _check_rate("doubling_time", doubling_time)
         self.recovery_time = _check_rate("recovery_time", recovery_time)
-        if isinstance(recovery_messages, bool) or not isinstance(recovery_messages, int):
-            raise TypeError("recovery_messages must be an int")
-        if recovery_messages < 0:
-            raise ValueError(f"recovery_messages must be >= 0, got {recovery_messages}")
-        self.recovery_messages = recovery_messages
-        self.initial_window = initial_window
+        self.recovery_messages = whole_number("recovery_messages", recovery_messages, minimum=0)
+        self.initial_window = whole_number("initial_window", initial_window)
         self.pushback = frozenset(Reason(r) for r in pushback)
         self._law = Law(
             initial_rate=self.initial_rate,
