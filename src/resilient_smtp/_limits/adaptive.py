@@ -60,7 +60,17 @@ from .._classify.reactions import REACTIONS
 from .._classify.taxonomy import Reason
 from .._clock import Clock, system_clock
 from .._events import Event, Hook, emit
-from .control import CUBIC, PROBE, STARTUP, Control, Law, advance, congestion, resumed
+from .control import (
+    CUBIC,
+    PROBE,
+    STARTUP,
+    Control,
+    Law,
+    advance,
+    congestion,
+    measured_between,
+    resumed,
+)
 from .gcra import RateLimiter
 from .limiter import KeyedLimiter, Limiter
 from .waiters import Waiters
@@ -540,18 +550,8 @@ class _KeyRate(Limiter):
             self.pace = None
 
     def _cut(self, key: str, now: float, sent: float, reason: Reason) -> None:
-        # What the server took: over the meter's span, or since deliveries
-        # resumed after probing if that is later (the refusing spell before
-        # says nothing of what it takes now).
-        # It ends when the refused attempt was sent: a server that sits on
-        # its refusals (and on the sessions that carry them) takes less
-        # meanwhile, but that is its pause, not its rate.
-        span = _SLOT * _SLOTS
-        start = now - span
-        if not math.isnan(self.ctl.cycle_start):
-            start = max(start, self.ctl.cycle_start)
-        end = max(start, min(now, sent))
-        measured = self.meter.between(now, start, end) if end - start >= 0.5 * span else None
+        stretch = measured_between(self.law, self.ctl, now=now, sent=sent)
+        measured = self.meter.between(now, *stretch) if stretch is not None else None
         if measured is None:
             measured = self.meter.average(now)
         ctl, cut = congestion(

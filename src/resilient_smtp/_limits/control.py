@@ -52,6 +52,7 @@ __all__ = [
     "Law",
     "advance",
     "congestion",
+    "measured_between",
     "resumed",
 ]
 
@@ -145,6 +146,23 @@ class Cut:
     recovery_seconds: float
     probing: bool
     same_ceiling_hits: int
+
+
+def measured_between(
+    law: Law, s: Control, *, now: float, sent: float
+) -> tuple[float, float] | None:
+    """Over which stretch a cut measures what the server took: the span up
+    to when the refused attempt was sent (a server that sits on its
+    refusals, and on the sessions that carry them, takes less meanwhile, but
+    that is its pause, not its rate), from when deliveries resumed after
+    probing if that is later (the refusing spell before says nothing of what
+    it takes now).  ``None`` when that is under half the span: the caller
+    then measures its whole span."""
+    start = now - law.span
+    if not math.isnan(s.cycle_start):
+        start = max(start, s.cycle_start)
+    end = max(start, min(now, sent))
+    return (start, end) if end - start >= 0.5 * law.span else None
 
 
 def congestion(

@@ -71,6 +71,7 @@ from .._limits.control import (
     Law,
     advance,
     congestion,
+    measured_between,
     resumed,
 )
 from .._limits.limiter import Limiter
@@ -546,14 +547,11 @@ class RedisAdaptiveLimiter(_Shared):
             if n <= s.cut_seq:
                 return None, None
             s = self._advance(now, s)
-            span = self._law.span
-            start = now - span
-            if not math.isnan(s.ctl.cycle_start):
-                start = max(start, s.ctl.cycle_start)
-            end = max(start, min(now, now if math.isnan(sent) else sent))
-            measured = _meter_rate(s, now, start, end) if end - start >= 0.5 * span else None
+            at = now if math.isnan(sent) else sent
+            stretch = measured_between(self._law, s.ctl, now=now, sent=at)
+            measured = _meter_rate(s, now, *stretch) if stretch is not None else None
             if measured is None:
-                measured = _meter_rate(s, now, now - span, now)
+                measured = _meter_rate(s, now, now - self._law.span, now)
             ctl, c = congestion(
                 self._law,
                 s.ctl,
