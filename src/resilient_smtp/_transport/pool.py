@@ -157,14 +157,18 @@ class Pool:
         self.replaced_stale = 0
         """Idle connections found closed by the server and replaced."""
 
-    def _usable(self, conn: Connection, last_used: float, now: float) -> bool:
+    def _young(self, conn: Connection, now: float, more: int = 0) -> bool:
+        """Open, and still under the message and age caps after ``more``
+        messages."""
         lim = self.limits
         return (
             conn.is_open()
-            and conn.messages < lim.max_messages
+            and conn.messages + more < lim.max_messages
             and now - conn.created_at < lim.max_age
-            and now - last_used < lim.idle_timeout
         )
+
+    def _usable(self, conn: Connection, last_used: float, now: float) -> bool:
+        return self._young(conn, now) and now - last_used < self.limits.idle_timeout
 
     async def _take_idle(self, dest: _Destination) -> tuple[Connection, Turn | None] | None:
         while dest.idle:
@@ -256,16 +260,10 @@ class Pool:
 
         async def hand_over(lease: Lease) -> Turn | None:
             conn = lease.connection
-            lim, now = self.limits, self._clock.monotonic()
-            if (
-                not dest.permits.queued()
-                or self._closed
-                or not conn.is_open()
-                # one that will not be reused after this message (counted
-                # once its reply is read) is not passed on either
-                or conn.messages + 1 >= lim.max_messages
-                or now - conn.created_at >= lim.max_age
-            ):
+            now = self._clock.monotonic()
+            # One that will not be reused after this message (counted once
+            # its reply is read) is not passed on either.
+            if not dest.permits.queued() or self._closed or not self._young(conn, now, more=1):
                 return None
             turn: Turn = asyncio.get_running_loop().create_future()
             lease.passed = True
