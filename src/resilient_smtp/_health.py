@@ -144,6 +144,12 @@ class _Breaker:
         self.reason: Reason | None = None
         self.probing_since: float | None = None
 
+    def open(self, now: float, until: float, reason: Reason | None) -> None:
+        """Start a suspension (or pause) that lasts until ``until``."""
+        if self.since is None:
+            self.since = now
+        self.until, self.reason, self.probing_since = until, reason, None
+
     def open_now(self, now: float) -> bool:
         return self.until is not None and now < self.until
 
@@ -299,10 +305,8 @@ class DestinationHealth(Health):
             b = self._keys[key] = _Breaker()
         if b.until is not None and b.until >= until:
             return  # we know of this one (or of a longer one)
-        b.until, b.probing_since, b.reason = until, None, reason
+        b.open(now, until, reason)
         b.suspensions = max(b.suspensions, suspensions)
-        if b.since is None:
-            b.since = now
         b.failures, b.last_failure = 0, now
         what, state = ("relay", "paused") if key is None else (key, "suspended")
         emit(
@@ -384,9 +388,7 @@ class DestinationHealth(Health):
         seconds = self._period(base, self.suspend_cap, b.suspensions, stated)
         failures = self._recent_failures(b, now)
         b.suspensions += 1
-        if b.since is None:
-            b.since = now
-        b.until, b.reason, b.probing_since = now + seconds, reason, None
+        b.open(now, now + seconds, reason)
         b.failures, b.last_failure = 0, now
         emit(
             Event(
@@ -410,9 +412,7 @@ class DestinationHealth(Health):
             return
         seconds = self._period(self.pause_base, self.pause_cap, relay.suspensions, stated)
         relay.suspensions += 1
-        if relay.since is None:
-            relay.since = now
-        relay.until, relay.reason, relay.probing_since = now + seconds, reason, None
+        relay.open(now, now + seconds, reason)
         emit(
             Event(
                 "paused",
