@@ -73,11 +73,12 @@ def mailer_arguments(
     resend_ambiguous: object,
     chunking: object,
     pipeline_messages: object,
-    hooks: object,
-) -> None:
+    hooks: Iterable[C],
+) -> tuple[C, ...]:
     """The :class:`~resilient_smtp.Mailer` arguments that would otherwise
     fail only at the first send (a wrong type) or not at all (``port=0``
-    taken as the default, ``resend_ambiguous="no"`` as true)."""
+    taken as the default, ``resend_ambiguous="no"`` as true).  Returns the
+    hooks, checked, as a tuple."""
     # Imported here: those modules import this one.
     from ._classify.classifier import Classifier
     from ._classify.reactions import Reactions
@@ -103,7 +104,4 @@ def mailer_arguments(
     flag("resend_ambiguous", resend_ambiguous)
     flag("chunking", chunking)
     flag("pipeline_messages", pipeline_messages)
-    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
-        # (Not iterated here: the Mailer reads it once; each hook is checked
-        # with the retry policy's.)
-        raise TypeError(f"hooks must be a sequence of callables, not {type(hooks).__name__}")
+    return callables("hooks", hooks)

@@ -129,7 +129,7 @@ class Mailer:
         chunking: bool = False,
         pipeline_messages: bool = False,
     ) -> None:
-        mailer_arguments(
+        checked_hooks = mailer_arguments(
             port=port,
             retry=retry,
             limiter=limiter,
@@ -176,7 +176,7 @@ class Mailer:
                 oauth_token=oauth_token,
             )
         self.transport = transport
-        self.hooks = tuple(hooks)
+        self.hooks = checked_hooks
         # One set of hooks sees every decision: the policy's retries, the
         # limiter's rate changes, health's suspensions and the sends.
         self.reactions = reactions
