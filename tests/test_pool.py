@@ -143,3 +143,52 @@ async def test_close_quits_every_idle_connection_at_once() -> None:
     gate.set()
     await asyncio.wait_for(closer, 1.0)
     assert closing == 0
+
+
+async def test_sends_queue_once_for_the_pool_and_the_limiter_sees_only_those_with_a_place() -> (
+    None
+):
+    """A send takes its place in the pool's window first, then the limiter's
+    permit: one queue per destination.  The limiter sees no more sends at
+    once than the pool has places, so its round trips exclude our queue."""
+    from contextlib import AbstractAsyncContextManager, asynccontextmanager
+    from typing import AsyncIterator
+
+    from resilient_smtp import Classification, Limiter
+
+    class Watching(Limiter):
+        def __init__(self) -> None:
+            self.inside = 0
+            self.peak = 0
+
+        def acquire(self, key: str) -> AbstractAsyncContextManager[None]:
+            @asynccontextmanager
+            async def permit() -> AsyncIterator[None]:
+                self.inside += 1  # counted from the moment it asks
+                self.peak = max(self.peak, self.inside)
+                try:
+                    await asyncio.sleep(0)
+                    yield
+                finally:
+                    self.inside -= 1
+
+            return permit()
+
+        def feedback(self, key: str, classification: Classification | None) -> bool | None:
+            return None
+
+    limiter = Watching()
+    transport = ScriptedTransport()
+    async with Mailer(
+        "mx.test",
+        transport=transport,
+        clock=FakeClock(),
+        limiter=limiter,
+        pool=PoolLimits(max_connections=2),
+    ) as mailer:
+        results = await asyncio.gather(
+            *(mailer.send(message(f"u{i}@example.com")) for i in range(12))
+        )
+    assert all(r.ok for r in results)
+    assert limiter.peak == 2
+    assert mailer.pool.opened == 2

@@ -1,19 +1,21 @@
 """One deadline for one send, and the one place that enforces it.
 
-``RetryPolicy(deadline=...)`` bounds the whole send: the limiter's permit
-wait, the connect, every command, the message and the waits between tries.
-:meth:`Deadline.run` runs one attempt (permit wait plus session) in a task
-and stops it when the deadline passes, whatever the server does: a server
-that trickles each reply just inside the per-command timeout cannot stretch
-a send past its deadline.  The waits between tries are cut short by
-:meth:`RetryState.decide`, which never starts a wait that would pass it.
+``RetryPolicy(deadline=...)`` bounds the whole send: the wait for a place
+in the pool and for the limiter's permit, the connect, every command, the
+message and the waits between tries.  :meth:`Deadline.run` runs one attempt
+(the waits, then the session) and stops it when the deadline passes,
+whatever the server does: a server that trickles each reply just inside the
+per-command timeout cannot stretch a send past its deadline.  The waits
+between tries are cut short by :meth:`RetryState.decide`, which never
+starts a wait that would pass it.
 
 Which clock measures what: on the system clock (the event loop's time)
 everything is bounded.  Another clock (a ``FakeClock`` in tests) bounds the
-permit wait only, in its own time; the network is left to the transport's
-per-command timeout, because a fake clock jumps whenever the event loop is
-idle, which it is while a real socket waits, and its seconds are not the
-network's.
+wait for the limiter's permit only, in its own time; the pool's queue (a
+place frees when another send's session ends) and the network are left to
+the transport's per-command timeout, because a fake clock jumps whenever
+the event loop is idle, which it is while a real socket waits, and its
+seconds are not the network's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ._clock import Clock, SystemClock, _Waits
 from ._errors import ResilientSMTPError
 from ._retry.policy import RetryState
 
-__all__ = ["GRACE", "Deadline", "DeadlineReached"]
+__all__ = ["GRACE", "Deadline", "DeadlineReached", "Gate"]
 
 T = TypeVar("T")
 
@@ -39,13 +41,74 @@ the background and :meth:`Mailer.close` waits for it."""
 class DeadlineReached(ResilientSMTPError):
     """The send's deadline passed during an attempt.
 
-    ``in_session`` is false when it passed while waiting for the limiter's
-    permit (nothing was sent), true once the permit was taken.
+    ``in_session`` is false when it passed while waiting for a place in the
+    pool or for the limiter's permit (nothing was sent), true once the
+    permit was taken.
     """
 
     def __init__(self, in_session: bool) -> None:
         super().__init__("the send's deadline passed")
         self.in_session = in_session
+
+
+class Gate:
+    """What an attempt tells its deadline: when it starts waiting for the
+    limiter's permit, and when it holds it (from then on it is in session:
+    a deadline that passes is the session's, not a wait's)."""
+
+    __slots__ = ("in_session",)
+
+    def __init__(self) -> None:
+        self.in_session = False
+
+    def queued(self) -> None:
+        """The wait for the limiter's permit begins."""
+
+    def permitted(self) -> None:
+        """The limiter's permit is held."""
+        self.in_session = True
+
+
+class _ClockGate(Gate):
+    """The gate of an attempt on a clock that is not the loop's: a timer on
+    that clock runs while the attempt waits for the limiter's permit, and
+    nowhere else (its jumps are not the network's time)."""
+
+    __slots__ = ("_clock", "_loop", "_timer", "_until", "expired")
+
+    def __init__(self, clock: Clock, until: float, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._clock = clock
+        self._until = until
+        self._loop = loop
+        self._timer: asyncio.Task[None] | None = None
+        self.expired: asyncio.Future[None] = loop.create_future()
+        """Resolved when the deadline passed while waiting for the permit."""
+
+    def queued(self) -> None:
+        # One loop turn later: an uncontended permit is granted at once, and
+        # needs no timer.
+        self._loop.call_soon(self._arm)
+
+    def _arm(self) -> None:
+        if self.in_session or self._timer is not None or self.expired.done():
+            return
+        self._timer = self._loop.create_task(
+            self._clock.sleep(self._until - self._clock.monotonic())
+        )
+        self._timer.add_done_callback(self._ring)
+
+    def _ring(self, timer: asyncio.Task[None]) -> None:
+        if not timer.cancelled() and not self.expired.done():
+            self.expired.set_result(None)
+
+    def permitted(self) -> None:
+        super().permitted()
+        self.close()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class Deadline:
@@ -70,46 +133,31 @@ class Deadline:
         remaining = self.remaining
         return remaining is None or wait < remaining
 
-    async def run(self, attempt: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
-        """Await ``attempt(permitted)`` within the deadline.
+    async def run(self, attempt: Callable[[Gate], Awaitable[T]]) -> T:
+        """Await ``attempt(gate)`` within the deadline.
 
-        ``attempt`` calls ``permitted()`` once it holds the limiter's permit.
-        Raises :class:`DeadlineReached` when the deadline passes first; the
-        attempt is then cancelled, and given :data:`GRACE` to unwind.
+        ``attempt`` calls ``gate.queued()`` when it starts waiting for the
+        limiter's permit and ``gate.permitted()`` once it holds it.  Raises
+        :class:`DeadlineReached` when the deadline passes first; the attempt
+        is then cancelled, and given :data:`GRACE` to unwind.
         """
         remaining = self.remaining
         if remaining is None or (_Waits.skip and isinstance(self._clock, SystemClock)):
             # Under testing.no_waits() the system clock's time is virtual:
             # every sleep (any send's) moves it at once, while the network
             # takes real time, so the two cannot be compared.
-            return await attempt(_nothing)
+            return await attempt(Gate())
         if remaining <= 0:
             raise DeadlineReached(in_session=False)
         if isinstance(self._clock, SystemClock):
             return await self._inline(attempt, remaining)
         # Another clock (a FakeClock): it measures the permit wait only.
         loop = asyncio.get_running_loop()
-        in_session = False
-        timer: asyncio.Task[None] | None = None
-
-        def permitted() -> None:
-            nonlocal in_session
-            in_session = True
-            if timer is not None:
-                timer.cancel()
-
-        task = loop.create_task(_call(attempt, permitted))
+        gate = _ClockGate(self._clock, self._clock.monotonic() + remaining, loop)
+        task = loop.create_task(_call(attempt, gate))
         try:
-            await asyncio.sleep(0)  # an uncontended permit is granted in this turn
-            if not in_session and not task.done():
-                timer = loop.create_task(self._clock.sleep(remaining))
-            while not task.done():
-                waiting: set[asyncio.Future[Any]] = {task}
-                if timer is not None and not timer.done():
-                    waiting.add(timer)
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if timer is not None and timer.done() and not timer.cancelled():
-                    break  # the permit wait outlasted the deadline on the clock
+            either: set[asyncio.Future[Any]] = {task, gate.expired}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             # The send itself was cancelled: stop the attempt and let it
             # return its connection and permit before the cancellation
@@ -118,19 +166,16 @@ class Deadline:
             await self._unwind(task)
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            gate.close()
         if task.done():
             return task.result()
         task.cancel()
         await self._unwind(task)
         if task.done() and not task.cancelled() and task.exception() is None:
             return task.result()  # it finished as it was stopped: keep its outcome
-        raise DeadlineReached(in_session=in_session)
+        raise DeadlineReached(in_session=gate.in_session)
 
-    async def _inline(
-        self, attempt: Callable[[Callable[[], None]], Awaitable[T]], remaining: float
-    ) -> T:
+    async def _inline(self, attempt: Callable[[Gate], Awaitable[T]], remaining: float) -> T:
         """The system clock's way: the attempt runs in the caller's task (no
         task per attempt on the hot path) and a timer cancels it at the
         deadline, and once more :data:`GRACE` later if it is still unwinding
@@ -140,13 +185,9 @@ class Deadline:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        in_session = False
+        gate = Gate()
         cancels = 0
         handle: asyncio.TimerHandle
-
-        def permitted() -> None:
-            nonlocal in_session
-            in_session = True
 
         def expire() -> None:
             nonlocal cancels, handle
@@ -157,11 +198,11 @@ class Deadline:
 
         handle = loop.call_later(remaining, expire)
         try:
-            result = await attempt(permitted)
+            result = await attempt(gate)
         except asyncio.CancelledError:
             if cancels == 0 or _uncancel(task, cancels):
                 raise  # (also) cancelled from outside
-            raise DeadlineReached(in_session=in_session) from None
+            raise DeadlineReached(in_session=gate.in_session) from None
         finally:
             handle.cancel()
         if cancels and _uncancel(task, cancels):
@@ -184,14 +225,8 @@ class Deadline:
             task.exception()  # retrieved: no "never retrieved" warning
 
 
-def _nothing() -> None:
-    return None
-
-
-async def _call(
-    attempt: Callable[[Callable[[], None]], Awaitable[T]], permitted: Callable[[], None]
-) -> T:
-    return await attempt(permitted)
+async def _call(attempt: Callable[[Gate], Awaitable[T]], gate: Gate) -> T:
+    return await attempt(gate)
 
 
 def _uncancel(task: asyncio.Task[Any], times: int) -> bool:

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from email.message import Message
 from types import TracebackType
 from typing import Any
@@ -31,7 +31,7 @@ from ._classify.reactions import REACTIONS, SESSION_STAGES, Reactions
 from ._classify.reply import Reply
 from ._classify.taxonomy import Reason, Scope, Stage
 from ._clock import Clock, SystemClock, system_clock
-from ._deadline import Deadline, DeadlineReached
+from ._deadline import Deadline, DeadlineReached, Gate
 from ._delivery import Delivery, never_permanent, settles_recipient
 from ._destination import Destination, parse_destination
 from ._envelope import Envelope, build_envelope, check_mx_envelope, render_message, wire_batch
@@ -49,7 +49,7 @@ from ._transport.connection import (
     Transport,
     dot_stuff,
 )
-from ._transport.pool import Lease, Pool, PoolLimits
+from ._transport.pool import Lease, Pool, PoolLimits, Slot
 from ._transport.transaction import NO_REPLY, BeforeEndOfData, Outcome, run_transaction
 from ._verify import VerifyReport, verify_relays
 
@@ -601,34 +601,32 @@ class Mailer:
                 await hook(accepted)
             dot_sent[:] = accepted  # from here on, a stop leaves them ambiguous
 
-        async def attempt(permitted: Callable[[], None]) -> Outcome | None:
-            async with self.limiter.acquire(dest.key):
-                permitted()
-                if recheck and self.health.status(dest.key).state in _HELD:
-                    # Decided while this send waited for its permit (a quota
-                    # refusal to another send pauses the relay): the sends
-                    # queued behind the limiter do not go out regardless.
-                    return None
-                return await self._session(
-                    message, envelope, dest, batch, bodies, before_dot, entered
-                )
-
-        # Set once the pool's window lets this send through: a deadline that
-        # passes queued behind our own connections is a wait, not a failure
-        # of the server's (nor a reason to suspend a healthy destination).
-        in_window = False
-
-        def entered() -> None:
-            nonlocal in_window
-            in_window = True
+        async def attempt(gate: Gate) -> Outcome | None:
+            # The pool's place first, then the limiter's permit: one queue
+            # (the pool's), and the limiter sees only sends that can go at
+            # once, so its round trips do not include our own queue.
+            async with self.pool.slot(dest.host, dest.port) as place:
+                gate.queued()
+                async with self.limiter.acquire(dest.key):
+                    gate.permitted()
+                    if recheck and self.health.status(dest.key).state in _HELD:
+                        # Decided while this send waited for its permit (a
+                        # quota refusal to another send pauses the relay):
+                        # the sends queued behind it do not go out regardless.
+                        return None
+                    return await self._session(
+                        message, envelope, dest, batch, bodies, before_dot, place
+                    )
 
         try:
             return await deadline.run(attempt)
         except DeadlineReached as stop:
-            in_session = stop.in_session and in_window
-            c = _deadline_classification(dest, in_session)
-            out = Outcome(permitted=in_session)
-            if in_session:
+            # Before the permit it was a wait (for a place in the pool or for
+            # the limiter), not a failure of the server's, nor a reason to
+            # suspend a healthy destination.
+            c = _deadline_classification(dest, stop.in_session)
+            out = Outcome(permitted=stop.in_session)
+            if stop.in_session:
                 out.note(c)
             unsure = [] if self.resend_ambiguous else dot_sent
             out.ambiguous.update(dict.fromkeys(unsure, c))
@@ -643,13 +641,12 @@ class Mailer:
         batch: list[str],
         bodies: dict[bool, bytes],
         hook: BeforeEndOfData,
-        entered: Callable[[], None],
+        place: Slot,
     ) -> Outcome:
-        """A pooled connection to ``dest`` and one transaction on it;
-        ``entered()`` once the pool's window has let it through."""
+        """A connection in ``place`` and one transaction on it."""
         connected = False
         try:
-            async with self.pool.connection(dest.host, dest.port, entered) as lease:
+            async with place.connection() as lease:
                 connected = True
                 out = await self._transact(
                     lease, message, envelope, dest.host, batch, bodies, hook

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 from .._classify.classifier import Classification
@@ -33,7 +33,7 @@ from .._clock import Clock, system_clock
 from .._limits.waiters import Waiters
 from .connection import Connection, Transport
 
-__all__ = ["Lease", "Pool", "PoolLimits"]
+__all__ = ["Lease", "Pool", "PoolLimits", "Slot"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +106,40 @@ class Lease:
         if self._hand_over is None or self.passed or self.discarded:
             return None
         return await self._hand_over(self)
+
+
+class Slot:
+    """A place in one destination's window (:meth:`Pool.slot`): the right
+    to hold one of its connections, borrowed with :meth:`connection`."""
+
+    __slots__ = ("_held", "_pool", "_used", "dest", "host", "port")
+
+    def __init__(self, pool: Pool, dest: _Destination, host: str, port: int) -> None:
+        self._pool = pool
+        self.dest = dest
+        self.host = host
+        self.port = port
+        self._held = True
+        self._used = False
+
+    def connection(self) -> AbstractAsyncContextManager[Lease]:
+        """Borrow a connection in this place: a healthy idle one, else a new
+        one.  Connection failures propagate (aiosmtplib exceptions).
+
+        Cancelled anywhere (in the NOOP check, while connecting or while the
+        lease is out), the connection is given back or closed: none is left
+        open and unowned.  One connection per place.
+        """
+        if self._used:
+            raise RuntimeError("a place in the pool holds one connection")
+        self._used = True
+        return self._pool._lease(self)
+
+    def give_back(self) -> None:
+        """Free the place (at most once: a lease passed on frees it early)."""
+        if self._held:
+            self._held = False
+            self.dest.permits.release()
 
 
 class _Destination:
@@ -226,37 +260,38 @@ class Pool:
         return task
 
     @asynccontextmanager
-    async def connection(
-        self, host: str, port: int, granted: Callable[[], None] | None = None
-    ) -> AsyncIterator[Lease]:
-        """Borrow a connection to ``host:port``: a healthy idle one, else a
-        new one.  Connection failures propagate (aiosmtplib exceptions).
-        ``granted`` is called once a place in the destination's window is
-        held, before the connection is taken or opened: the wait before it
-        is the pool's own queue, not the server's doing.
+    async def slot(self, host: str, port: int) -> AsyncIterator[Slot]:
+        """Wait for a place in the window of ``host:port`` (the pool's own
+        queue, first come, first served) and hold it inside; borrow the
+        connection with :meth:`Slot.connection`.  Between the two the holder
+        may wait for something else (the Mailer waits for its limiter's
+        permit there), so those waits see only sends that have a place.
 
-        Cancelled anywhere (waiting for the window, in the NOOP check, while
-        connecting or while the lease is out), the connection is given back
-        or closed: none is left open and unowned.
+        Cancelled while queued, the place is not taken.
         """
         if self._closed:
             raise RuntimeError("the pool is closed")
         dest = self._destinations.get((host, port))
         if dest is None:
             dest = self._destinations[(host, port)] = _Destination(self.limits.max_connections)
-        # The window's permit is taken and given back by hand, not with
-        # ``async with``, because a lease passed on gives it back before the
-        # holder is done (see Lease.pass_on).
         await dest.permits.acquire()
-        held = True
-        if granted is not None:
-            granted()
+        place = Slot(self, dest, host, port)
+        try:
+            yield place
+        finally:
+            place.give_back()
 
-        def give_back() -> None:
-            nonlocal held
-            if held:
-                held = False
-                dest.permits.release()
+    @asynccontextmanager
+    async def connection(self, host: str, port: int) -> AsyncIterator[Lease]:
+        """A place in the window, and a connection borrowed in it: the two
+        steps of :meth:`slot` and :meth:`Slot.connection` at once."""
+        async with self.slot(host, port) as place, place.connection() as lease:
+            yield lease
+
+    @asynccontextmanager
+    async def _lease(self, place: Slot) -> AsyncIterator[Lease]:
+        """The connection of ``place`` (see :meth:`Slot.connection`)."""
+        dest = place.dest
 
         async def hand_over(lease: Lease) -> Turn | None:
             conn = lease.connection
@@ -268,33 +303,30 @@ class Pool:
             turn: Turn = asyncio.get_running_loop().create_future()
             lease.passed = True
             dest.idle.append((conn, now, turn))
-            give_back()  # the first waiter takes the permit, and this connection
+            place.give_back()  # the first waiter takes the place, and this connection
             return turn
 
+        idle = await self._take_idle(dest)
+        if idle is not None:
+            lease = Lease(idle[0], reused=True, after=idle[1], hand_over=hand_over)
+        else:
+            fresh = await self.transport.connect(place.host, place.port)
+            fresh.created_at = self._clock.monotonic()  # ages on the pool's clock
+            lease = Lease(fresh, reused=False, hand_over=hand_over)
+            self.opened += 1
         try:
-            idle = await self._take_idle(dest)
-            if idle is not None:
-                lease = Lease(idle[0], reused=True, after=idle[1], hand_over=hand_over)
-            else:
-                fresh = await self.transport.connect(host, port)
-                fresh.created_at = self._clock.monotonic()  # ages on the pool's clock
-                lease = Lease(fresh, reused=False, hand_over=hand_over)
-                self.opened += 1
-            try:
-                yield lease
-            except BaseException:
-                lease.discard()
-                raise
-            finally:
-                conn = lease.connection
-                if lease.passed:
-                    pass  # the next holder's now; the turn orders the replies
-                elif lease.discarded or self._closed or not conn.is_open():
-                    await self._close(conn, lease.after)
-                else:
-                    dest.idle.append((conn, self._clock.monotonic(), lease.after))
+            yield lease
+        except BaseException:
+            lease.discard()
+            raise
         finally:
-            give_back()
+            conn = lease.connection
+            if lease.passed:
+                pass  # the next holder's now; the turn orders the replies
+            elif lease.discarded or self._closed or not conn.is_open():
+                await self._close(conn, lease.after)
+            else:
+                dest.idle.append((conn, self._clock.monotonic(), lease.after))
 
     def feedback(self, host: str, port: int, classification: Classification | None) -> None:
         """Adjust the destination's concurrency window after a transaction:
