@@ -13,8 +13,10 @@ server:
 * ``defaults, 10 attempts``: the same limiter, with the pushback floors at
   0, back-off base 0.05 s and 10 attempts (the policy these figures were
   first taken with, before the Mailer skipped the floor itself);
-* ``oracle``: the Mailer with ``RateLimiter`` paced at the sustainable rate
-  (told the limit), ``RetryPolicy()``;
+* ``oracle``: the Mailer with ``RateLimiter(rate=sustainable, burst=2)``
+  paced at the sustainable rate (told the limit: a token bucket's rate; for
+  a fixed window the fastest such pace that never puts more than its count
+  in a window), ``RetryPolicy()``;
 * ``naive``: 8 workers, each an aiosmtplib connection, every send wrapped in
   ``backoff.on_exception(backoff.expo, ...)`` (full jitter), reconnecting
   after an error: the loop people write by hand;
@@ -76,6 +78,20 @@ HOST = "127.0.0.1"
 SENDER = "bench@example.org"
 BODY = b"Subject: pushback bench\r\n\r\nHello.\r\n"
 NAIVE_WORKERS = 8
+
+# The oracle's burst: 2, not 1.  GCRA moves its schedule on from the last
+# grant, so with burst 1 every timer that fires late (a busy event loop:
+# ~0.75 ms a permit here) is rate lost for good: the oracle ran at 0.92 to
+# 0.95 of its pace.  With burst 2 the next grant makes up for it.
+ORACLE_BURST = 2
+
+
+def within(limit: int, window: float) -> float:
+    """The oracle's pace under a fixed window of ``limit`` per ``window``
+    seconds: the fastest GCRA of burst ``ORACLE_BURST`` that never puts
+    more than ``limit`` in a window (it may put ``burst + window * rate``)."""
+    return (limit - ORACLE_BURST) / window
+
 
 PUSHBACK_POLICY = RetryPolicy(
     max_attempts=10,
@@ -277,12 +293,14 @@ async def scenario(
             label = {
                 "adaptive": "Mailer defaults",
                 "stock": "Mailer defaults, 10 attempts",
-                "oracle": f"Mailer, oracle RateLimiter({sustainable:g}/s)" if sustainable else "",
+                "oracle": f"Mailer, oracle RateLimiter({sustainable:.4g}/s)"
+                if sustainable
+                else "",
                 "never": "Mailer, never-waiting limiter",
             }[client]
             if client == "oracle":
                 assert sustainable is not None
-                limiter = RateLimiter(rate=sustainable, burst=1)
+                limiter = RateLimiter(rate=sustainable, burst=ORACLE_BURST)
             elif client == "never":
                 limiter = RateLimiter(rate=1e9, burst=1_000_000)
             else:
@@ -318,8 +336,8 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument(
         "--scenarios",
-        default="tb,fw,postfix,conn,quota,sink",
-        help="comma-separated from tb, fw, fw10, postfix, conn, quota, sink",
+        default="tb,tb2,fw,fw10,postfix,conn,quota,sink",
+        help="comma-separated from tb, tb2, fw, fw10, postfix, conn, quota, sink",
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each scenario")
     parser.add_argument(
@@ -335,16 +353,24 @@ async def main(argv: list[str] | None = None) -> int:
             100.0,
             throttled,
         ),
+        # A server burst below the slow start's first flight: the first
+        # refusal comes before anything could be measured.
+        "tb2": (
+            "token bucket, R = 100/s, burst 2, 421 and close",
+            lambda: model(TokenBucket(100.0, 2)),
+            100.0,
+            throttled,
+        ),
         "fw": (
             "fixed window, 100 MAILs per second, 450 after a 1 s pause",
             lambda: model(FixedWindow(100, 1.0, pause=1.0)),
-            100.0,
+            within(100, 1.0),
             throttled,
         ),
         "fw10": (
             "fixed window, 500 MAILs per 10 s, 450 after a 1 s pause",
             lambda: model(FixedWindow(500, 10.0, pause=1.0)),
-            50.0,
+            within(500, 10.0),
             throttled,
         ),
         "conn": (
@@ -358,7 +384,7 @@ async def main(argv: list[str] | None = None) -> int:
         "postfix": (
             "Postfix 3.7 smtpd_client_message_rate_limit = 120, anvil_rate_time_unit = 2s",
             lambda: postfix(120, 2),
-            40.0,
+            within(120, 3.0),
             throttled,
         ),
         # An account quota, not a rate: 451 at MAIL once 300 went this hour.
