@@ -226,3 +226,106 @@ def test_a_guessed_target_is_replaced_by_what_was_measured_since() -> None:
     assert s.phase == PROBE and s.target == LAW.initial_rate and info.probing
     back = resumed(LAW, s, now=0.3, growth=0.1, delivered=5, measured=95.0)
     assert back.target == 95.0 and back.confirmed
+
+
+def test_a_probe_that_costs_a_long_pause_waits_on_the_plateau() -> None:
+    # A server that sat 1 s on each refusal (a fixed window, Postfix's
+    # error sleep): a probe above the ceiling stalls the destination for
+    # that long, so the curve stays at the target 1 / (1 - beta) = 10 s
+    # longer before it probes.  A server that refuses at once is probed as
+    # soon as CUBIC says.
+    def after(stall: float) -> Control:
+        new, _ = congestion(
+            LAW,
+            dataclass_replace(paced(100.0), pace=110.0),
+            now=10.0,
+            growth=10.0,
+            delivered=1000,
+            since_cut=10,
+            measured=100.0,
+            first_delivery=0.0,
+            stall=stall,
+        )
+        return new
+
+    prompt, paused = after(0.0), after(1.0)
+    assert prompt.hold == 0.0
+    assert paused.hold == pytest.approx(1.0 / (1.0 - LAW.beta))
+    at = 10.0 + paused.k + 5.0  # past K, inside the hold
+    assert advance(LAW, prompt, growth=at, took=None).pace > 100.0
+    assert advance(LAW, paused, growth=at, took=None).pace == pytest.approx(100.0)
+    later = advance(LAW, paused, growth=at + paused.hold, took=None)
+    assert later.pace > 100.0  # then it probes, along the same curve
+    assert later.pace == pytest.approx(advance(LAW, prompt, growth=at, took=None).pace)
+    # Before K the hold changes nothing: the way back to the target is the same.
+    assert advance(LAW, paused, growth=10.5, took=None).pace == pytest.approx(
+        advance(LAW, prompt, growth=10.5, took=None).pace
+    )
+    # A pause of minutes does not stop probing for ever.
+    assert after(1e6).hold == LAW.max_hold
+
+
+def test_a_prompt_refusal_sets_the_target_at_the_peak_a_paused_one_at_the_average() -> None:
+    # Paced up to 108/s along the curve: over the span the meter read 93/s
+    # (the slower way up), over the last quarter second 104/s.  A server
+    # that refused at once (a token bucket) took 104/s at its best: that is
+    # the target.  One that sat 1 s on its refusal (a fixed window) gets the
+    # average: a target above its count would cost a pause on every way up.
+    def after(stall: float, peak: float | None) -> Control:
+        new, _ = congestion(
+            LAW,
+            dataclass_replace(paced(95.0), pace=108.0),
+            now=10.0,
+            growth=10.0,
+            delivered=1000,
+            since_cut=10,
+            measured=93.0,
+            first_delivery=0.0,
+            stall=stall,
+            peak=peak,
+        )
+        return new
+
+    assert after(0.0, 104.0).target == 104.0
+    assert after(0.0, 90.0).target == 93.0  # the higher of the two
+    assert after(0.0, None).target == 93.0
+    assert after(1.0, 104.0).target == 93.0
+    assert after(0.0, 130.0).target == 108.0  # never above the pace granted
+
+
+def test_the_end_of_a_slow_start_takes_the_pace_when_refused_at_once() -> None:
+    # Doubling toward an unknown target, refused at 126/s: what got through
+    # over the last stretch reads about half the pace.  A server that
+    # refused at once sets the target at the pace (TCP's window at the
+    # loss); one that paused keeps the measure.
+    ramp = Control(phase=RAMP, pace=126.0, target=10.0, confirmed=False, k=2.0, left_startup=0.0)
+
+    def after(stall: float) -> Control:
+        new, _ = congestion(
+            LAW,
+            ramp,
+            now=1.0,
+            growth=1.0,
+            delivered=60,
+            since_cut=50,
+            measured=40.0,
+            first_delivery=0.0,
+            stall=stall,
+            peak=70.0,
+        )
+        return new
+
+    assert after(0.0).target == 126.0
+    assert after(0.0).pace == pytest.approx(LAW.beta * 126.0)
+    assert after(1.0).target == 40.0
+
+
+def test_a_slow_start_doubles_up_to_twice_what_the_server_takes() -> None:
+    # Toward an unknown target the ramp doubles every doubling_time, held
+    # to startup_gain times the delivery rate just measured (TCP's slow
+    # start doubles what got through each round trip).
+    s = Control(phase=RAMP, pace=10.0, target=10.0, confirmed=False, ramp_from=10.0, k=2.0)
+    fast = advance(LAW, s, growth=1.0, took=None)
+    assert fast.pace == pytest.approx(10.0 * 2 ** (1.0 / LAW.doubling_time))
+    held = advance(LAW, s, growth=1.0, took=40.0)
+    assert held.pace == pytest.approx(LAW.startup_gain * 40.0)

@@ -69,6 +69,7 @@ from .control import (
     advance,
     congestion,
     measured_between,
+    peak_between,
     resumed,
 )
 from .gcra import RateLimiter
@@ -554,6 +555,7 @@ class _KeyRate(Limiter):
         measured = self.meter.between(now, *stretch) if stretch is not None else None
         if measured is None:
             measured = self.meter.average(now)
+        peak = self.meter.between(now, *peak_between(self.law, self.ctl, sent=sent))
         ctl, cut = congestion(
             self.law,
             self.ctl,
@@ -563,6 +565,9 @@ class _KeyRate(Limiter):
             since_cut=self.delivered_since_cut,
             measured=measured,
             first_delivery=self.first_delivery,
+            # How long the server sat on this refusal beyond a round trip.
+            stall=max(0.0, now - sent - (0.0 if self.min_rtt == math.inf else self.min_rtt)),
+            peak=peak,
         )
         self.recover_seq = self.granted
         self.delivered_since_cut = 0

@@ -53,6 +53,7 @@ __all__ = [
     "advance",
     "congestion",
     "measured_between",
+    "peak_between",
     "resumed",
 ]
 
@@ -83,12 +84,19 @@ class Law:
     """How far above the delivery rate of the last second the curve may go
     (BBR probes at 1.25x; far lower here: a probe past a fixed window costs
     a refusing spell, and the cost grows with the overshoot)."""
+    startup_gain: float = 2.0
+    """How far above the delivery rate just measured a ramp toward an
+    unknown target may go: TCP's slow start doubles what got through each
+    round trip (BBR's startup gain is about 2.9)."""
     same_ceiling: float = 0.15
     more_room: float = 0.03
     """A cut whose target is at most ``same_ceiling`` below the last one's,
     or at most ``more_room`` above it, hit the same ceiling."""
     max_backoff: int = 5
     """``K`` grows at most ``2 ** max_backoff`` times by repeated hits."""
+    max_hold: float = 300.0
+    """The longest the curve stays on its plateau because a probe above it
+    would cost a long pause (seconds of growth; see :func:`congestion`)."""
     min_probe_gap: float = 0.05
     """The first gap between probes of a refusing server (seconds): probing
     faster only adds refusals."""
@@ -96,6 +104,8 @@ class Law:
     """The longest gap between two probes of a refusing server (seconds)."""
     span: float = 4.0
     """How far back the caller's delivery-rate measure looks (seconds)."""
+    peak_span: float = 0.25
+    """The stretch of the peak delivery rate (:func:`peak_between`)."""
 
     def clamp(self, rate: float) -> float:
         if self.max_rate is not None:
@@ -121,6 +131,9 @@ class Control:
     ramp_from: float = 0.0
     hits: int = 0
     """Cuts in a row at the same ceiling."""
+    hold: float = 0.0
+    """Growth seconds the curve stays on its plateau before probing above
+    it: what a probe costs there (the server's pause) over ``1 - beta``."""
     probe_gap: float = 0.0
     cut_at: float = -math.inf
     """When the last cut was made (caller's clock)."""
@@ -165,6 +178,16 @@ def measured_between(
     return (start, end) if end - start >= 0.5 * law.span else None
 
 
+def peak_between(law: Law, s: Control, *, sent: float) -> tuple[float, float]:
+    """Over which stretch a cut reads the peak delivery rate: the last
+    ``peak_span`` up to when the refused attempt was sent, from when
+    deliveries resumed after probing if that is later."""
+    start = sent - law.peak_span
+    if not math.isnan(s.cycle_start):
+        start = max(start, s.cycle_start)
+    return start, max(start, sent)
+
+
 def congestion(
     law: Law,
     s: Control,
@@ -175,6 +198,8 @@ def congestion(
     since_cut: int,
     measured: float | None,
     first_delivery: float,
+    stall: float = 0.0,
+    peak: float | None = None,
 ) -> tuple[Control, Cut]:
     """A new congestion event: the cut.
 
@@ -183,6 +208,27 @@ def congestion(
     ``delivered - s.cut_delivered``), ``measured`` is the delivery rate over
     the last few seconds (``None``: too few to say), ``first_delivery`` when
     the first one was heard (``math.nan``: none yet).
+
+    ``stall`` is how long the server sat on the refusal beyond a normal
+    round trip (Postfix sleeps ``smtpd_error_sleep_time``, 1 s, before
+    answering a client in error).  Every attempt that goes out while a
+    spent window refuses is held that long, so one probe above the ceiling
+    can stall the whole destination for ``stall`` seconds.  The curve then
+    stays on its plateau for ``stall / (1 - beta)`` seconds before probing
+    above it (:attr:`Control.hold`): a probe may cost at most the share of
+    the time that a cut gives up.  A server that refuses at once costs
+    nothing to probe, and is probed as soon as CUBIC says.
+
+    ``peak`` is the delivery rate over the stretch of :func:`peak_between`.
+    Where probing is cheap (a hold no longer than ``recovery_time``: the
+    server answered at once), the target is the higher of ``measured`` and
+    ``peak``: BBR's bottleneck estimate is the highest delivery rate
+    recently seen, because a sender that delivered less was the one that
+    held back (``measured`` spans the slower way up to the refusal, and a
+    token bucket refuses only once the pace has passed its rate).  Where a
+    probe costs a pause, the target stays the average over the span: a
+    target above a fixed window's count would cost a pause on every way
+    back up, and the average over several windows is what they let through.
     """
     old = s.pace
     cycle_start = s.cycle_start
@@ -236,7 +282,17 @@ def congestion(
         # far over it we were.  The pace we granted bounds what got through,
         # except on the way back from probing, where it is low by choice.
         ceiling = old if s.phase in (STARTUP, CUBIC) else max(old, s.target)
-        target = law.clamp(min(ceiling, measured))
+        hold = min(max(stall, 0.0) / (1.0 - law.beta), law.max_hold)
+        took = measured
+        if hold <= law.recovery_time:
+            if s.phase == RAMP and not s.confirmed:
+                # The end of a slow start toward an unknown target: the
+                # pace was doubling, so what got through over any stretch
+                # reads half of it; TCP takes the window at the loss.
+                took = max(took, old)
+            elif peak is not None:
+                took = max(took, peak)
+        target = law.clamp(min(ceiling, took))
         # The same ceiling again: refused at (or above) the plateau of the
         # last target, and what the server took is about the same.  A cut on
         # the way up, below the plateau, found a lower limit instead.
@@ -258,6 +314,7 @@ def congestion(
             confirmed=s.confirmed or (s.phase == CUBIC and now - s.left_startup >= law.span),
             k=_k(law, target, hits),
             hits=hits,
+            hold=hold,
             epoch=growth,
             cut_at=now,
             cut_delivered=delivered,
@@ -335,16 +392,19 @@ def advance(law: Law, s: Control, *, growth: float, took: float | None) -> Contr
         rate = s.ramp_from * math.pow(2.0, min(t / law.doubling_time, 64.0))
         if not s.confirmed:
             # The target is only a guess (nothing could be measured): no
-            # ceiling to stop at; keep doubling, a little ahead of what the
+            # ceiling to stop at; keep doubling, at most twice what the
             # server takes, until it pushes back (TCP's slow start again).
             if took is not None:
-                rate = min(rate, max(s.pace, law.probe_gain * took))
+                rate = min(rate, max(s.pace, law.startup_gain * took))
             return _with_pace(law, s, rate)
         if rate < law.beta * s.target:
             return _with_pace(law, s, rate)
         s = dataclasses.replace(s, phase=CUBIC, epoch=growth)
         t = 0.0
-    x = min(t / s.k - 1.0, 1e3)
+    # Past K the curve probes above the target, but not before the hold
+    # (the plateau lasts while a probe would cost more than it can find).
+    x = t / s.k - 1.0 if t <= s.k else max(0.0, t - s.k - s.hold) / s.k
+    x = min(x, 1e3)
     rate = s.target * (1.0 + (1.0 - law.beta) * x * x * x)
     if took is not None:
         # No further than a little ahead of what the server is taking: when

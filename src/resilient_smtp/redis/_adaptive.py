@@ -561,6 +561,7 @@ class RedisAdaptiveLimiter(_Shared):
                 since_cut=s.since_cut,
                 measured=measured,
                 first_delivery=s.first_delivery,
+                stall=now - at,  # how long the server sat on the refusal
             )
             tat = s.tat
             if ctl.phase == PROBE:
