@@ -72,6 +72,7 @@ from .._limits.control import (
     advance,
     congestion,
     measured_between,
+    peak_between,
     resumed,
 )
 from .._limits.limiter import Limiter
@@ -562,6 +563,7 @@ class RedisAdaptiveLimiter(_Shared):
                 measured=measured,
                 first_delivery=s.first_delivery,
                 stall=now - at,  # how long the server sat on the refusal
+                peak=_meter_rate(s, now, *peak_between(self._law, s.ctl, sent=at)),
             )
             tat = s.tat
             if ctl.phase == PROBE:
