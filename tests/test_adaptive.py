@@ -339,13 +339,30 @@ async def test_which_reasons_cut_is_configurable() -> None:
 
 
 async def test_a_first_pushback_with_nothing_measured_halves_the_initial_rate() -> None:
+    # The server sat 1 s on the refusal: probing costs, so from half a guess.
     events: list[Event] = []
-    limiter = AdaptiveLimiter(clock=FakeClock(), hooks=[events.append], initial_rate=10.0)
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(clock=clock, hooks=[events.append], initial_rate=10.0)
+    async with limiter.acquire(KEY):
+        pass
+    limiter.feedback(KEY, None)  # one delivery: a round trip, too few for a rate
+    async with limiter.acquire(KEY):
+        await clock.sleep(1.0)
     limiter.feedback(KEY, PUSHBACK)
     assert limiter.rate(KEY) == 5.0
     data = events[0].data
     assert data["destination"] == KEY and data["reason"] == "rate_limited"
     assert data["old_rate"] == math.inf and data["new_rate"] == 5.0
+
+
+async def test_a_first_pushback_answered_at_once_probes_at_the_shortest_gap() -> None:
+    # Refused at once, nothing measured: a refused probe costs nothing, so
+    # the next goes after the shortest gap (50 ms), not half a guess.
+    limiter = AdaptiveLimiter(clock=FakeClock(), initial_rate=10.0)
+    async with limiter.acquire(KEY):
+        pass
+    limiter.feedback(KEY, PUSHBACK)
+    assert limiter.rate(KEY) == pytest.approx(20.0)
 
 
 async def test_too_many_connections_lowers_concurrency_not_the_pace() -> None:
@@ -377,7 +394,7 @@ async def test_never_below_the_floor_nor_above_the_ceiling() -> None:
 async def test_destinations_are_independent() -> None:
     limiter = AdaptiveLimiter(clock=FakeClock())
     limiter.feedback("a.example", PUSHBACK)
-    assert limiter.rate("a.example") < 10.0
+    assert limiter.rate("a.example") < math.inf
     assert limiter.rate("b.example") == math.inf
 
 

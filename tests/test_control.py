@@ -23,6 +23,7 @@ from resilient_smtp._limits.control import (
     Law,
     advance,
     congestion,
+    peak_between,
     resumed,
 )
 
@@ -329,3 +330,33 @@ def test_a_slow_start_doubles_up_to_twice_what_the_server_takes() -> None:
     assert fast.pace == pytest.approx(10.0 * 2 ** (1.0 / LAW.doubling_time))
     held = advance(LAW, s, growth=1.0, took=40.0)
     assert held.pace == pytest.approx(LAW.startup_gain * 40.0)
+
+
+def test_nothing_measured_probes_at_the_shortest_gap_when_refused_at_once() -> None:
+    def first(stall: float) -> Control:
+        new, _ = congestion(
+            LAW,
+            Control(),
+            now=0.05,
+            growth=0.0,
+            delivered=2,
+            since_cut=0,
+            measured=None,
+            first_delivery=0.01,
+            stall=stall,
+        )
+        return new
+
+    assert first(0.0).phase == PROBE
+    assert first(0.0).probe_gap == LAW.min_probe_gap
+    assert first(1.0).probe_gap == pytest.approx(2.0 / LAW.initial_rate)  # half a guess
+
+
+def test_the_peak_is_read_since_the_last_cut() -> None:
+    # Refused again 50 ms after a cut: what went before the cut went at the
+    # pace already acted on; the peak is read over what went since.
+    s = dataclass_replace(paced(100.0), cut_at=9.95)
+    assert peak_between(LAW, s, sent=10.0) == (9.95, 10.0)
+    assert peak_between(LAW, paced(100.0), sent=10.0) == (10.0 - LAW.peak_span, 10.0)
+    resumed_late = dataclass_replace(paced(100.0), cycle_start=9.9)
+    assert peak_between(LAW, resumed_late, sent=10.0) == (9.9, 10.0)

@@ -84,10 +84,11 @@ class Law:
     """How far above the delivery rate of the last second the curve may go
     (BBR probes at 1.25x; far lower here: a probe past a fixed window costs
     a refusing spell, and the cost grows with the overshoot)."""
-    startup_gain: float = 2.0
+    startup_gain: float = 2.0 / math.log(2.0)
     """How far above the delivery rate just measured a ramp toward an
-    unknown target may go: TCP's slow start doubles what got through each
-    round trip (BBR's startup gain is about 2.9)."""
+    unknown target may go: BBR's startup gain, ``2 / ln 2``, the smallest
+    that still lets the delivery rate double once per doubling time (the
+    measure lags a doubling pace)."""
     same_ceiling: float = 0.15
     more_room: float = 0.03
     """A cut whose target is at most ``same_ceiling`` below the last one's,
@@ -181,8 +182,9 @@ def measured_between(
 def peak_between(law: Law, s: Control, *, sent: float) -> tuple[float, float]:
     """Over which stretch a cut reads the peak delivery rate: the last
     ``peak_span`` up to when the refused attempt was sent, from when
-    deliveries resumed after probing if that is later."""
-    start = sent - law.peak_span
+    deliveries resumed after probing or from the last cut if that is later
+    (what went before went at a pace already acted on)."""
+    start = max(sent - law.peak_span, s.cut_at)
     if not math.isnan(s.cycle_start):
         start = max(start, s.cycle_start)
     return start, max(start, sent)
@@ -236,6 +238,10 @@ def congestion(
     if math.isnan(cycle_start) and not math.isnan(first_delivery):
         cycle_start, cycle_delivered = first_delivery, 0
     left_startup = now if s.phase == STARTUP else s.left_startup
+    hold = min(max(stall, 0.0) / (1.0 - law.beta), law.max_hold)
+    # Probing is cheap where the server answered at once: the curve would
+    # probe again within its recovery time anyway.
+    cheap = hold <= law.recovery_time
     if s.phase != STARTUP and since_cut == 0:
         # Nothing sent since the last cut got through: the server refuses
         # everything for now (late answers to earlier sends say nothing).
@@ -258,9 +264,11 @@ def congestion(
         probing = True
         hits = s.hits
     elif measured is None:
-        # Pushed back before anything was measured: probe from half a guess.
+        # Pushed back before anything was measured: probe from half a guess
+        # (at the shortest gap if a refused probe costs nothing).
         target = law.clamp(min(old, law.initial_rate))
-        gap = min(max(2.0 / target, law.min_probe_gap), law.max_probe_gap, 1.0 / law.min_rate)
+        first = law.min_probe_gap if cheap else max(2.0 / target, law.min_probe_gap)
+        gap = min(first, law.max_probe_gap, 1.0 / law.min_rate)
         new = dataclasses.replace(
             s,
             phase=PROBE,
@@ -282,9 +290,8 @@ def congestion(
         # far over it we were.  The pace we granted bounds what got through,
         # except on the way back from probing, where it is low by choice.
         ceiling = old if s.phase in (STARTUP, CUBIC) else max(old, s.target)
-        hold = min(max(stall, 0.0) / (1.0 - law.beta), law.max_hold)
         took = measured
-        if hold <= law.recovery_time:
+        if cheap:
             if s.phase == RAMP and not s.confirmed:
                 # The end of a slow start toward an unknown target: the
                 # pace was doubling, so what got through over any stretch
