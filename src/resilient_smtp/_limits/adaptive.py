@@ -31,7 +31,9 @@ borrows what TCP learned, adapted to a server that counts messages:
   unpaced start over its whole cycle, grow back along CUBIC.  This module
   measures for it: the delivery rate over the last 4 s up to when the
   refused attempt was sent (a server that sits on its refusals takes less
-  meanwhile, but that is its pause, not its rate), the deliveries of
+  meanwhile, but that is its pause, not its rate) and over the last
+  quarter second before it, how long the server sat on the refusal (the
+  permit's time beyond the shortest round trip), the deliveries of
   attempts sent after the last cut, and the growth time, which counts only
   while callers wait on the limiter (an application-limited sender does not
   grow its rate, as RFC 9438 asks).

@@ -14,7 +14,14 @@ limit with a refusal, often late (``docs/limits.md`` has the reasoning):
 * **Startup** (:data:`STARTUP`): no pace at all until the first pushback.
 * **One cut per congestion event** (the caller filters the echoes).  The cut
   goes to what the server took, ``W = min(pace, measured delivery rate)``,
-  and the pace to ``beta * W`` (:func:`congestion`).
+  and the pace to ``beta * W`` (:func:`congestion`).  What it took is the
+  average over the span where a probe costs a pause, the peak of the last
+  quarter second (BBR's max filter) where the server refused at once, and
+  the pace itself where that refusal ended a slow start.
+* **A probe costs what the server makes it cost.**  A server that sat on
+  its refusal (a fixed window with Postfix's error sleep) stalls every
+  attempt that overshoots for that long: the curve stays on its plateau
+  ``pause / (1 - beta)`` longer before probing above it (:attr:`Control.hold`).
 * **The ceiling is remembered.**  A cut whose ``W`` lies within
   ``same_ceiling`` of the previous one hit the same ceiling again: the time
   to the plateau ``K`` doubles (up to ``2 ** max_backoff`` times), so the
@@ -24,11 +31,15 @@ limit with a refusal, often late (``docs/limits.md`` has the reasoning):
 * **Refusing everything** (a new event with nothing delivered since the
   last cut: a spent fixed window): one probe at a time, the gap between
   probes doubling per refused probe (:data:`PROBE`), the target kept.
+  Refused before anything was measured: from half a guess, or at the
+  shortest gap if the refusal came at once.
 * **Resumption** (:func:`resumed`): the first delivery after probing.  A
   target measured on an unpaced burst (a fixed window lets its whole count
   through at once) is not a rate; the whole cycle, burst plus refusing
   spell, is: the target becomes ``deliveries / cycle length``.  The pace
-  then doubles every ``doubling_time`` back to ``beta * W`` (:data:`RAMP`).
+  then doubles every ``doubling_time`` back to ``beta * W`` (:data:`RAMP`);
+  toward a target that is only a guess, at most ``startup_gain`` times the
+  delivery rate just measured (BBR's startup).
 * **Growth** (:func:`advance`): CUBIC (RFC 9438), ``W * (1 + (1 - beta) *
   ((t - K) / K) ** 3)``, fast at first, flat near ``W``, past ``K``
   probing above it, never beyond ``probe_gain`` times the delivery rate
