@@ -8,12 +8,13 @@ temporary database that forgot the queue when it closed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from resilient_smtp import Event, Mailer, RetryPolicy, sync
+from resilient_smtp import Event, Mailer, PoolLimits, RetryPolicy, sync
 from resilient_smtp.outbox import Outbox, OutboxPolicy, PostgresStore
 from resilient_smtp.testing import FakeClock
 
@@ -42,11 +43,36 @@ from resilient_smtp.testing import FakeClock
         ({"hooks": print.__name__}, TypeError, "hooks must be a sequence of callables"),
         ({"hooks": 5}, TypeError, "hooks must be a sequence of callables, not int"),
         ({"hooks": [5]}, TypeError, "hooks must be callables, not int"),
+        ({"timeout": float("nan")}, ValueError, "timeout must be a positive, finite number"),
+        ({"timeout": "30"}, TypeError, "timeout must be a number, not str"),
+        ({"timeout": 0}, ValueError, "timeout must be a positive, finite number, got 0"),
     ],
 )
 def test_mailer_names_the_bad_argument(kwargs: dict[str, Any], error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         Mailer("smtp.example.com", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_connections": 0}, ValueError, "max_connections must be at least 1, got 0"),
+        ({"max_connections": 2.5}, TypeError, "max_connections must be an int, not float"),
+        ({"max_messages": True}, TypeError, "max_messages must be an int, not bool"),
+        ({"max_age": -1}, ValueError, "max_age must be >= 0 seconds, got -1"),
+        ({"idle_timeout": float("nan")}, ValueError, "idle_timeout must be >= 0 seconds, got nan"),
+        ({"noop_after": "10"}, TypeError, "noop_after must be a number of seconds, not str"),
+    ],
+)
+def test_pool_limits_name_the_bad_argument(
+    kwargs: dict[str, Any], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        PoolLimits(**kwargs)
+
+
+def test_pool_limits_take_infinity_as_never() -> None:
+    assert PoolLimits(max_age=math.inf).max_age == math.inf
 
 
 def test_mx_delivery_port_is_checked_too() -> None:

@@ -25,6 +25,7 @@ from resilient_smtp import (
     Event,
     Limiter,
     Mailer,
+    PoolLimits,
     Reason,
     RetryPolicy,
 )
@@ -120,3 +121,49 @@ async def test_postfix_connection_count_limit_lowers_concurrency(
     assert refused and {c.reason for c in refused} == {Reason.TOO_MANY_CONNECTIONS}
     assert any("concurrency" in e.data for e in events)
     assert len(refused) <= 20  # a halving per event: 16, 8, 4, 2 at once
+
+
+@pytest.fixture
+def connection_rate_limited_postfix() -> Iterator[PrivatePostfix]:
+    _require_postfix()
+    extra = {"smtpd_client_connection_rate_limit": "5"}
+    with PrivatePostfix(rate_time_unit="2s", extra=extra) as pf:
+        yield pf
+
+
+async def test_postfix_connection_rate_limit_is_waited_out_not_hammered(
+    connection_rate_limited_postfix: PrivatePostfix,
+) -> None:
+    """``smtpd_client_connection_rate_limit`` greets with the same ``421 ...
+    too many connections`` as the count limit.  With the Mailer's defaults
+    (RetryPolicy(), 5 attempts), once one connection at a time is still
+    refused the limiter spaces the attempts out in time: every message
+    arrives, instead of each refused send spending its attempts at once."""
+    pf = connection_rate_limited_postfix
+    events: list[Event] = []
+    seen = Seen(AdaptiveLimiter(hooks=[events.append]))
+    n = 200
+    # 25 messages a connection: the pool opens new connections as it goes,
+    # more than 5 in 2 s.
+    async with Mailer(
+        "127.0.0.1", pf.port, tls="none", limiter=seen, pool=PoolLimits(max_messages=25)
+    ) as mailer:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    mailer.send(
+                        b"Subject: t\r\n\r\nhi\r\n",
+                        sender="s@example.org",
+                        recipients=[f"r{i}@example.com"],
+                    )
+                    for i in range(n)
+                )
+            ),
+            timeout=120.0,
+        )
+    states = [r.recipients[0].state.value for r in results]
+    assert states == ["delivered"] * n
+    refused = [c for c in seen.replies if c is not None]
+    assert refused, "the limit was never hit: the test shows nothing"
+    assert {c.reason for c in refused} == {Reason.TOO_MANY_CONNECTIONS}
+    assert len(refused) <= 20

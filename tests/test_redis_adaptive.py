@@ -257,3 +257,26 @@ async def test_concurrent_workers_lose_no_update(redis_url: str, prefix: str) ->
         await client.aclose()
         await a.aclose()
         await b.aclose()
+
+
+async def test_too_many_connections_is_not_taken_by_the_shared_pace(
+    redis_url: str, prefix: str
+) -> None:
+    """The shared pace does not take "too many connections" (concurrency is
+    each worker's own; a connection-rate limit says the same): ``feedback``
+    says so, and the Mailer's retry waits the reason's floor instead of
+    going back at once."""
+    clock = FakeClock(100.0)
+    events: list[Event] = []
+    a, _ = _pair(redis_url, prefix, clock, events)
+    busy = classify("421 4.7.0 mx.example Error: too many connections from 192.0.2.1")
+    try:
+        async with a.acquire(_KEY):
+            pass
+        assert a.feedback(_KEY, busy) is False
+        async with a.acquire(_KEY):
+            pass
+        assert a.feedback(_KEY, _REFUSED) is True  # a rate pushback still is
+        await a.drain()
+    finally:
+        await a.aclose()

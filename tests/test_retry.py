@@ -608,3 +608,18 @@ def test_each_jitter_stays_in_its_range(
     else:
         last = base if previous is None else max(base, previous)
         assert base <= value <= min(cap, 3 * last)
+
+
+def test_a_paced_retry_waits_nothing_but_a_paced_deferral_reports_the_floor() -> None:
+    """While the limiter paces a pushback the retry goes back to it at once;
+    once the attempts are spent, the deferral's ``retry_in`` is the floor an
+    unpaced retry would wait, never 0 (an outbox would resend at once)."""
+    policy = RetryPolicy(max_attempts=2, min_waits={Reason.TOO_MANY_CONNECTIONS: 5.0})
+    state = policy.start(FakeClock())
+    c = classify("421 4.7.0 mx.test Error: too many connections from 192.0.2.1")
+    assert c.reason is Reason.TOO_MANY_CONNECTIONS
+    first = state.decide(c, paced=True)
+    assert first.retry and first.delay == 0.0
+    last = state.decide(c, paced=True)
+    assert not last.retry
+    assert last.retry_in is not None and last.retry_in >= 5.0

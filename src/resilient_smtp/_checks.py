@@ -9,6 +9,7 @@ from typing import TypeVar
 
 __all__ = [
     "callables",
+    "duration",
     "flag",
     "mailer_arguments",
     "optional",
@@ -25,6 +26,16 @@ def positive_number(name: str, value: float) -> float:
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
     if not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+    return float(value)
+
+
+def duration(name: str, value: float) -> float:
+    """``value`` as a float; it must be a number (not a bool), >= 0 and not
+    NaN (``math.inf`` is allowed: never)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:  # also false for NaN
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
     return float(value)
 
 

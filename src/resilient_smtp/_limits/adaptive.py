@@ -498,11 +498,15 @@ class _KeyRate(Limiter):
         # congestion event already acted on (TCP's recovery point).
         if seq <= self.recover_seq:
             return True
-        if classification.reason == Reason.TOO_MANY_CONNECTIONS:
+        out = min(self.line.limit, self.line.held + 1)  # this one was out too
+        if classification.reason == Reason.TOO_MANY_CONNECTIONS and out > 1:
             # Too many at once, not too fast: halve how many permits may be
-            # out at once (many of them may only be queued for a connection);
-            # the pace stays.
-            self.conn_cap = float(max(1, min(self.line.limit, self.line.held + 1) // 2))
+            # out at once; the pace stays.  (Refused with only this one out,
+            # it was not our concurrency but how fast we connect: Postfix's
+            # smtpd_client_connection_rate_limit answers with the same text.
+            # That is paced as any pushback, below: one attempt at a time,
+            # further and further apart, while the server refuses.)
+            self.conn_cap = float(out // 2)
             self.recover_seq = self.granted
             self.window(now)
             emit(

@@ -201,7 +201,7 @@ class RetryState:
         kind, why = "give_up", ""
         spent: float | None = 0.0
         if attempt >= policy.max_attempts:
-            why = f"{reason} on the last attempt ({of_max}); retry in {delay:.1f} s"
+            why = f"{reason} on the last attempt ({of_max})"
         elif deadline is not None and elapsed + delay > deadline:
             why = (
                 f"{reason}: waiting {delay:.1f} s would pass the {deadline:g} s deadline "
@@ -219,6 +219,22 @@ class RetryState:
             when = f"in {delay:.1f} s" if delay > 0 else "at once"
             why = f"retry {when} because {reason} ({of_max})"
             return self._record("retry", delay, why, classification, destination, retry=True)
+        if paced:
+            # A deferral is resent later, outside this limiter's pacing: it
+            # reports the wait an unpaced retry would have (a retry_in of 0
+            # would have an outbox resend it at once, in a tight loop).
+            delay = max(
+                delay,
+                policy.compute_delay(
+                    reason,
+                    retry=attempt,
+                    occurrence=occurrence,
+                    retry_after=classification.retry_after,
+                    previous=self._previous,
+                ),
+            )
+        if attempt >= policy.max_attempts:
+            why += f"; retry in {delay:.1f} s"
         return self._record(kind, delay, why, classification, destination)
 
     def record_success(self) -> None:

@@ -37,6 +37,7 @@ from typing import Literal, Protocol, TypeVar, cast
 
 import aiosmtplib
 
+from .._checks import positive_number
 from .._classify.reply import Reply
 from .._errors import BodyNotSent
 from .replies import ReplyParser, UnreadableReply
@@ -345,8 +346,7 @@ class AiosmtplibTransport(Transport):
                 raise TypeError("oauth_token is a callable that returns a fresh access token")
         elif (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0, not {timeout!r}")
+        timeout = positive_number("timeout", timeout)
         self.tls: TLSMode = tls
         self.username = username
         self._password = password

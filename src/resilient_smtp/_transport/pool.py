@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
+from .._checks import duration, whole_number
 from .._classify.classifier import Classification
 from .._classify.reactions import REACTIONS, Reactions
 from .._clock import Clock, system_clock
@@ -55,11 +56,9 @@ class PoolLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_messages"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)!r}")
+            whole_number(name, getattr(self, name))
         for name in ("max_age", "idle_timeout", "noop_after"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+            duration(name, getattr(self, name))
 
 
 Turn = asyncio.Future[bool]

@@ -505,6 +505,12 @@ class RedisAdaptiveLimiter(_Shared):
                 self._spawn(self._flush(key))
             return taken
         reason = classification.reason
+        if reason == Reason.TOO_MANY_CONNECTIONS and not local and self._link.usable():
+            # Concurrency is local (each worker's pool shrinks its window),
+            # and the shared pace does not take it: the retry waits the
+            # reason's floor, not at once (a connection-rate limit answers
+            # with the same text, and retrying at once only feeds it).
+            return False
         if reason not in self.spec.pushback or reason == Reason.TOO_MANY_CONNECTIONS:
             return taken
         try:
