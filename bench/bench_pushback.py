@@ -33,7 +33,7 @@ attempts per delivered message and the share of MAIL commands refused
 (counted on the client, one per limiter permit); the slowest message; the
 final states.  Loops are bounded in count and time; traffic is loopback only.
 
-    python bench/bench_pushback.py                  # every scenario (~3 min)
+    python bench/bench_pushback.py                  # every scenario (~8 min)
     python bench/bench_pushback.py --scenarios tb,sink --messages 300
 """
 

@@ -238,7 +238,7 @@ def test_a_probe_that_costs_a_long_pause_waits_on_the_plateau() -> None:
     def after(stall: float) -> Control:
         new, _ = congestion(
             LAW,
-            dataclass_replace(paced(100.0), pace=110.0),
+            dataclass_replace(paced(80.0), pace=110.0),  # a new ceiling: no back-off
             now=10.0,
             growth=10.0,
             delivered=1000,
@@ -250,6 +250,7 @@ def test_a_probe_that_costs_a_long_pause_waits_on_the_plateau() -> None:
         return new
 
     prompt, paused = after(0.0), after(1.0)
+    assert prompt.hits == paused.hits == 0
     assert prompt.hold == 0.0
     assert paused.hold == pytest.approx(1.0 / (1.0 - LAW.beta))
     at = 10.0 + paused.k + 5.0  # past K, inside the hold
@@ -360,3 +361,33 @@ def test_the_peak_is_read_since_the_last_cut() -> None:
     assert peak_between(LAW, paced(100.0), sent=10.0) == (10.0 - LAW.peak_span, 10.0)
     resumed_late = dataclass_replace(paced(100.0), cycle_start=9.9)
     assert peak_between(LAW, resumed_late, sent=10.0) == (9.9, 10.0)
+
+
+def test_the_hold_backs_off_with_the_same_ceiling_found_again() -> None:
+    s = paced(100.0)
+    holds = []
+    for i in range(3):
+        s = dataclass_replace(s, pace=1.1 * s.target)  # probing above the plateau
+        s, _ = congestion(
+            LAW,
+            s,
+            now=20.0 * (i + 1),
+            growth=20.0 * (i + 1),
+            delivered=1000 * (i + 1),
+            since_cut=100,
+            measured=100.0,
+            first_delivery=0.0,
+            stall=1.0,
+        )
+        holds.append(s.hold)
+    base = 1.0 / (1.0 - LAW.beta)
+    assert holds == pytest.approx([2 * base, 4 * base, 8 * base])
+
+
+def test_a_coarse_target_re_measured_a_little_higher_is_the_same_ceiling() -> None:
+    # The target came from an unpaced start (not confirmed); the next cut
+    # reads 6 % more: that is the same limit measured better, not more room.
+    coarse = dataclass_replace(paced(94.0), confirmed=False, pace=110.0)
+    assert cut(coarse, now=20.0, measured=99.6).hits == 1
+    confirmed = dataclass_replace(paced(94.0), pace=110.0)
+    assert cut(confirmed, now=20.0, measured=99.6).hits == 0  # clearly more room

@@ -316,10 +316,13 @@ def congestion(
         # the way up, below the plateau, found a lower limit instead.
         # A cut that found clearly more room than last time is no repeat
         # either: the limit may be higher still.
+        # A target not yet confirmed (read on an unpaced start) is a coarse
+        # measure: a re-measure a little above it found no more room.
+        room = law.more_room if s.confirmed else law.same_ceiling
         same = (
             s.target > 0.0
             and old >= (1.0 - (1.0 - law.beta) / 2.0) * s.target
-            and (1.0 - law.same_ceiling) * s.target <= target <= (1.0 + law.more_room) * s.target
+            and (1.0 - law.same_ceiling) * s.target <= target <= (1.0 + room) * s.target
         )
         hits = s.hits + 1 if same else 0
         new = dataclasses.replace(
@@ -332,7 +335,8 @@ def congestion(
             confirmed=s.confirmed or (s.phase == CUBIC and now - s.left_startup >= law.span),
             k=_k(law, target, hits),
             hits=hits,
-            hold=hold,
+            # Backed off like K: a ceiling found again is probed ever more rarely.
+            hold=min(hold * math.pow(2.0, min(hits, law.max_backoff)), law.max_hold),
             epoch=growth,
             cut_at=now,
             cut_delivered=delivered,
