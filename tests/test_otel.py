@@ -194,7 +194,9 @@ async def test_rate_cuts_and_the_current_rate(
         == 1
     )
     rate = value(pts, "resilient_smtp.rate", destination="mx.test:25")
-    assert 0 < rate < 10.0
+    # Paced after the cut (the first pushback came at once, before anything
+    # was measured: probed every 50 ms, so 20/s).
+    assert 0 < rate <= 20.0
 
 
 def test_destination_can_be_left_out(reader: InMemoryMetricReader) -> None:
