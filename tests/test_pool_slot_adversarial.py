@@ -742,3 +742,64 @@ async def test_cancel_every_send_at_every_turn_loses_no_place(
                 assert peak.peak == 2, (victim, k)
             stored = Counter(transport.delivered_to)
             assert max(stored.values()) == 1, (victim, k, stored)
+
+
+# -- the test clock's tie: the timer rings as the permit comes ------------------------
+
+
+async def test_gate_a_permit_after_the_timer_rang_is_a_wait_and_starts_no_session() -> None:
+    # The timer and the permit are due at the same moment of the clock, the
+    # timer first (it went to sleep first).  The deadline passed in the
+    # wait: DeadlineReached, not in session, and the session never starts
+    # (it used to start, and be stopped at once as the session's failure).
+    clock = FakeClock()
+    deadline, orphans = _deadline(clock, 5.0)
+    began: list[bool] = []
+
+    async def attempt(gate: Gate) -> str:
+        gate.queued()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the timer is armed, asleep on the clock
+        await clock.sleep(5.0)  # the permit: due with the timer, after it
+        gate.permitted()
+        began.append(True)
+        await clock.sleep(1.0)  # the session (not bounded on this clock)
+        return "done"
+
+    with pytest.raises(DeadlineReached) as stop:
+        await asyncio.wait_for(deadline.run(attempt), BOUND)
+    assert stop.value.in_session is False
+    assert began == [] and not orphans
+
+
+async def test_a_rate_permit_due_at_the_deadline_on_the_test_clock_is_a_wait() -> None:
+    # FakeClock, RateLimiter(1/s, burst 1), a 2 s deadline: the third send's
+    # token comes at 2.0 s, its deadline's moment (its timer asleep first).
+    # It is deferred as a wait for a permit, not stopped in a session it
+    # had just begun and counted against the destination as a connection
+    # error; nothing of it reached the server.
+    clock = FakeClock()
+    health = _Recording(clock=clock)
+    rcpts = batches(3, prefix="tie")
+    async with RawSMTPServer() as s:
+        m = raw_mailer(
+            s.port,
+            clock=clock,
+            health=health,
+            limiter=RateLimiter(rate=1.0, burst=1, clock=clock),
+            pool=PoolLimits(max_connections=3),
+            retry=RetryPolicy(max_attempts=1, deadline=2.0),
+        )
+        async with m:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(m.send(message(r)) for r in rcpts)), BOUND
+            )
+        got = [states(r) for r in results]
+        assert got[:2] == [every(r, State.DELIVERED) for r in rcpts[:2]]
+        state, reason, text = _outcome(results[2], rcpts[2][0])
+        assert (state, reason) == (State.DEFERRED, Reason.RATE_LIMITED.value)
+        assert "waiting for a permit" in text
+        assert [r for _, r in health.told] == [None, None]
+        check_record(s.delivered_to, {k: v for g in got for k, v in g.items()})
+        assert s.commands.count("MAIL") == 2
+        await closed_at_server(s)

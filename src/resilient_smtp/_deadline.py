@@ -65,7 +65,8 @@ class Gate:
         """The wait for the limiter's permit begins."""
 
     def permitted(self) -> None:
-        """The limiter's permit is held."""
+        """The limiter's permit is held.  Raises :class:`DeadlineReached`
+        (not in session) if the deadline passed first, on a test clock."""
         self.in_session = True
 
 
@@ -99,10 +100,18 @@ class _ClockGate(Gate):
         self._timer.add_done_callback(self._ring)
 
     def _ring(self, timer: asyncio.Task[None]) -> None:
-        if not timer.cancelled() and not self.expired.done():
+        if not timer.cancelled() and not self.in_session and not self.expired.done():
             self.expired.set_result(None)
 
     def permitted(self) -> None:
+        timer = self._timer
+        if timer is not None and timer.done() and not timer.cancelled():
+            # The timer rang before the permit came (both due at the same
+            # moment of the clock, the timer first): the deadline passed
+            # in the wait.  Stop here, as a wait, with nothing sent, rather
+            # than start a session that the ring would stop at once and
+            # count as the server's failure.
+            raise DeadlineReached(in_session=False)
         super().permitted()
         self.close()
 
