@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from email.message import EmailMessage
@@ -934,3 +935,57 @@ async def test_a_deadline_while_holding_a_passed_place_is_a_wait_and_the_connect
         assert s.delivered_to == ["w1@example.com", "w3@example.com"]
         assert s.connections == 1  # the passed connection was not lost
         await closed_at_server(s)
+
+
+class _Hiccup(Limiter):
+    """Grants its permit from a callback that holds the event loop past the
+    send's deadline (a blocking call, a GC pause, a starved CPU): the permit
+    and the deadline come due in the same loop iteration, the permit first."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+
+    def acquire(self, key: str) -> Any:
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def permit() -> AsyncIterator[None]:
+            loop = asyncio.get_running_loop()
+            granted: asyncio.Future[None] = loop.create_future()
+
+            def grant() -> None:
+                time.sleep(self.hold)  # the loop is held: nothing else runs
+                granted.set_result(None)
+
+            loop.call_soon(grant)
+            await granted
+            yield
+
+        return permit()
+
+    def feedback(self, key: str, classification: Any) -> bool | None:
+        return None
+
+
+async def test_a_permit_that_comes_after_the_deadline_on_the_system_clock_is_a_wait() -> None:
+    # System clock: the loop was held past the deadline and the permit came
+    # in that hiccup, before the deadline's own timer could run.  The
+    # deadline passed in the wait: deferred as a wait for a permit, not
+    # told to health, and no session was begun (it used to connect, be
+    # stopped at once, and be counted as the server's connection error).
+    health = _Recording()
+    async with RawSMTPServer() as s:
+        m = raw_mailer(
+            s.port,
+            health=health,
+            limiter=_Hiccup(0.025),
+            retry=RetryPolicy(max_attempts=1, deadline=0.02),
+        )
+        async with m:
+            result = await asyncio.wait_for(m.send(message(("y1@example.com",))), BOUND)
+        state, reason, text = _outcome(result, "y1@example.com")
+        assert (state, reason) == (State.DEFERRED, Reason.RATE_LIMITED.value)
+        assert "waiting for a permit" in text
+        assert health.told == []
+        assert s.connections == 0
+        assert s.delivered_to == []

@@ -66,8 +66,27 @@ class Gate:
 
     def permitted(self) -> None:
         """The limiter's permit is held.  Raises :class:`DeadlineReached`
-        (not in session) if the deadline passed first, on a test clock."""
+        (not in session) if the deadline passed first."""
         self.in_session = True
+
+
+class _LoopGate(Gate):
+    """The gate of an attempt on the system clock (the loop's time): a
+    permit that comes once the deadline has passed (the loop was held past
+    it, and the permit's wake-up ran before the deadline's timer) is the
+    wait's, not the start of a session the timer would stop at once."""
+
+    __slots__ = ("_loop", "_until")
+
+    def __init__(self, until: float, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._until = until
+        self._loop = loop
+
+    def permitted(self) -> None:
+        if self._loop.time() >= self._until:
+            raise DeadlineReached(in_session=False)
+        super().permitted()
 
 
 class _ClockGate(Gate):
@@ -194,7 +213,7 @@ class Deadline:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        gate = Gate()
+        gate = _LoopGate(loop.time() + remaining, loop)
         cancels = 0
         handle: asyncio.TimerHandle
 
