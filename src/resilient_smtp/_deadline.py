@@ -65,8 +65,28 @@ class Gate:
         """The wait for the limiter's permit begins."""
 
     def permitted(self) -> None:
-        """The limiter's permit is held."""
+        """The limiter's permit is held.  Raises :class:`DeadlineReached`
+        (not in session) if the deadline passed first."""
         self.in_session = True
+
+
+class _LoopGate(Gate):
+    """The gate of an attempt on the system clock (the loop's time): a
+    permit that comes once the deadline has passed (the loop was held past
+    it, and the permit's wake-up ran before the deadline's timer) is the
+    wait's, not the start of a session the timer would stop at once."""
+
+    __slots__ = ("_loop", "_until")
+
+    def __init__(self, until: float, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._until = until
+        self._loop = loop
+
+    def permitted(self) -> None:
+        if self._loop.time() >= self._until:
+            raise DeadlineReached(in_session=False)
+        super().permitted()
 
 
 class _ClockGate(Gate):
@@ -99,10 +119,18 @@ class _ClockGate(Gate):
         self._timer.add_done_callback(self._ring)
 
     def _ring(self, timer: asyncio.Task[None]) -> None:
-        if not timer.cancelled() and not self.expired.done():
+        if not timer.cancelled() and not self.in_session and not self.expired.done():
             self.expired.set_result(None)
 
     def permitted(self) -> None:
+        timer = self._timer
+        if timer is not None and timer.done() and not timer.cancelled():
+            # The timer rang before the permit came (both due at the same
+            # moment of the clock, the timer first): the deadline passed
+            # in the wait.  Stop here, as a wait, with nothing sent, rather
+            # than start a session that the ring would stop at once and
+            # count as the server's failure.
+            raise DeadlineReached(in_session=False)
         super().permitted()
         self.close()
 
@@ -185,7 +213,7 @@ class Deadline:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        gate = Gate()
+        gate = _LoopGate(loop.time() + remaining, loop)
         cancels = 0
         handle: asyncio.TimerHandle
 
