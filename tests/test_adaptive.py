@@ -90,7 +90,7 @@ async def simulate(
 
     async def one() -> None:
         while run.attempts < 5 * messages:  # bounded
-            async with limiter.acquire(KEY), pool:
+            async with pool, limiter.acquire(KEY):  # the Mailer's order: a place, then the permit
                 run.attempts += 1
                 run.attempt_times.append(clock.monotonic())
                 await clock.sleep(rtt)
@@ -270,11 +270,12 @@ async def test_a_spent_window_is_probed_one_at_a_time_then_recovered_in_seconds(
     # everything until the minute ends.  Probes go one at a time and ever
     # further apart (few refusals); once the minute ends, the whole cycle
     # (600 in about a minute) is the target, and the rest go paced under it.
-    # A sender paced at the sustainable 10/s would take 100 s.
+    # A sender paced at the sustainable 10/s would take 100 s; issue 12's
+    # floor is 0.9x that sender's goodput.
     run = await simulate(fixed_window(600, 60.0), messages=1000, pause=1.0)
     assert run.delivered == 1000
     assert run.per_message <= 1.06
-    assert run.elapsed <= 1.1 * 100.0
+    assert run.elapsed <= 100.0 / 0.9
 
 
 async def test_recovery_goes_back_to_the_target_in_seconds() -> None:
