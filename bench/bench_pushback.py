@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import shutil
 import socket
 import subprocess
@@ -284,6 +285,10 @@ async def scenario(
     bound = 60.0 + (3.0 * messages / sustainable if sustainable else 30.0)
     outcomes = []
     for client in clients:
+        # Each client starts with the same heap: a full collection costs
+        # tens of milliseconds with a thousand sends alive, and where it
+        # falls would otherwise decide the sub-second rows.
+        gc.collect()
         async with factory() as port:
             if client == "naive":
                 outcomes.append(await run_naive(port, messages, bound))
