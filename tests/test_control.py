@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from resilient_smtp._limits.control import (
     RAMP,
     STARTUP,
     Control,
+    Cut,
     Law,
     advance,
     congestion,
@@ -30,18 +32,36 @@ from resilient_smtp._limits.control import (
 LAW = Law()
 
 
-def cut(s: Control, *, now: float, measured: float | None, since_cut: int = 10) -> Control:
-    new, _ = congestion(
-        LAW,
+def cut_info(
+    s: Control,
+    *,
+    now: float,
+    measured: float | None,
+    since_cut: int = 10,
+    growth: float | None = None,
+    delivered: int = 1000,
+    first_delivery: float = 0.0,
+    stall: float = 0.0,
+    peak: float | None = None,
+    law: Law = LAW,
+) -> tuple[Control, Cut]:
+    """:func:`congestion` with this file's usual inputs (growth = now)."""
+    return congestion(
+        law,
         s,
         now=now,
-        growth=now,
-        delivered=1000,
+        growth=now if growth is None else growth,
+        delivered=delivered,
         since_cut=since_cut,
         measured=measured,
-        first_delivery=0.0,
+        first_delivery=first_delivery,
+        stall=stall,
+        peak=peak,
     )
-    return new
+
+
+def cut(s: Control, *, now: float, measured: float | None, **kw: Any) -> Control:
+    return cut_info(s, now=now, measured=measured, **kw)[0]
 
 
 def paced(target: float, hits: int = 0) -> Control:
@@ -66,16 +86,7 @@ def test_startup_is_not_paced() -> None:
 def test_the_cut_goes_to_what_the_server_took() -> None:
     # Pacing at 200/s while the server took 40/s: one cut lands under 40,
     # not at 0.9 x 200.
-    new, info = congestion(
-        LAW,
-        paced(200.0),
-        now=10.0,
-        growth=10.0,
-        delivered=500,
-        since_cut=20,
-        measured=40.0,
-        first_delivery=0.0,
-    )
+    new, info = cut_info(paced(200.0), now=10.0, delivered=500, since_cut=20, measured=40.0)
     assert new.phase == CUBIC
     assert new.target == 40.0
     assert new.pace == pytest.approx(LAW.beta * 40.0)
@@ -145,16 +156,7 @@ def test_resumption_after_an_unpaced_burst_measures_the_whole_cycle() -> None:
     # A fixed window let 120 through at once (measured: 600/s), then refused
     # everything; the first delivery after probing comes 3 s after the first
     # one: the server sustains 120 per 3 s.
-    s, _ = congestion(
-        LAW,
-        Control(),
-        now=0.2,
-        growth=0.0,
-        delivered=120,
-        since_cut=0,
-        measured=600.0,
-        first_delivery=0.0,
-    )
+    s = cut(Control(), now=0.2, growth=0.0, delivered=120, since_cut=0, measured=600.0)
     assert s.target == 600.0 and not s.confirmed
     s = cut(s, now=0.3, measured=600.0, since_cut=0)
     assert s.phase == PROBE
@@ -191,16 +193,7 @@ def test_growth_is_held_to_a_little_above_what_the_server_takes() -> None:
 
 def test_the_floor_and_the_ceiling_hold() -> None:
     law = Law(min_rate=2.0, max_rate=50.0)
-    s, _ = congestion(
-        law,
-        Control(pace=50.0),
-        now=1.0,
-        growth=0.0,
-        delivered=10,
-        since_cut=10,
-        measured=0.5,
-        first_delivery=0.0,
-    )
+    s = cut(Control(pace=50.0), now=1.0, growth=0.0, delivered=10, measured=0.5, law=law)
     assert s.pace == 2.0
     up = advance(law, dataclass_replace(s, phase=CUBIC, k=1.0), growth=100.0, took=None)
     assert up.pace == 50.0
@@ -214,8 +207,7 @@ def test_a_guessed_target_is_replaced_by_what_was_measured_since() -> None:
     # Pushed back before anything was measured: the target is a guess (the
     # initial rate).  At resumption the delivery meter says 95/s: the guess
     # is no ceiling, the measure replaces it.
-    s, info = congestion(
-        LAW,
+    s, info = cut_info(
         Control(),
         now=0.1,
         growth=0.0,
@@ -236,18 +228,10 @@ def test_a_probe_that_costs_a_long_pause_waits_on_the_plateau() -> None:
     # longer before it probes.  A server that refuses at once is probed as
     # soon as CUBIC says.
     def after(stall: float) -> Control:
-        new, _ = congestion(
-            LAW,
-            dataclass_replace(paced(80.0), pace=110.0),  # a new ceiling: no back-off
-            now=10.0,
-            growth=10.0,
-            delivered=1000,
-            since_cut=10,
-            measured=100.0,
-            first_delivery=0.0,
-            stall=stall,
+        # A new ceiling: no back-off.
+        return cut(
+            dataclass_replace(paced(80.0), pace=110.0), now=10.0, measured=100.0, stall=stall
         )
-        return new
 
     prompt, paused = after(0.0), after(1.0)
     assert prompt.hits == paused.hits == 0
@@ -274,19 +258,13 @@ def test_a_prompt_refusal_sets_the_target_at_the_peak_a_paused_one_at_the_averag
     # the target.  One that sat 1 s on its refusal (a fixed window) gets the
     # average: a target above its count would cost a pause on every way up.
     def after(stall: float, peak: float | None) -> Control:
-        new, _ = congestion(
-            LAW,
+        return cut(
             dataclass_replace(paced(95.0), pace=108.0),
             now=10.0,
-            growth=10.0,
-            delivered=1000,
-            since_cut=10,
             measured=93.0,
-            first_delivery=0.0,
             stall=stall,
             peak=peak,
         )
-        return new
 
     assert after(0.0, 104.0).target == 104.0
     assert after(0.0, 90.0).target == 93.0  # the higher of the two
@@ -303,19 +281,9 @@ def test_the_end_of_a_slow_start_takes_the_pace_when_refused_at_once() -> None:
     ramp = Control(phase=RAMP, pace=126.0, target=10.0, confirmed=False, k=2.0, left_startup=0.0)
 
     def after(stall: float) -> Control:
-        new, _ = congestion(
-            LAW,
-            ramp,
-            now=1.0,
-            growth=1.0,
-            delivered=60,
-            since_cut=50,
-            measured=40.0,
-            first_delivery=0.0,
-            stall=stall,
-            peak=70.0,
+        return cut(
+            ramp, now=1.0, delivered=60, since_cut=50, measured=40.0, stall=stall, peak=70.0
         )
-        return new
 
     assert after(0.0).target == 126.0
     assert after(0.0).pace == pytest.approx(LAW.beta * 126.0)
@@ -335,8 +303,7 @@ def test_a_slow_start_doubles_up_to_twice_what_the_server_takes() -> None:
 
 def test_nothing_measured_probes_at_the_shortest_gap_when_refused_at_once() -> None:
     def first(stall: float) -> Control:
-        new, _ = congestion(
-            LAW,
+        return cut(
             Control(),
             now=0.05,
             growth=0.0,
@@ -346,7 +313,6 @@ def test_nothing_measured_probes_at_the_shortest_gap_when_refused_at_once() -> N
             first_delivery=0.01,
             stall=stall,
         )
-        return new
 
     assert first(0.0).phase == PROBE
     assert first(0.0).probe_gap == LAW.min_probe_gap
@@ -368,15 +334,12 @@ def test_the_hold_backs_off_with_the_same_ceiling_found_again() -> None:
     holds = []
     for i in range(3):
         s = dataclass_replace(s, pace=1.1 * s.target)  # probing above the plateau
-        s, _ = congestion(
-            LAW,
+        s = cut(
             s,
             now=20.0 * (i + 1),
-            growth=20.0 * (i + 1),
             delivered=1000 * (i + 1),
             since_cut=100,
             measured=100.0,
-            first_delivery=0.0,
             stall=1.0,
         )
         holds.append(s.hold)
