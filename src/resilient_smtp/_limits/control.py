@@ -414,8 +414,9 @@ def advance(law: Law, s: Control, *, growth: float, took: float | None) -> Contr
         rate = s.ramp_from * math.pow(2.0, min(t / law.doubling_time, 64.0))
         if not s.confirmed:
             # The target is only a guess (nothing could be measured): no
-            # ceiling to stop at; keep doubling, at most twice what the
-            # server takes, until it pushes back (TCP's slow start again).
+            # ceiling to stop at; keep doubling, at most ``startup_gain``
+            # (2 / ln 2) times what the server takes, until it pushes back
+            # (TCP's slow start again).
             if took is not None:
                 rate = min(rate, max(s.pace, law.startup_gain * took))
             return _with_pace(law, s, rate)
