@@ -70,7 +70,7 @@ from .control import (
     Law,
     advance,
     congestion,
-    measured_between,
+    measured,
     peak_between,
     resumed,
 )
@@ -146,20 +146,23 @@ class _Meter:
         """The delivery rate over the shortest recent span that says something."""
         return self._rate(now, _MIN_COUNT)
 
-    def between(self, now: float, start: float, end: float) -> float | None:
-        """The delivery rate from ``start`` to ``end`` (both within the
-        meter's span; whole slots)."""
+    def count(self, now: float, start: float, end: float) -> tuple[int, float]:
+        """Deliveries from ``start`` to ``end``, and over how many seconds
+        (whole slots, within the meter's span; a :data:`control.Count`)."""
         idx = self._roll(now)
         first = max(int(start // _SLOT), idx - _SLOTS + 1)
         last = min(int(end // _SLOT), idx)
         total = 0
         for i in range(first, last + 1):
             total += self.counts[i % _SLOTS]
-        if total < _MIN_COUNT:
-            return None
         begin = max(first * _SLOT, self.first)  # whole slots: all they hold counts
         stop = min((last + 1) * _SLOT, now)
-        return total / (stop - begin) if stop > begin else None
+        return total, max(0.0, stop - begin)
+
+    def between(self, now: float, start: float, end: float) -> float | None:
+        """The delivery rate from ``start`` to ``end`` (``None``: too few)."""
+        total, seconds = self.count(now, start, end)
+        return total / seconds if total >= _MIN_COUNT and seconds > 0.0 else None
 
     def average(self, now: float) -> float | None:
         """The delivery rate over the meter's whole span (4 s, or since the first)."""
@@ -557,10 +560,10 @@ class _KeyRate(Limiter):
             self.pace = None
 
     def _cut(self, key: str, now: float, sent: float, reason: Reason) -> None:
-        stretch = measured_between(self.law, self.ctl, now=now, sent=sent)
-        measured = self.meter.between(now, *stretch) if stretch is not None else None
-        if measured is None:
-            measured = self.meter.average(now)
+        meter = self.meter
+        rate = measured(
+            self.law, self.ctl, now=now, sent=sent, count=lambda a, b: meter.count(now, a, b)
+        )
         peak = self.meter.between(now, *peak_between(self.law, self.ctl, sent=sent))
         ctl, cut = congestion(
             self.law,
@@ -569,7 +572,7 @@ class _KeyRate(Limiter):
             growth=self.growth,
             delivered=self.delivered,
             since_cut=self.delivered_since_cut,
-            measured=measured,
+            measured=rate,
             first_delivery=self.first_delivery,
             # How long the server sat on this refusal beyond a round trip.
             stall=max(0.0, now - sent - (0.0 if self.min_rtt == math.inf else self.min_rtt)),

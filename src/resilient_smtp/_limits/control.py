@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 __all__ = [
     "CUBIC",
@@ -59,11 +60,12 @@ __all__ = [
     "RAMP",
     "STARTUP",
     "Control",
+    "Count",
     "Cut",
     "Law",
     "advance",
     "congestion",
-    "measured_between",
+    "measured",
     "peak_between",
     "resumed",
 ]
@@ -173,21 +175,26 @@ class Cut:
     same_ceiling_hits: int
 
 
-def measured_between(
-    law: Law, s: Control, *, now: float, sent: float
-) -> tuple[float, float] | None:
-    """Over which stretch a cut measures what the server took: the span up
-    to when the refused attempt was sent (a server that sits on its
-    refusals, and on the sessions that carry them, takes less meanwhile, but
-    that is its pause, not its rate), from when deliveries resumed after
-    probing if that is later (the refusing spell before says nothing of what
-    it takes now).  ``None`` when that is under half the span: the caller
-    then measures its whole span."""
-    start = now - law.span
+Count = Callable[[float, float], tuple[int, float]]
+"""A delivery meter's reading from ``start`` to ``end``: how many deliveries,
+over how many seconds (whole slots of the meter, within its span)."""
+
+
+def measured(law: Law, s: Control, *, now: float, sent: float, count: Count) -> float | None:
+    """What the server took, for a cut: deliveries per second over the span
+    up to when the refused attempt was sent (a server that sits on its
+    refusals, and on the sessions that carry them, takes less meanwhile,
+    but that is its pause, not its rate), from when deliveries resumed
+    after probing if that is later (the refusing spell before says nothing
+    of what it takes now).  Where that leaves under half the span, the
+    whole span up to now.  ``None``: too few deliveries to say."""
+    start, end = now - law.span, min(now, sent)
     if not math.isnan(s.cycle_start):
         start = max(start, s.cycle_start)
-    end = max(start, min(now, sent))
-    return (start, end) if end - start >= 0.5 * law.span else None
+    if end - start < 0.5 * law.span:
+        start, end = now - law.span, now
+    total, seconds = count(start, end)
+    return total / seconds if total >= _MIN_COUNT and seconds > 0.0 else None
 
 
 def peak_between(law: Law, s: Control, *, sent: float) -> tuple[float, float]:
@@ -218,8 +225,8 @@ def congestion(
 
     ``delivered`` counts deliveries so far, ``since_cut`` those of attempts
     started after the last cut (a store that cannot tell passes
-    ``delivered - s.cut_delivered``), ``measured`` is the delivery rate over
-    the last few seconds (``None``: too few to say), ``first_delivery`` when
+    ``delivered - s.cut_delivered``), ``measured`` is what the server took
+    (:func:`measured`; ``None``: too few to say), ``first_delivery`` when
     the first one was heard (``math.nan``: none yet).
 
     ``stall`` is how long the server sat on the refusal beyond a normal

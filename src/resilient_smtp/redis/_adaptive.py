@@ -71,7 +71,7 @@ from .._limits.control import (
     Law,
     advance,
     congestion,
-    measured_between,
+    measured,
     peak_between,
     resumed,
 )
@@ -207,8 +207,9 @@ def _meter_add(s: _State, t: float) -> _State:
     return dataclasses.replace(s, mslot=slot, meter=tuple(counts))
 
 
-def _meter_rate(s: _State, now: float, start: float, end: float) -> float | None:
-    """Deliveries per second from ``start`` to ``end`` (whole slots, within the span)."""
+def _meter_count(s: _State, now: float, start: float, end: float) -> tuple[int, float]:
+    """Deliveries from ``start`` to ``end``, and over how many seconds (whole
+    slots, within the span; a :data:`control.Count`)."""
     newest = max(s.mslot, math.floor(now / _SLOT))
     first = max(math.floor(start / _SLOT), newest - _SLOTS + 1)
     last = min(math.floor(end / _SLOT), s.mslot)
@@ -216,13 +217,17 @@ def _meter_rate(s: _State, now: float, start: float, end: float) -> float | None
     for i in range(first, last + 1):
         if i > s.mslot - _SLOTS:
             total += s.meter[i % _SLOTS]
-    if total < _MIN_COUNT:
-        return None
     begin = first * _SLOT
     if not math.isnan(s.first_delivery):
         begin = max(begin, s.first_delivery)
     stop = min((last + 1) * _SLOT, now)
-    return total / (stop - begin) if stop > begin else None
+    return total, max(0.0, stop - begin)
+
+
+def _meter_rate(s: _State, now: float, start: float, end: float) -> float | None:
+    """Deliveries per second from ``start`` to ``end`` (``None``: too few)."""
+    total, seconds = _meter_count(s, now, start, end)
+    return total / seconds if total >= _MIN_COUNT and seconds > 0.0 else None
 
 
 class RedisAdaptiveLimiter(_Shared):
@@ -555,10 +560,9 @@ class RedisAdaptiveLimiter(_Shared):
                 return None, None
             s = self._advance(now, s)
             at = now if math.isnan(sent) else sent
-            stretch = measured_between(self._law, s.ctl, now=now, sent=at)
-            measured = _meter_rate(s, now, *stretch) if stretch is not None else None
-            if measured is None:
-                measured = _meter_rate(s, now, now - self._law.span, now)
+            rate = measured(
+                self._law, s.ctl, now=now, sent=at, count=lambda a, b: _meter_count(s, now, a, b)
+            )
             ctl, c = congestion(
                 self._law,
                 s.ctl,
@@ -566,7 +570,7 @@ class RedisAdaptiveLimiter(_Shared):
                 growth=now,
                 delivered=s.delivered,
                 since_cut=s.since_cut,
-                measured=measured,
+                measured=rate,
                 first_delivery=s.first_delivery,
                 stall=now - at,  # how long the server sat on the refusal
                 peak=_meter_rate(s, now, *peak_between(self._law, s.ctl, sent=at)),
