@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from _sync_server import server_in_thread
@@ -245,6 +245,8 @@ def stdlib_addr_spec(value: str) -> str | None:
 
 @EXAMPLES
 @given(value=_GARBAGE, kind=st.sampled_from(KINDS))
+@example(value="a@ a", kind="email").via("found by hypothesis")
+@example(value="a@ a", kind="compat32").via("found by hypothesis")
 def test_an_address_that_does_not_parse_exactly_is_refused_before_any_traffic(
     server: ScriptedSMTPServer, mailer: sync.Mailer, value: str, kind: str
 ) -> None:
@@ -274,7 +276,10 @@ def test_an_address_that_does_not_parse_exactly_is_refused_before_any_traffic(
         return
     assert expected is not None, f"accepted {value!r}, which the stdlib finds invalid"
     assert list(envelope.recipients) == list(dict.fromkeys(expected))
-    assert all(a in value for a in envelope.recipients)
+    # EmailMessage holds its own reading of what was assigned (it folds
+    # "a@ a" to "a@a" itself); nothing is repaired after that.
+    held = str(message["To"]) if kind == "email" else value
+    assert all(a in held for a in envelope.recipients)
 
 
 # -- header injection ---------------------------------------------------------
