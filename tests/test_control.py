@@ -290,6 +290,22 @@ def test_the_end_of_a_slow_start_takes_the_pace_when_refused_at_once() -> None:
     assert after(1.0).target == 40.0
 
 
+def test_the_end_of_an_unpaced_start_the_server_sat_on_measures_the_whole_cycle() -> None:
+    # Unpaced, a fixed window let its 100 through at once (1600/s over the
+    # burst), then sat 1 s on the first refusal: the burst is not a rate,
+    # the cycle to now is (100 in 1.1 s).  A refusal at once (a token
+    # bucket's) keeps the burst's measure; the next cut corrects it.
+    def after(stall: float) -> Control:
+        return cut(Control(), now=1.1, delivered=100, since_cut=100, measured=1600.0, stall=stall)
+
+    paused = after(1.0)
+    assert paused.phase == CUBIC
+    assert paused.target == pytest.approx(100 / 1.1)
+    assert paused.pace == pytest.approx(LAW.beta * 100 / 1.1)
+    assert not paused.confirmed  # still read on an unpaced start
+    assert after(0.0).target == 1600.0
+
+
 def test_a_slow_start_doubles_up_to_twice_what_the_server_takes() -> None:
     # Toward an unknown target the ramp doubles every doubling_time, held
     # to startup_gain times the delivery rate just measured (TCP's slow

@@ -17,7 +17,9 @@ limit with a refusal, often late (``docs/limits.md`` has the reasoning):
   and the pace to ``beta * W`` (:func:`congestion`).  What it took is the
   average over the span where a probe costs a pause, the peak of the last
   quarter second (BBR's max filter) where the server refused at once, and
-  the pace itself where that refusal ended a slow start.
+  the pace itself where that refusal ended a slow start.  Where a paused
+  refusal ended the unpaced startup, what got through at once is a
+  window's burst, not a rate: the whole cycle to the refusal's answer is.
 * **A probe costs what the server makes it cost.**  A server that sat on
   its refusal (a fixed window with Postfix's error sleep) stalls every
   attempt that overshoots for that long: the curve stays on its plateau
@@ -309,6 +311,11 @@ def congestion(
         # except on the way back from probing, where it is low by choice.
         ceiling = old if s.phase in (STARTUP, CUBIC) else max(old, s.target)
         took = measured
+        if s.phase == STARTUP and not cheap and now > cycle_start:
+            # The end of an unpaced start that the server sat on: the burst
+            # it let through at once is not a rate; as on resumption, the
+            # whole cycle is (the burst, and the refusing spell to now).
+            took = min(took, (delivered - cycle_delivered) / (now - cycle_start))
         if cheap:
             if s.phase == RAMP and not s.confirmed:
                 # The end of a slow start toward an unknown target: the
