@@ -42,13 +42,15 @@ def token_bucket(rate: float, burst: int = 5) -> Server:
     return take
 
 
-def fixed_window(limit: int, window: float) -> Server:
-    """``limit`` per window aligned on multiples of ``window``; refused ones count."""
+def fixed_window(limit: int, window: float, phase: float = 0.0) -> Server:
+    """``limit`` per window, the windows starting at ``phase`` plus multiples
+    of ``window``; refused ones count."""
     state = {"start": -math.inf, "count": 0.0}
 
     def take(now: float) -> bool:
         if now >= state["start"] + window:
-            state["start"], state["count"] = (now // window) * window, 0.0
+            state["start"] = ((now - phase) // window) * window + phase
+            state["count"] = 0.0
         state["count"] += 1
         return state["count"] <= limit
 
@@ -204,6 +206,27 @@ async def test_late_refusals_of_a_fixed_window_do_not_collapse_the_rate() -> Non
     for cut in run.cuts:
         if not cut.data["probing"]:
             assert cut.data["target_rate"] >= 0.5 * 100.0
+
+
+_STRADDLED = pytest.mark.xfail(
+    strict=True,
+    reason="an edge inside the unpaced start's burst (the first 50 ms) lets two windows'"
+    " counts through before the first refusal; docs/limits.md, where it falls short",
+)
+
+
+@pytest.mark.parametrize(
+    "phase", [i / 10 for i in range(10)] + [pytest.param(0.01, marks=_STRADDLED)]
+)
+async def test_a_fixed_window_is_kept_whatever_its_phase(phase: float) -> None:
+    # Where the windows' edges fall against the start decides what the
+    # unpaced start sees: one window's count, or two close together (a
+    # real server's windows fall anywhere).  0.9 of the window's rate, at
+    # most 5 % refused.
+    run = await simulate(fixed_window(100, 1.0, phase), messages=1000, pause=1.0)
+    assert run.delivered == 1000
+    assert run.delivered / run.elapsed >= 0.9 * 100.0
+    assert run.attempts - run.delivered <= 0.05 * run.attempts
 
 
 async def test_the_cut_lands_under_what_the_server_took() -> None:
