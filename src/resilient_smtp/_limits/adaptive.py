@@ -70,6 +70,7 @@ from .control import (
     Law,
     advance,
     congestion,
+    delivery_rate,
     measured,
     peak_between,
     resumed,
@@ -161,17 +162,11 @@ class _Meter:
 
     def between(self, now: float, start: float, end: float) -> float | None:
         """The delivery rate from ``start`` to ``end`` (``None``: too few)."""
-        total, seconds = self.count(now, start, end)
-        return total / seconds if total >= _MIN_COUNT and seconds > 0.0 else None
+        return delivery_rate(*self.count(now, start, end))
 
     def average(self, now: float) -> float | None:
         """The delivery rate over the meter's whole span (4 s, or since the first)."""
-        idx = self._roll(now)
-        total = sum(self.counts)
-        if total < _MIN_COUNT:
-            return None
-        start = max((idx - _SLOTS + 1) * _SLOT, self.first)
-        return total / (now - start) if now > start else None
+        return delivery_rate(*self.count(now, now - _SLOTS * _SLOT, now))
 
 
 class AdaptiveLimiter(Limiter):

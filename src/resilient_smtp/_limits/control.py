@@ -67,6 +67,7 @@ __all__ = [
     "Law",
     "advance",
     "congestion",
+    "delivery_rate",
     "measured",
     "peak_between",
     "resumed",
@@ -195,7 +196,11 @@ def measured(law: Law, s: Control, *, now: float, sent: float, count: Count) -> 
         start = max(start, s.cycle_start)
     if end - start < 0.5 * law.span:
         start, end = now - law.span, now
-    total, seconds = count(start, end)
+    return delivery_rate(*count(start, end))
+
+
+def delivery_rate(total: int, seconds: float) -> float | None:
+    """Deliveries per second, or ``None`` where too few say nothing."""
     return total / seconds if total >= _MIN_COUNT and seconds > 0.0 else None
 
 

@@ -71,6 +71,7 @@ from .._limits.control import (
     Law,
     advance,
     congestion,
+    delivery_rate,
     measured,
     peak_between,
     resumed,
@@ -85,10 +86,9 @@ __all__ = ["RedisAdaptiveLimiter"]
 _T = TypeVar("_T")
 
 # The shared delivery meter: _SLOTS counts of _SLOT seconds (4 s, the
-# in-process limiter's span).  Fewer than _MIN_COUNT deliveries say nothing.
+# in-process limiter's span).
 _SLOT = 0.125
 _SLOTS = 32
-_MIN_COUNT = 4
 # What the server took "just now", for the curve's cap (as in-process).
 _TOOK_SPAN = 0.5
 # Read-modify-write attempts before giving up on a turn (a permit waits a
@@ -226,8 +226,7 @@ def _meter_count(s: _State, now: float, start: float, end: float) -> tuple[int, 
 
 def _meter_rate(s: _State, now: float, start: float, end: float) -> float | None:
     """Deliveries per second from ``start`` to ``end`` (``None``: too few)."""
-    total, seconds = _meter_count(s, now, start, end)
-    return total / seconds if total >= _MIN_COUNT and seconds > 0.0 else None
+    return delivery_rate(*_meter_count(s, now, start, end))
 
 
 class RedisAdaptiveLimiter(_Shared):
