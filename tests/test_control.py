@@ -25,6 +25,7 @@ from resilient_smtp._limits.control import (
     Law,
     advance,
     congestion,
+    measured,
     peak_between,
     resumed,
 )
@@ -304,6 +305,24 @@ def test_the_end_of_an_unpaced_start_the_server_sat_on_measures_the_whole_cycle(
     assert paused.pace == pytest.approx(LAW.beta * 100 / 1.1)
     assert not paused.confirmed  # still read on an unpaced start
     assert after(0.0).target == 1600.0
+    # A start that trickled for an hour before its first burst met the
+    # window: its lifetime average (1/s) is no measure of the server.
+    trickled = cut(Control(), now=3600.0, delivered=3600, since_cut=3600, measured=95.0, stall=1.0)
+    assert trickled.target == 95.0
+
+
+def test_a_stretch_with_too_few_deliveries_reads_the_whole_span() -> None:
+    # One delivery a second, a refusal the server sat on for 2 s: the 2 s
+    # up to the refused send hold too few deliveries to say anything, the
+    # whole 4 s to now say 1/s (not "nothing measured", which would probe).
+    times = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5]
+
+    def count(start: float, end: float) -> tuple[int, float]:
+        return sum(start <= x < end for x in times), end - start
+
+    s = Control(phase=CUBIC, pace=2.0, target=2.0, cycle_start=0.5)
+    rate = measured(LAW, s, now=7.0, sent=5.0, count=count)
+    assert rate == pytest.approx(4 / 4.0)
 
 
 def test_a_slow_start_doubles_up_to_twice_what_the_server_takes() -> None:

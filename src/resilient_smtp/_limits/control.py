@@ -189,14 +189,13 @@ def measured(law: Law, s: Control, *, now: float, sent: float, count: Count) -> 
     refusals, and on the sessions that carry them, takes less meanwhile,
     but that is its pause, not its rate), from when deliveries resumed
     after probing if that is later (the refusing spell before says nothing
-    of what it takes now).  Where that leaves under half the span, the
-    whole span up to now.  ``None``: too few deliveries to say."""
+    of what it takes now).  Where that leaves under half the span, or too
+    few deliveries, the whole span up to now.  ``None``: too few there too."""
     start, end = now - law.span, min(now, sent)
     if not math.isnan(s.cycle_start):
         start = max(start, s.cycle_start)
-    if end - start < 0.5 * law.span:
-        start, end = now - law.span, now
-    return delivery_rate(*count(start, end))
+    rate = delivery_rate(*count(start, end)) if end - start >= 0.5 * law.span else None
+    return rate if rate is not None else delivery_rate(*count(now - law.span, now))
 
 
 def delivery_rate(total: int, seconds: float) -> float | None:
@@ -316,10 +315,12 @@ def congestion(
         # except on the way back from probing, where it is low by choice.
         ceiling = old if s.phase in (STARTUP, CUBIC) else max(old, s.target)
         took = measured
-        if s.phase == STARTUP and not cheap and now > cycle_start:
+        if s.phase == STARTUP and not cheap and 0.0 < now - cycle_start <= law.span:
             # The end of an unpaced start that the server sat on: the burst
             # it let through at once is not a rate; as on resumption, the
             # whole cycle is (the burst, and the refusing spell to now).
+            # Only a short one: a start that trickled for longer than the
+            # span says more over the span than over its lifetime.
             took = min(took, (delivered - cycle_delivered) / (now - cycle_start))
         if cheap:
             if s.phase == RAMP and not s.confirmed:
