@@ -168,6 +168,42 @@ def test_resumption_after_an_unpaced_burst_measures_the_whole_cycle() -> None:
     assert back.pace <= LAW.beta * back.target
 
 
+def test_a_window_that_opens_again_after_a_long_spell_is_sent_at_once() -> None:
+    # 600 let through at once, then everything refused from 0.3 s to 60 s:
+    # a window that opened again.  The pace is off until the next pushback
+    # (its count goes at once, as at the start), and that pushback measures
+    # the new cycle.  After a target confirmed while paced (a rate, not a
+    # window), the pace comes back as before.
+    s = cut(Control(), now=0.2, growth=0.0, delivered=600, since_cut=0, measured=3000.0)
+    s = cut(s, now=0.3, measured=3000.0, since_cut=0)
+    assert s.phase == PROBE and s.refusing_since == 0.3
+    s = cut(s, now=4.0, measured=None, since_cut=0)  # a refused probe: the spell goes on
+    assert s.refusing_since == 0.3
+    reopened = resumed(LAW, s, now=60.0, growth=1.0, delivered=601, measured=None)
+    assert reopened.phase == STARTUP and reopened.pace == math.inf
+    assert reopened.target == pytest.approx(600 / 60.0)
+    assert not reopened.confirmed  # a window's cycle, not a rate
+    capped = Law(max_rate=50.0)
+    assert resumed(capped, s, now=60.0, growth=1.0, delivered=601, measured=None).pace == 50.0
+    # A shorter spell: a window all the same if its count is large (its
+    # end's few refusals are a small share of it), unless the spell ended
+    # at the first probe (a token bucket refilled); a small count is paced.
+    soon = 0.3 + LAW.span / 2
+    assert resumed(LAW, s, now=soon, growth=1.0, delivered=601, measured=None).phase == STARTUP
+    first = dataclass_replace(s, probe_gap=LAW.min_probe_gap)
+    assert resumed(LAW, first, now=soon, growth=1.0, delivered=601, measured=None).phase == RAMP
+    few = dataclass_replace(s, cycle_delivered=500)
+    assert resumed(LAW, few, now=soon, growth=1.0, delivered=601, measured=None).phase == RAMP
+    confirmed = dataclass_replace(s, confirmed=True, target=10.0)
+    assert (
+        resumed(LAW, confirmed, now=60.0, growth=1.0, delivered=601, measured=None).phase == RAMP
+    )
+    # The next window's pushback ends this start like the first one.
+    again = cut(reopened, now=61.1, delivered=1201, since_cut=600, measured=3000.0, stall=1.0)
+    assert again.phase == CUBIC
+    assert again.target == pytest.approx(601 / 1.1)  # the probe opened this cycle
+
+
 def test_resumption_keeps_a_target_measured_while_paced() -> None:
     s = cut(paced(40.0), now=10.0, measured=40.0)
     s = cut(s, now=10.1, measured=40.0, since_cut=0)

@@ -83,6 +83,9 @@ RAMP = 3  # deliveries again: doubling back to beta * W
 # than _CYCLE_COUNT say less than a delivery meter does.
 _MIN_COUNT = 4
 _CYCLE_COUNT = 16
+# A window's count from which sending it at once is worth its end's
+# refusals (a few, one or so per connection: 2 % of it).
+_WINDOW_COUNT = 200
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,6 +166,8 @@ class Control:
     """Deliveries counted when the current cycle began."""
     left_startup: float = math.nan
     """When the first pushback ended the startup."""
+    refusing_since: float = math.nan
+    """When the server began refusing everything (probing began)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -279,6 +284,7 @@ def congestion(
             phase=PROBE,
             pace=law.clamp(1.0 / gap),
             probe_gap=gap,
+            refusing_since=s.refusing_since if s.phase == PROBE else now,
             epoch=growth,
             cut_at=now,
             cycle_start=cycle_start,
@@ -301,6 +307,7 @@ def congestion(
             confirmed=False,
             k=_k(law, target, 0),
             probe_gap=gap,
+            refusing_since=now,
             epoch=growth,
             cut_at=now,
             cut_delivered=delivered,
@@ -386,7 +393,9 @@ def resumed(
     window's burst and its refusing spell together are what the server
     sustains.  A cycle of a few deliveries (a token bucket's small burst)
     says little: the caller's ``measured`` rate then serves, if it has one.
-    A new cycle begins with this delivery.
+    A new cycle begins with this delivery.  After a burst and a refusing
+    spell longer than the span (a window that opened again) the pace is off
+    until the next pushback, as at the start.
     """
     target = s.target
     confirmed = s.confirmed
@@ -408,6 +417,29 @@ def resumed(
             confirmed = True
     if target <= 0.0:
         target = law.clamp(law.initial_rate)
+    # A burst let through, then everything refused, and now mail taken
+    # again: a window that opened again (per ten seconds, per minute, per
+    # hour).  Where the spell was longer than the span, or the window's
+    # count is large (what a burst's end costs, a refusal or so per
+    # connection, is then a small share of it; not a spell that ended at
+    # the first probe, a token bucket's), its count goes at once, as at the
+    # start, and the next pushback measures the cycle again: a pace would
+    # spread it over the whole window, and a naive loop that sends at once
+    # would finish first.  A target confirmed while paced is a rate, not a
+    # window: the ramp below.
+    spell = now - s.refusing_since
+    window = spell >= law.span or (count >= _WINDOW_COUNT and s.probe_gap > law.min_probe_gap)
+    if not s.confirmed and window:
+        return dataclasses.replace(
+            s,
+            phase=STARTUP,
+            pace=math.inf if law.max_rate is None else law.max_rate,  # as at the start
+            target=target,
+            confirmed=False,  # a window's cycle, not a paced rate
+            epoch=growth,
+            cycle_start=now,
+            cycle_delivered=delivered - 1,
+        )
     # Double back from the probing pace, but not from far below: a quarter
     # of the way costs two doublings.
     start = max(s.pace, law.beta * target / 4.0)
