@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import random
 import shutil
 import socket
 import subprocess
@@ -280,8 +281,16 @@ async def postfix(limit: int, unit: int) -> AsyncIterator[int]:
 
 
 async def scenario(
-    name: str, factory: Factory, sustainable: float | None, messages: int, clients: list[str]
+    name: str,
+    factory: Factory,
+    sustainable: float | None,
+    messages: int,
+    clients: list[str],
+    window: tuple[float, float] | None = None,
 ) -> list[Outcome]:
+    """Each client against a fresh server.  ``window``: (length, phase) of a
+    fixed window's edges; each client starts at that phase of a window, so
+    all meet the same edges (where they fall decides a long window's run)."""
     bound = 60.0 + (3.0 * messages / sustainable if sustainable else 30.0)
     outcomes = []
     for client in clients:
@@ -290,6 +299,10 @@ async def scenario(
         # falls would otherwise decide the sub-second rows.
         gc.collect()
         async with factory() as port:
+            if window is not None:
+                length, phase = window
+                # The throttle's windows are multiples of `length` on this clock.
+                await asyncio.sleep((phase - time.monotonic()) % length)
             if client == "naive":
                 outcomes.append(await run_naive(port, messages, bound))
                 continue
@@ -407,6 +420,10 @@ async def main(argv: list[str] | None = None) -> int:
             ["adaptive", "never"],
         ),
     }
+    # The fixed windows' lengths: each round starts every client at one
+    # phase of them, drawn afresh per round (seeded: the same phases each time).
+    windows = {"fw": 1.0, "fw10": 10.0}
+    phases = random.Random(12)
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if "postfix" in wanted and (why := postfix_missing()):
         print(f"skipping postfix: {why}")
@@ -426,7 +443,15 @@ async def main(argv: list[str] | None = None) -> int:
                         runs.setdefault(o.client, []).append(o)
                 outcomes = [sorted(v, key=lambda o: o.goodput)[len(v) // 2] for v in runs.values()]
             else:
-                outcomes = await scenario(name, factory, sustainable, n, clients)
+                edges = windows.get(key)
+                outcomes = await scenario(
+                    name,
+                    factory,
+                    sustainable,
+                    n,
+                    clients,
+                    None if edges is None else (edges, phases.uniform(0.0, edges)),
+                )
             base = next(
                 (o for o in outcomes if "oracle" in o.client or "never" in o.client), outcomes[0]
             )
