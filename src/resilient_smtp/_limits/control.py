@@ -41,7 +41,9 @@ limit with a refusal, often late (``docs/limits.md`` has the reasoning):
   spell, is: the target becomes ``deliveries / cycle length``.  The pace
   then doubles every ``doubling_time`` back to ``beta * W`` (:data:`RAMP`);
   toward a target that is only a guess, at most ``startup_gain`` times the
-  delivery rate just measured (BBR's startup).
+  delivery rate just measured (BBR's startup).  A cycle that was a window's
+  (a long refusing spell, or a large count) opened again: the window's count
+  goes at once, unpaced as at the start (:data:`STARTUP`).
 * **Growth** (:func:`advance`): CUBIC (RFC 9438), ``W * (1 + (1 - beta) *
   ((t - K) / K) ** 3)``, fast at first, flat near ``W``, past ``K``
   probing above it, never beyond ``probe_gain`` times the delivery rate
@@ -394,8 +396,8 @@ def resumed(
     sustains.  A cycle of a few deliveries (a token bucket's small burst)
     says little: the caller's ``measured`` rate then serves, if it has one.
     A new cycle begins with this delivery.  After a burst and a refusing
-    spell longer than the span (a window that opened again) the pace is off
-    until the next pushback, as at the start.
+    spell longer than the span, or a large count (a window that opened
+    again), the pace is off until the next pushback, as at the start.
     """
     target = s.target
     confirmed = s.confirmed
