@@ -287,7 +287,7 @@ class AdaptiveLimiter(Limiter):
         """
         state = self._keys.get(key)
         if not isinstance(state, _KeyRate):
-            return math.inf if self.max_rate is None else self.max_rate
+            return self._law.unpaced
         state.update(self._clock.monotonic())
         return math.inf if state.pace is None else state.pace
 
@@ -349,7 +349,7 @@ class _KeyRate(Limiter):
         self.owner = owner
         self.law = owner._law
         now = owner._clock.monotonic()
-        self.ctl = Control(pace=math.inf if owner.max_rate is None else owner.max_rate)
+        self.ctl = Control(pace=self.law.unpaced)
         self.pace: float | None = owner.max_rate  # None: not paced
         self.bucket = RateLimiter(
             rate=owner.max_rate or owner.initial_rate, burst=owner.burst, clock=owner._clock

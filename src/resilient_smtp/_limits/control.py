@@ -129,6 +129,11 @@ class Law:
     peak_span: float = 0.25
     """The stretch of the peak delivery rate (:func:`peak_between`)."""
 
+    @property
+    def unpaced(self) -> float:
+        """The pace before any pushback: none (``math.inf``), or ``max_rate``."""
+        return math.inf if self.max_rate is None else self.max_rate
+
     def clamp(self, rate: float) -> float:
         if self.max_rate is not None:
             rate = min(rate, self.max_rate)
@@ -435,7 +440,7 @@ def resumed(
         return dataclasses.replace(
             s,
             phase=STARTUP,
-            pace=math.inf if law.max_rate is None else law.max_rate,  # as at the start
+            pace=law.unpaced,  # as at the start
             target=target,
             confirmed=False,  # a window's cycle, not a paced rate
             epoch=growth,

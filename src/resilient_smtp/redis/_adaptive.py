@@ -325,8 +325,7 @@ class RedisAdaptiveLimiter(_Shared):
             recovery_messages=spec.recovery_messages,
             span=_SLOT * _SLOTS,
         )
-        top = math.inf if spec.max_rate is None else spec.max_rate
-        self._initial = Control(pace=top)
+        self._initial = Control(pace=self._law.unpaced)
         self._idle_ms = str(max(1, round(float(idle_timeout) * 1000)))
         self._redis_time = isinstance(clock, SystemClock)
         self._cas = self._link.client.register_script(_CAS)
