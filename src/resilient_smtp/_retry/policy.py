@@ -189,14 +189,17 @@ class RetryState:
                 "give_up", None, f"{reason} is permanent ({of_max})", classification, destination
             )
 
-        delay = policy.compute_delay(
-            reason,
-            retry=attempt,
-            occurrence=occurrence,
-            retry_after=classification.retry_after,
-            previous=self._previous,
-            paced=paced,
-        )
+        def wait(limiter_paces: bool) -> float:
+            return policy.compute_delay(
+                reason,
+                retry=attempt,
+                occurrence=occurrence,
+                retry_after=classification.retry_after,
+                previous=self._previous,
+                paced=limiter_paces,
+            )
+
+        delay = wait(paced)
         deadline, budget = policy.deadline, policy.budget
         kind, why = "give_up", ""
         spent: float | None = 0.0
@@ -223,16 +226,7 @@ class RetryState:
             # A deferral is resent later, outside this limiter's pacing: it
             # reports the wait an unpaced retry would have (a retry_in of 0
             # would have an outbox resend it at once, in a tight loop).
-            delay = max(
-                delay,
-                policy.compute_delay(
-                    reason,
-                    retry=attempt,
-                    occurrence=occurrence,
-                    retry_after=classification.retry_after,
-                    previous=self._previous,
-                ),
-            )
+            delay = max(delay, wait(False))
         if attempt >= policy.max_attempts:
             why += f"; retry in {delay:.1f} s"
         return self._record(kind, delay, why, classification, destination)
